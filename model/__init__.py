@@ -1,0 +1,1 @@
+"""MiniMind: config, model, tokenizer, datasets and the shared training engine."""

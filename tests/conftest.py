@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny tokenizer trained on the fly and tiny model configs, so tests need no data."""
+import random
+
+import pytest
+import torch
+
+from model.LMConfig import LMConfig
+from model.tokenizer import load_tokenizer, train_bpe
+
+_SENTENCES = [
+    "今天天气很好，我们一起去公园散步吧。",
+    "人工智能是计算机科学的一个分支，研究如何让机器学习。",
+    "长江是中国最长的河流，全长约六千三百公里。",
+    "他在图书馆里读了一整天的历史书。",
+    "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
+    "请问去火车站怎么走？一直往前走，然后左转。",
+    "The quick brown fox jumps over the lazy dog. 1234567890",
+    "数学考试的题目有点难，但是我都做完了。",
+]
+
+
+def synthetic_corpus(n_docs: int = 400, seed: int = 0) -> list[str]:
+    """Deterministic Chinese-heavy documents built from a few sentences."""
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_SENTENCES) for _ in range(rng.randint(1, 6))) for _ in range(n_docs)]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_bpe(synthetic_corpus(), vocab_size=512, out_dir=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+def tiny_config(**overrides) -> LMConfig:
+    """A model small enough that a forward/backward takes milliseconds."""
+    fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+    fields.update(overrides)
+    return LMConfig(**fields)
+
+
+def tiny_moe_config(**overrides) -> LMConfig:
+    fields = dict(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)
+    fields.update(overrides)
+    return tiny_config(**fields)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
