@@ -1,0 +1,373 @@
+"""Training datasets: pretraining token shards, chat conversations (SFT) and preference pairs (DPO).
+
+Files they read (written by `data_process.py`, all under dataset/ by default):
+
+    dataset/pretrain/meta.json         sidecar: dtype, tokenizer hash, eos id, tokens and docs per shard
+    dataset/pretrain/train_0000.bin    raw uint16 token ids, documents joined by </s> (id 2), no header
+    dataset/pretrain/train_0001.bin    ... as many shards as the corpus needs
+    dataset/pretrain/val_0000.bin      held-out documents; no training window ever reads them
+    dataset/sft_single.jsonl           {"conversations": [{"role": "user"|"assistant"|"system", "content": str}, ...]}
+    dataset/sft_multi.jsonl            same format, several turns each
+    dataset/sft_val.jsonl              held-out conversations, same format
+    dataset/dpo.jsonl                  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+    dataset/dpo_val.jsonl              held-out pairs, same format
+
+Every dataset yields targets already aligned with the inputs (nanoGPT style): y[i] is the token the
+model must predict after reading x[: i + 1], and -100 marks positions without a target. Pass y as
+`shift_labels=` to MiniMindForCausalLM.forward.
+
+    PretrainDataset  (x, y)   windows of seq_len tokens; y is x shifted by one
+    SFTDataset       (x, y)   y is -100 except on assistant tokens (each reply's content and its </s>)
+    DPODataset       dict     chosen_x/chosen_y/rejected_x/rejected_y, y = -100 outside the final reply
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+IGNORE = -100  # target value that cross_entropy(ignore_index=-100) skips
+ROLES = ("system", "user", "assistant")
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+class PretrainDataset(Dataset):
+    """Non-overlapping windows over memory-mapped uint16 token shards.
+
+    Window j of a shard covers tokens [j*seq_len, j*seq_len + seq_len] (seq_len + 1 tokens), so
+    x = window[:-1] and y = window[1:]. Windows never cross a shard boundary (a shard loses fewer
+    than seq_len tokens at its end). Documents are separated by </s>; a window may span several.
+
+    Exact resume: `dataset[i]` depends only on i, and `EpochSampler` below orders the indices by a
+    permutation drawn from (seed, epoch). A run that stopped after consuming `k` samples of epoch `e`
+    resumes with `sampler.set_epoch(e, skip=k)` and sees exactly the samples it would have seen.
+    """
+
+    def __init__(self, data_dir, seq_len: int, split: str = "train", tokenizer_hash: str = None):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.data_dir = Path(data_dir)
+        self.seq_len = seq_len
+        meta_path = self.data_dir / "meta.json"
+        if not meta_path.exists():
+            raise SystemExit(f"{meta_path} not found: build the corpus with `python data_process.py pretrain` first")
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if tokenizer_hash and self.meta.get("tokenizer_hash") != tokenizer_hash:
+            raise SystemExit(
+                f"{self.data_dir} was tokenized with tokenizer {self.meta.get('tokenizer_hash')}, but the current one is "
+                f"{tokenizer_hash}: rebuild it with `python data_process.py pretrain`"
+            )
+        dtype = np.dtype(self.meta["dtype"])
+        self.shards, starts = [], [0]  # starts[k] = index of shard k's first window
+        for name, info in sorted(self.meta["shards"].items()):
+            if not name.startswith(split + "_"):
+                continue
+            path = self.data_dir / name
+            expected = info["tokens"] * dtype.itemsize
+            if not path.exists() or path.stat().st_size != expected:
+                found = path.stat().st_size if path.exists() else "no file"
+                raise SystemExit(f"{path}: expected {expected} bytes ({info['tokens']} tokens) per meta.json, found {found}")
+            tokens = np.memmap(path, dtype=dtype, mode="r")
+            self.shards.append(tokens)
+            starts.append(starts[-1] + max(0, (len(tokens) - 1) // seq_len))
+        if not self.shards:
+            raise SystemExit(f"{self.data_dir}: no {split}_*.bin shards listed in meta.json")
+        self.starts = np.array(starts)
+        if len(self) == 0:
+            raise SystemExit(f"{self.data_dir}: the {split} split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offset = (index - int(self.starts[shard])) * self.seq_len
+        window = torch.from_numpy(self.shards[shard][offset : offset + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class EpochSampler(Sampler):
+    """Indices of one epoch in a (seed, epoch)-determined order, split across DDP ranks, resumable.
+
+    Rank r takes every world_size-th index of the permutation, starting at r; the permutation is
+    padded by wrapping so all ranks get the same count. `set_epoch(epoch, skip)` drops the first
+    `skip` indices of this rank's share (the samples already trained on before a restart).
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def per_rank(self) -> int:
+        return -(-self.n // self.world_size)
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank() - self.skip)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        total = self.per_rank() * self.world_size
+        order = torch.cat([order, order[: total - self.n]])  # wrap so every rank has per_rank indices
+        return iter(order[self.rank :: self.world_size][self.skip :].tolist())
+
+
+# ----------------------------------------------------------------------------- chat data
+
+
+class Skips:
+    """Counts skipped records by reason. The first few of each reason are printed with their
+    file:line; with strict=True the first one stops the program instead."""
+
+    def __init__(self, strict: bool = False, show: int = 3):
+        self.strict, self.show = strict, show
+        self.counts: dict[str, int] = {}
+
+    def add(self, where: str, reason: str, detail: str = "") -> None:
+        message = f"{where}: {reason}" + (f" ({detail})" if detail else "")
+        if self.strict:
+            raise SystemExit(f"error: {message} [--strict stops at the first problem]")
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self.counts[reason] <= self.show:
+            print(f"warning: {message}; skipped")
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {why}" for why, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+
+
+def read_jsonl(path, skips: Skips):
+    """Yield (line_number, object) for each non-blank line of a jsonl file; bad lines go to `skips`."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"{path} not found: build it with `python data_process.py` (see dataset/README.md)")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if "\ufffd" in line:
+                skips.add(f"{path}:{number}", "not valid UTF-8")
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                skips.add(f"{path}:{number}", "not valid JSON", f"{error.msg} at column {error.colno}")
+
+
+def check_messages(messages, field: str) -> tuple[str, str]:
+    """(reason, detail) saying why `messages` is not a non-empty list of {role, content}; ('', '') if it is."""
+    if not isinstance(messages, list) or not messages:
+        return f"'{field}' missing or not a non-empty list", ""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            return f"a message in '{field}' has no string 'content'", f"{field}[{i}]"
+        if message.get("role") not in ROLES:
+            return f"a message in '{field}' has an unknown role", f"{field}[{i}].role = {message.get('role')!r}"
+    return "", ""
+
+
+class ChatEncoder:
+    """Tokenizes messages turn by turn in the chat template's layout, marking which tokens are targets.
+
+    Each message is `<s>{role}\\n` + content + `</s>` + `\\n`. Content is tokenized on its own, exactly as
+    at inference, where the prompt ends in `<s>assistant\\n` and the model continues from there. For a
+    target message, the content tokens and its `</s>` are targets; the header and trailing newline never are.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.headers = {role: [BOS_ID] + self._encode(role + "\n") for role in ROLES}
+        self.newline = self._encode("\n")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode(self, messages, is_target) -> tuple[list[int], list[bool]]:
+        """`is_target(i, message)` decides which messages are learned."""
+        contents = self.tokenizer([m["content"] for m in messages], add_special_tokens=False)["input_ids"]
+        ids, mask = [], []
+        for i, (message, content) in enumerate(zip(messages, contents)):
+            target = is_target(i, message)
+            header = self.headers[message["role"]]
+            ids += header + content + [EOS_ID] + self.newline
+            mask += [False] * len(header) + [target] * (len(content) + 1) + [False] * len(self.newline)
+        return ids, mask
+
+
+def shift_and_truncate(ids: list[int], mask: list[bool], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = ids[:-1], y = ids[1:] with -100 where the predicted token is not a target; at most max_length long.
+    The mask is computed before truncation, so cutting the end never turns a prompt token into a target."""
+    ids, mask = ids[: max_length + 1], mask[: max_length + 1]
+    x = torch.tensor(ids[:-1], dtype=torch.long)
+    y = torch.tensor([t if m else IGNORE for t, m in zip(ids[1:], mask[1:])], dtype=torch.long)
+    return x, y
+
+
+class _PackedTokens:
+    """Variable-length (ids, mask) sequences stored in two flat arrays, so large files stay compact."""
+
+    def __init__(self):
+        self.ids, self.mask, self.offsets = [], [], [0]
+
+    def add(self, ids, mask):
+        self.ids.append(np.asarray(ids, dtype=np.int32))
+        self.mask.append(np.asarray(mask, dtype=np.bool_))
+        self.offsets.append(self.offsets[-1] + len(ids))
+
+    def freeze(self):
+        self.ids = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int32)
+        self.mask = np.concatenate(self.mask) if self.mask else np.zeros(0, np.bool_)
+        self.offsets = np.array(self.offsets, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.ids[a:b].tolist(), self.mask[a:b].tolist()
+
+
+class SFTDataset(Dataset):
+    """Conversations from a jsonl file, tokenized once at load time, as (x, y) with only assistant tokens
+    as targets (every assistant turn's content plus its `</s>`).
+
+    Conversations longer than max_length + 1 tokens are cut at the end; one with no assistant token left
+    inside the window is dropped and counted. Invalid lines are skipped and counted (strict=True stops).
+    `SFTDataset.collate` pads a batch to its longest row (x with <unk>=0, y with -100).
+    """
+
+    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True):
+        self.max_length = max_length
+        encoder = ChatEncoder(tokenizer)
+        self.items = _PackedTokens()
+        self.skips = Skips(strict)
+        self.truncated = 0
+        for number, row in read_jsonl(jsonl_path, self.skips):
+            messages = row.get("conversations") if isinstance(row, dict) else None
+            reason, detail = check_messages(messages, "conversations")
+            if not reason and not any(m["role"] == "assistant" for m in messages):
+                reason = "no assistant message"
+            if not reason:
+                ids, mask = encoder.encode(messages, lambda i, m: m["role"] == "assistant")
+                if not any(mask[1 : max_length + 1]):
+                    reason = f"no assistant token within max_length={max_length}"
+            if reason:
+                self.skips.add(f"{jsonl_path}:{number}", reason, detail)
+                continue
+            self.truncated += len(ids) > max_length + 1
+            self.items.add(ids, mask)
+        self.items.freeze()
+        if verbose:
+            report(jsonl_path, len(self.items), self.skips, self.truncated, max_length)
+        if len(self.items) == 0:
+            raise SystemExit(f"{jsonl_path}: no usable conversations")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return shift_and_truncate(*self.items[index], self.max_length)
+
+    @staticmethod
+    def collate(batch):
+        """Right-pad to the longest row: padding sits after every real token, so causal attention
+        never lets a real position see it, and its targets are -100."""
+        length = max(len(x) for x, _ in batch)
+        xs = torch.full((len(batch), length), PAD_ID, dtype=torch.long)
+        ys = torch.full((len(batch), length), IGNORE, dtype=torch.long)
+        for row, (x, y) in enumerate(batch):
+            xs[row, : len(x)] = x
+            ys[row, : len(y)] = y
+        return xs, ys
+
+
+def report(path, kept: int, skips: Skips, truncated: int, max_length: int) -> None:
+    line = f"{path}: {kept} examples"
+    if truncated:
+        line += f", {truncated} cut at max_length={max_length}"
+    if skips.total():
+        line += f"; skipped {skips.total()}: {skips.summary()}"
+    print(line)
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+
+class DPODataset(Dataset):
+    """Preference pairs {"prompt", "chosen", "rejected"} (each a list of messages) from a jsonl file.
+
+    Each item is a dict of chosen_x, chosen_y, rejected_x, rejected_y: the prompt followed by one
+    response, where y is -100 everywhere except on the response's assistant tokens (earlier assistant
+    turns inside the prompt are context, not targets). `DPODataset.collate` pads chosen and rejected
+    rows to one common length and adds float masks (y != -100), so the two can be concatenated into
+    one forward pass.
+    """
+
+    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True):
+        self.max_length = max_length
+        encoder = ChatEncoder(tokenizer)
+        self.chosen, self.rejected = _PackedTokens(), _PackedTokens()
+        self.skips = Skips(strict)
+        self.truncated = 0
+        for number, row in read_jsonl(jsonl_path, self.skips):
+            reason, detail = ("line is not a JSON object", "") if not isinstance(row, dict) else ("", "")
+            for key in ("prompt", "chosen", "rejected"):
+                if not reason:
+                    reason, detail = check_messages(row.get(key), key)
+            pair = []
+            if not reason:
+                n_prompt = len(row["prompt"])
+                for key in ("chosen", "rejected"):
+                    ids, mask = encoder.encode(row["prompt"] + row[key], lambda i, m: i >= n_prompt and m["role"] == "assistant")
+                    if not any(mask[1 : max_length + 1]):
+                        reason = f"no {key} response token within max_length={max_length}"
+                    pair.append((ids, mask))
+            if reason:
+                self.skips.add(f"{jsonl_path}:{number}", reason, detail)
+                continue
+            self.truncated += any(len(ids) > max_length + 1 for ids, _ in pair)
+            self.chosen.add(*pair[0])
+            self.rejected.add(*pair[1])
+        self.chosen.freeze()
+        self.rejected.freeze()
+        if verbose:
+            report(jsonl_path, len(self.chosen), self.skips, self.truncated, max_length)
+        if len(self.chosen) == 0:
+            raise SystemExit(f"{jsonl_path}: no usable preference pairs")
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __getitem__(self, index: int) -> dict:
+        chosen_x, chosen_y = shift_and_truncate(*self.chosen[index], self.max_length)
+        rejected_x, rejected_y = shift_and_truncate(*self.rejected[index], self.max_length)
+        return dict(chosen_x=chosen_x, chosen_y=chosen_y, rejected_x=rejected_x, rejected_y=rejected_y)
+
+    @staticmethod
+    def collate(batch) -> dict:
+        length = max(max(len(item["chosen_x"]), len(item["rejected_x"])) for item in batch)
+        out = {}
+        for side in ("chosen", "rejected"):
+            xs = torch.full((len(batch), length), PAD_ID, dtype=torch.long)
+            ys = torch.full((len(batch), length), IGNORE, dtype=torch.long)
+            for row, item in enumerate(batch):
+                x, y = item[f"{side}_x"], item[f"{side}_y"]
+                xs[row, : len(x)] = x
+                ys[row, : len(y)] = y
+            out[f"{side}_x"], out[f"{side}_y"], out[f"{side}_mask"] = xs, ys, (ys != IGNORE).float()
+        return out

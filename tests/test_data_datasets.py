@@ -1,0 +1,178 @@
+"""PretrainDataset / SFTDataset / DPODataset on tiny data built inside each test."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.dataset import DPODataset, EpochSampler, PretrainDataset, SFTDataset
+from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
+            f.write("\n")
+    return path
+
+
+def write_shards(directory, splits: dict):
+    """splits: {"train": [array, ...], "val": [array]} -> raw uint16 shards plus meta.json."""
+    meta = {"dtype": "uint16", "tokenizer_hash": "abc", "eos_id": EOS_ID, "shards": {}}
+    for split, arrays in splits.items():
+        for k, tokens in enumerate(arrays):
+            name = f"{split}_{k:04d}.bin"
+            np.asarray(tokens, dtype=np.uint16).tofile(directory / name)
+            meta["shards"][name] = {"tokens": len(tokens), "docs": 1}
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def test_sft_mask_two_turns_token_by_token(tokenizer, tmp_path):
+    conversation = [
+        {"role": "system", "content": "你是一个助手。"},
+        {"role": "user", "content": "今天天气怎么样？"},
+        {"role": "assistant", "content": "今天天气很好。"},
+        {"role": "user", "content": "长江有多长？"},
+        {"role": "assistant", "content": "全长约六千三百公里。"},
+    ]
+    path = write_jsonl(tmp_path / "sft.jsonl", [{"conversations": conversation}])
+    x, y = SFTDataset(path, tokenizer, max_length=256)[0]
+
+    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    expected_ids, expected_target = [], []
+    for message in conversation:
+        header = [BOS_ID] + enc(message["role"] + "\n")
+        body = enc(message["content"]) + [EOS_ID]
+        learn = message["role"] == "assistant"
+        expected_ids += header + body + enc("\n")
+        expected_target += [False] * len(header) + [learn] * len(body) + [False] * len(enc("\n"))
+
+    assert x.tolist() == expected_ids[:-1]
+    for i in range(len(x)):  # position i predicts token i + 1
+        want = expected_ids[i + 1] if expected_target[i + 1] else -100
+        assert y[i].item() == want, f"position {i}: token {tokenizer.decode([expected_ids[i + 1]])!r}"
+
+    # the same text the chat template renders, and the targets are exactly the two replies with their </s>
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert tokenizer.decode(x.tolist() + [expected_ids[-1]]) == rendered
+    spans, current = [], []
+    for token in y.tolist():
+        if token == -100 and current:
+            spans.append(current)
+            current = []
+        elif token != -100:
+            current.append(token)
+    spans.append(current) if current else None
+    assert [tokenizer.decode(s) for s in spans] == ["今天天气很好。</s>", "全长约六千三百公里。</s>"]
+
+
+def test_sft_truncation_never_makes_prompt_a_target(tokenizer, tmp_path):
+    long_user = "人工智能是计算机科学的一个分支。" * 20
+    rows = [
+        {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": long_user}]},
+        {"conversations": [{"role": "user", "content": long_user}, {"role": "assistant", "content": "好的"}]},
+    ]
+    path = write_jsonl(tmp_path / "sft.jsonl", rows)
+    data = SFTDataset(path, tokenizer, max_length=32)
+    assert len(data) == 1  # the second has its only reply beyond the window: dropped and counted
+    assert data.skips.total() == 1 and data.truncated == 1
+    x, y = data[0]
+    assert len(x) == len(y) == 32
+    header_len = 1 + len(tokenizer.encode("user\n你好", add_special_tokens=False))
+    assert (y[:header_len] == -100).all()
+
+
+def test_sft_bad_lines_skipped_and_counted_or_strict(tokenizer, tmp_path, capsys):
+    good = {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]}
+    rows = [
+        good,
+        "{broken json",
+        {"conversations": [{"from": "human", "value": "hi"}]},
+        {"conversations": [{"role": "user", "content": "只有问题"}]},
+        {"text": "no conversations"},
+        good,
+    ]
+    path = write_jsonl(tmp_path / "sft.jsonl", rows)
+    data = SFTDataset(path, tokenizer, max_length=64)
+    assert len(data) == 2 and data.skips.total() == 4
+    out = capsys.readouterr().out
+    assert f"{path}:2: not valid JSON" in out and f"{path}:4: no assistant message" in out
+    with pytest.raises(SystemExit, match=r"sft.jsonl:2: not valid JSON"):
+        SFTDataset(path, tokenizer, max_length=64, strict=True)
+
+
+def test_sft_collate_pads_right(tokenizer, tmp_path):
+    rows = [
+        {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"}]},
+        {"conversations": [{"role": "user", "content": "请问去火车站怎么走？"}, {"role": "assistant", "content": "一直往前走，然后左转。"}]},
+    ]
+    data = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", rows), tokenizer, max_length=64)
+    x, y = SFTDataset.collate([data[0], data[1]])
+    n0 = len(data[0][0])
+    assert x.shape == y.shape == (2, len(data[1][0]))
+    assert (x[0, n0:] == PAD_ID).all() and (y[0, n0:] == -100).all()
+    assert torch.equal(x[0, :n0], data[0][0])
+
+
+# ----------------------------------------------------------------------------- DPO
+
+
+def test_dpo_masks_cover_only_the_final_reply(tokenizer, tmp_path):
+    prompt = [
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "长江有多长？"},
+    ]
+    row = {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": "全长约六千三百公里。"}],
+        "rejected": [{"role": "assistant", "content": "不知道"}],
+    }
+    data = DPODataset(write_jsonl(tmp_path / "dpo.jsonl", [row, {"prompt": prompt}]), tokenizer, max_length=128)
+    assert len(data) == 1 and data.skips.total() == 1
+    batch = DPODataset.collate([data[0]])
+    for side, reply in (("chosen", "全长约六千三百公里。"), ("rejected", "不知道")):
+        y, mask = batch[f"{side}_y"][0], batch[f"{side}_mask"][0]
+        assert tokenizer.decode(y[y != -100].tolist()) == reply + "</s>"
+        assert torch.equal(mask.bool(), y != -100)
+    assert batch["chosen_x"].shape == batch["rejected_x"].shape
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+def test_pretrain_windows_cover_all_shards_and_resume(tmp_path):
+    train = [np.arange(0, 25), np.arange(100, 141)]  # 25 tokens -> 3 windows of 8, 41 -> 5 windows
+    write_shards(tmp_path, {"train": train, "val": [np.arange(500, 520)]})
+    data = PretrainDataset(tmp_path, seq_len=8)
+    assert len(data) == 3 + 5
+    x, y = data[4]  # second window of the second shard
+    assert x.tolist() == list(range(108, 116)) and y.tolist() == list(range(109, 117))
+    seen = torch.cat([data[i][0] for i in range(len(data))]).tolist()
+    assert set(seen).isdisjoint(range(500, 520))  # train windows never touch the val shard
+    val = PretrainDataset(tmp_path, seq_len=8, split="val")
+    assert len(val) == 2 and val[0][0].tolist() == list(range(500, 508))
+
+    sampler = EpochSampler(len(data), seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.set_epoch(2, skip=5)
+    assert list(sampler) == full[5:]
+    sampler.set_epoch(3)
+    assert sorted(full) == sorted(sampler) == list(range(len(data))) and list(sampler) != full
+    ranks = [list(EpochSampler(len(data), seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1 and set(sum(ranks, [])) == set(range(len(data)))
+
+
+def test_pretrain_detects_truncated_shard_and_stale_tokenizer(tmp_path):
+    write_shards(tmp_path, {"train": [np.arange(40)], "val": [np.arange(20)]})
+    with pytest.raises(SystemExit, match="tokenizer"):
+        PretrainDataset(tmp_path, seq_len=8, tokenizer_hash="other")
+    with open(tmp_path / "train_0000.bin", "r+b") as f:
+        f.truncate(30)
+    with pytest.raises(SystemExit, match="expected 80 bytes"):
+        PretrainDataset(tmp_path, seq_len=8)
