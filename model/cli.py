@@ -1,0 +1,176 @@
+"""Loading a trained model from the command line, for every script that uses one.
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser, default_weight="full_sft")
+    args = parser.parse_args()
+    model, tokenizer = load_from_args(args)
+
+The arguments it adds:
+
+    --weight pretrain|full_sft|dpo|lora_NAME   a stage checkpoint: out/{weight}_{tag}.pth, where the tag
+                     (512, 640_moe) comes from --preset and its overrides. lora_NAME loads the base
+                     and merges the adapter in out/lora_NAME_{tag}/; the base is the checkpoint recorded
+                     in the adapter's config, or --lora_base STAGE (full_sft when neither is known).
+    --ckpt PATH      any .pth with its .json beside it, or an exported HF folder; wins over --weight
+    --out_dir DIR    where stage checkpoints live (out)
+    --tokenizer DIR  model/minimind_tokenizer, or the HF folder's own tokenizer when --ckpt is one
+    --device         auto picks cuda, then mps, then cpu
+    --dtype          auto: bfloat16 on a GPU that supports it, float32 elsewhere
+
+The config always comes from the checkpoint itself (the .json saved beside it), so a 640-dim
+checkpoint loads as 640-dim whatever the preset says; the preset only names the file to look for.
+Fields that do not change the weights' shapes (max_seq_len, rope scaling, flash_attn) may be
+overridden at load time, e.g. `--rope_scaling_type yarn` to stretch the context.
+
+The demo prompts shared by the chat, the pretrain check, the quickstart and the README live here too.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from model.LMConfig import add_config_args, config_from_args, config_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Asked by `2-eval.py --auto`: knowledge, reasoning, writing, identity, and a multi-step request.
+DEMO_QUESTIONS = [
+    "你有什么特长？",
+    "为什么天空是蓝色的？",
+    "请用Python写一个计算斐波那契数列的函数。",
+    "解释一下“光合作用”的基本过程。",
+    "如果明天下雨，我应该如何出门？",
+    "比较一下猫和狗作为宠物的优缺点。",
+    "解释什么是机器学习。",
+    "推荐一些中国的美食。",
+]
+
+# Continued by `0-eval_pretrain.py` as raw text, without the chat template.
+PRETRAIN_PROMPTS = [
+    "人工智能是",
+    "长江是中国最长的河流，",
+    "春天来了，",
+    "秦始皇统一六国以后，",
+    "在很久很久以前，",
+    "科学研究表明，",
+    "他推开门，看见",
+    "床前明月光，",
+]
+
+# Config fields that change behaviour but not the shapes of the weights: safe to override on load.
+RUNTIME_FIELDS = ("max_seq_len", "rope_scaling_type", "rope_factor", "flash_attn")
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_sft") -> None:
+    add_config_args(parser)
+    group = parser.add_argument_group("which model to load")
+    group.add_argument("--weight", default=default_weight,
+                       help="stage checkpoint: pretrain, full_sft, dpo or lora_NAME (default %(default)s)")
+    group.add_argument("--ckpt", default=None, help="a .pth (with its .json) or an exported HF folder; wins over --weight")
+    group.add_argument("--lora_base", default=None,
+                       help="stage under a LoRA adapter (default: the base recorded in the adapter, else full_sft)")
+    group.add_argument("--out_dir", default=str(ROOT / "out"), help="folder of the stage checkpoints")
+    group.add_argument("--tokenizer", default=None, help="tokenizer folder (default model/minimind_tokenizer)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def pick_device(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_checkpoint(args) -> tuple[Path, Path | None]:
+    """(weights file or HF folder, LoRA adapter folder or None) named by --ckpt or --weight."""
+    if args.ckpt:
+        path = Path(args.ckpt)
+        if not path.exists():
+            raise SystemExit(f"--ckpt {path} does not exist")
+        return path, None
+    tag = config_from_args(args).tag()
+    out_dir = Path(args.out_dir)
+    adapter = None
+    stage = args.weight
+    if stage.startswith("lora_"):
+        adapter = out_dir / f"{stage}_{tag}"
+        if not (adapter / "adapter_config.json").exists():
+            raise SystemExit(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
+                             f"stage first, or check --weight and --preset")
+        recorded = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if args.lora_base is None and recorded and Path(recorded).is_file():
+            return Path(recorded), adapter
+        stage = args.lora_base or "full_sft"
+    path = out_dir / f"{stage}_{tag}.pth"
+    if not path.exists():
+        found = sorted(p.name for p in out_dir.glob("*.pth")) if out_dir.is_dir() else []
+        hint = f"checkpoints in {out_dir}: {', '.join(found)}" if found else f"{out_dir} holds no checkpoints yet"
+        raise SystemExit(f"checkpoint {path} not found ({hint}). Train the {stage} stage first, or pick "
+                         f"another --weight, --preset (the file name carries dim {tag}) or --ckpt")
+    return path, adapter
+
+
+def load_from_args(args, verbose: bool = True):
+    """The model (eval mode, on the chosen device and dtype) and tokenizer that the arguments name."""
+    from model.checkpoint import load_model
+    from model.LMConfig import describe
+    from model.tokenizer import load_tokenizer
+
+    path, adapter = resolve_checkpoint(args)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    overrides = {k: v for k, v in config_overrides(args).items() if k in RUNTIME_FIELDS}
+    model = load_model(path, device="cpu", **overrides)
+    if adapter is not None:
+        model = merge_lora(model, adapter)
+    model = model.to(device=device, dtype=dtype).eval()
+    tokenizer_dir = args.tokenizer
+    if tokenizer_dir is None and path.is_dir() and (path / "tokenizer.json").exists():
+        tokenizer_dir = path  # an exported folder carries its own tokenizer
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if len(tokenizer) > model.config.vocab_size:
+        raise SystemExit(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'} has {len(tokenizer)} tokens but the "
+                         f"model only {model.config.vocab_size}: they were not trained together (pass --tokenizer)")
+    if verbose:
+        what = f"{path}" + (f" + LoRA {adapter}" if adapter else "")
+        print(f"loaded {what}: {describe(model)}, {device}, {str(dtype).removeprefix('torch.')}")
+    return model, tokenizer
+
+
+def merge_lora(model, adapter_dir: Path):
+    """Apply a peft LoRA adapter and fold it into the base weights, so inference costs nothing extra."""
+    from peft import PeftModel
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("peft_type", "LORA") != "LORA":
+        raise SystemExit(f"{adapter_dir}: peft_type {config.get('peft_type')!r} is not a LoRA adapter")
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def render_chat(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:
+    """Token ids of `messages` plus the generation prompt, dropping the oldest turns (a system message
+    stays) until at most `max_tokens` remain. Returns (ids, number of messages dropped). When even the
+    last message alone is too long, its ids are cut from the left."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    dropped = 0
+    while True:
+        text = tokenizer.apply_chat_template(system + turns, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer.encode(text)
+        if len(ids) <= max_tokens or len(turns) <= 1:
+            return ids[-max_tokens:], dropped
+        turns = turns[1:]
+        dropped += 1
