@@ -1,0 +1,275 @@
+"""The OpenAI-compatible server, started as a real process and spoken to with the official `openai` client.
+
+The model is tiny and random, with the EOS embedding zeroed so greedy or sampled replies never end on
+their own: every reply runs to max_tokens or a stop string, which makes the counts below exact.
+Sampling with a `seed` gives each prompt its own reproducible text, so concurrent outputs can be
+compared with the same request made alone.
+"""
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+
+from conftest import tiny_config
+from model.checkpoint import save_weights
+from model.model import MiniMindForCausalLM
+from model.tokenizer import EOS_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "test-key"
+CAP = 256  # the server's --max_tokens
+CONTEXT = 128  # the model's max_seq_len
+
+
+def start_server(args: list, log_path: Path, timeout: float = 180.0):
+    """Run my_openai_api.py with --port 0; return (process, base url) once it prints its address."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "my_openai_api.py"), "--port", "0", *args],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"server did not start:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=CONTEXT))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[EOS_ID].zero_()  # EOS logit 0 while others spread: never the argmax
+    path = tmp_path_factory.mktemp("ckpt") / "full_sft_64.pth"
+    save_weights(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tokenizer_dir, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    proc, url = start_server(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer_dir), "--api_key", KEY,
+                              "--max_tokens", str(CAP)], log_path)
+    yield url, log_path
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def ask(client, content, **kwargs):
+    return client.chat.completions.create(model="full_sft_64", messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def stream_text(client, content, **kwargs) -> tuple[str, list]:
+    chunks = list(ask(client, content, stream=True, **kwargs))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+
+def post(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_models_and_non_streaming_usage(client, tokenizer):
+    assert [m.id for m in client.models.list().data] == ["full_sft_64"]
+    reply = ask(client, "你好", max_tokens=7, temperature=1.0, seed=1)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
+                                           return_dict=False)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert reply.usage.prompt_tokens == len(prompt)
+    assert reply.usage.completion_tokens == 7
+    assert reply.usage.total_tokens == len(prompt) + 7
+
+
+def test_stream_has_openai_shape_and_matches_non_streaming(client):
+    whole = ask(client, "长江", max_tokens=12, temperature=1.0, seed=2).choices[0].message.content
+    text, chunks = stream_text(client, "长江", max_tokens=12, temperature=1.0, seed=2,
+                               stream_options={"include_usage": True})
+    assert text == whole
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishing) == 1 and finishing[0].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # really streamed
+
+
+def test_raw_sse_ends_with_done(server):
+    url, _ = server
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        raw = resp.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    assert all(e.startswith("data: {") for e in events[:-2])
+    assert json.loads(events[-3][6:])["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_string_cuts_reply(client):
+    full, _ = stream_text(client, "数学", max_tokens=30, temperature=1.0, seed=3)
+    # a two-character stop string from the middle of the reply (clear of replacement characters)
+    start = next(i for i in range(len(full) // 2, len(full) - 1) if "\ufffd" not in full[i:i + 2])
+    stop = full[start:start + 2]
+    expected = full[:full.index(stop)]
+    text, chunks = stream_text(client, "数学", max_tokens=30, temperature=1.0, seed=3, stop=[stop, "never"])
+    assert text == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    reply = ask(client, "数学", max_tokens=30, temperature=1.0, seed=3, stop=stop)
+    assert reply.choices[0].message.content == expected and reply.choices[0].finish_reason == "stop"
+
+
+def test_max_tokens_is_capped(client):
+    reply = ask(client, "你好", max_tokens=100_000, temperature=0)
+    assert reply.usage.completion_tokens == CAP and reply.choices[0].finish_reason == "length"
+
+
+BAD_REQUESTS = [
+    (b'{"messages": [', None, "not valid JSON"),
+    (b'[1, 2]', None, "JSON object"),
+    (b'{}', "messages", "required"),
+    (b'{"messages": "hi"}', "messages", "must be a list"),
+    (b'{"messages": []}', "messages", "must not be empty"),
+    (b'{"messages": [{"role": "bot", "content": "hi"}]}', "messages[0].role", "bot"),
+    (b'{"messages": [{"role": "user"}]}', "messages[0].content", "string"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content", "string"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content", "text"),
+    (b'{"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}', "messages[0]", "tool_calls"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature", "number"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 9}', "temperature", "[0, 2]"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 0}', "top_p", "(0, 1]"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens", "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2.5}', "max_tokens", "integer"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": true}', "max_tokens", "integer"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}', "stop", "up to 4"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "true or false"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "n"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools", "Unrecognized"),
+]
+
+
+@pytest.mark.parametrize("body, param, words", BAD_REQUESTS)
+def test_bad_input_gets_openai_style_400(server, body, param, words):
+    status, answer = post(server[0], body)
+    assert status == 400
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["param"] == param
+    assert words in answer["error"]["message"]
+
+
+def test_client_sees_400_and_404(client):
+    with pytest.raises(openai.BadRequestError, match="must not be empty"):
+        client.chat.completions.create(model="full_sft_64", messages=[])
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_api_key_required(server):
+    url, _ = server
+    wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
+        wrong.chat.completions.create(model="full_sft_64", messages=[{"role": "user", "content": "hi"}])
+    status, answer = post(url, b'{"messages": [{"role": "user", "content": "hi"}]}', key=None)
+    assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+    with urllib.request.urlopen(url + "/", timeout=30) as page:  # the page loads without the key, then asks for it
+        assert b"<title>MiniMind" in page.read()
+
+
+def test_long_conversation_drops_oldest_turns(client, tokenizer):
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"第{i}个问题：今天天气很好吗？"},
+                    {"role": "assistant", "content": "今天天气很好，我们一起去公园散步吧。"}]
+    messages = [{"role": "system", "content": "你是助手"}, *history, {"role": "user", "content": "最后的问题"}]
+    raw = client.chat.completions.with_raw_response.create(model="full_sft_64", messages=messages, max_tokens=8)
+    dropped = int(raw.headers["X-Dropped-Messages"])
+    reply = raw.parse()
+    assert dropped > 0 and dropped % 2 == 0  # whole turns
+    kept = [messages[0], *messages[1 + dropped:]]
+    prompt = tokenizer.apply_chat_template(kept, add_generation_prompt=True, return_dict=False)
+    assert reply.usage.prompt_tokens == len(prompt) <= CONTEXT - 8
+    with pytest.raises(openai.BadRequestError, match="context_length_exceeded|dropping all older turns"):
+        ask(client, "今天天气很好。" * 100, max_tokens=8)
+
+
+def test_concurrent_streams_do_not_interleave(client):
+    prompts = [(f"问题{i}", i) for i in range(8)]
+    alone = {p: ask(client, p, max_tokens=10, temperature=1.0, seed=s).choices[0].message.content for p, s in prompts}
+    assert len(set(alone.values())) > 1  # different requests really differ
+    together, errors = {}, []
+
+    def run(prompt, seed):
+        try:
+            together[prompt] = stream_text(client, prompt, max_tokens=10, temperature=1.0, seed=seed)[0]
+        except Exception as err:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=p) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    assert together == alone
+
+
+def test_disconnect_stops_generation(client, server):
+    _, log_path = server
+    stream = ask(client, "春眠不觉晓", max_tokens=CAP, temperature=0, stream=True)
+    chunk_id, seen = None, 0
+    for chunk in stream:
+        chunk_id = chunk.id
+        seen += bool(chunk.choices and chunk.choices[0].delta.content)
+        if seen == 2:
+            break
+    stream.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = next((l for l in log_path.read_text().splitlines() if chunk_id in l), None)
+        if line:
+            break
+        time.sleep(0.2)
+    assert line and "client disconnected" in line, line
+    generated = int(re.search(r"(\d+) completion tokens", line).group(1))
+    assert generated < CAP
+
+
+def test_terminal_client_keeps_history(server):
+    url, _ = server
+    command = [sys.executable, str(ROOT / "chat_openai_api.py"), "--base_url", url + "/v1", "--api_key", KEY,
+               "--max_tokens", "4", "--temperature", "0"]
+    counts = {}
+    for history in ("-1", "0"):
+        out = subprocess.run([*command, "--history", history], input="你好\n\n你好\n/exit\n", capture_output=True,
+                             text=True, timeout=120, cwd=ROOT).stdout
+        counts[history] = [int(n) for n in re.findall(r"\[(\d+) prompt \+ 4 completion tokens", out)]
+        assert len(counts[history]) == 2, out  # the empty line was skipped, both messages answered
+    first, second = counts["-1"]
+    assert second > first + 4  # the second prompt carried the first turn
+    assert counts["0"][0] == counts["0"][1] == first  # without history both prompts are alike
