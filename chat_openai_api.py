@@ -3,10 +3,10 @@
     python my_openai_api.py &                  # in another terminal: the server
     python chat_openai_api.py                  # multi-turn, streaming, history kept
     python chat_openai_api.py --history 0 --temperature 0 --system "你是一个乐于助人的助手。"
-    python chat_openai_api.py --base_url http://127.0.0.1:8000/v1 --api_key s3cret
+    python chat_openai_api.py --base_url http://127.0.0.1:8001/v1 --api_key s3cret
 
-Type a message and press Enter. `/new` forgets the conversation, `/exit` (or Ctrl-D) quits, and Ctrl-C
-stops the reply being printed (a second Ctrl-C at the prompt quits). Any OpenAI-compatible server
+Type a message and press Enter. `/new` forgets the conversation, `/exit` or Ctrl-D quits, and Ctrl-C
+stops the reply being printed (at the prompt, it quits). Any OpenAI-compatible server
 works: the model id defaults to the first one the server lists.
 """
 import argparse
@@ -51,6 +51,13 @@ def ask(client, args, messages) -> str | None:
     return reply
 
 
+def recent(turns: list, history: int) -> list:
+    """The earlier turns sent along with a new message: all (history -1), none (0) or the last `history`."""
+    if history < 0:
+        return turns
+    return turns[max(0, len(turns) - history):]
+
+
 def error_message(err: openai.APIStatusError) -> str:
     body = err.body if isinstance(err.body, dict) else {}
     return body.get("message") or body.get("error", {}).get("message") or str(err)
@@ -59,7 +66,7 @@ def error_message(err: openai.APIStatusError) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base_url", default="http://127.0.0.1:8998/v1")
+    parser.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--api_key", default=os.environ.get("OPENAI_API_KEY", "none"),
                         help="sent as a Bearer token (default $OPENAI_API_KEY); only needed with a server --api_key")
     parser.add_argument("--model", default=None, help="model id (default: the first one the server lists)")
@@ -96,9 +103,8 @@ def main():
             turns.clear()
             print("[new conversation]")
             continue
-        kept = turns if args.history < 0 else turns[len(turns) - args.history:] if args.history else []
         messages = [{"role": "system", "content": args.system}] if args.system else []
-        for user, assistant in kept:
+        for user, assistant in recent(turns, args.history):
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         messages.append({"role": "user", "content": text})
         print("🤖: ", end="", flush=True)

@@ -1,12 +1,12 @@
 """Serve a MiniMind checkpoint behind an OpenAI-compatible HTTP API, plus a chat page at `/`.
 
-    python my_openai_api.py                          # out/full_sft_512.pth on http://127.0.0.1:8998
+    python my_openai_api.py                          # out/full_sft_512.pth on http://127.0.0.1:8000
     python my_openai_api.py --weight dpo --preset moe                 # out/dpo_640_moe.pth
-    python my_openai_api.py --ckpt out/pretrain_512.pth --api_key s3cret --port 8000
+    python my_openai_api.py --ckpt out/pretrain_512.pth --api_key s3cret --port 8001
     python my_openai_api.py --ckpt exported_hf_folder/                # an export_model.py folder
 
-Then open http://127.0.0.1:8998 in a browser, run `python chat_openai_api.py`, or point any OpenAI
-client at http://127.0.0.1:8998/v1.
+Then open http://127.0.0.1:8000 in a browser, run `python chat_openai_api.py`, or point any OpenAI
+client at http://127.0.0.1:8000/v1.
 
 Endpoints
     GET  /                     the chat page (web/index.html + web/chat.js)
@@ -253,11 +253,11 @@ class GenerationGate:
 
 def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api_key: str = None,
                max_queue: int = 16) -> Flask:
-    from model.generate import stream_generate
+    from model.generate import context_length, stream_generate
 
     defaults = defaults or Defaults()
     gate = GenerationGate(max_queue)
-    context = model.config.max_seq_len
+    context = context_length(model.config)  # max_seq_len, stretched when RoPE scaling is configured
     device = next(model.parameters()).device
     created = int(time.time())
     app = Flask(__name__, static_folder=None)
@@ -297,7 +297,7 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
     @app.get("/v1/models")
     def models():
         card = {"id": model_name, "object": "model", "created": created, "owned_by": "minimind",
-                "max_seq_len": context}
+                "context_length": context}
         return jsonify({"object": "list", "data": [card]})
 
     @app.post("/v1/chat/completions")
@@ -406,7 +406,7 @@ def main():
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default model/minimind_tokenizer)")
     parser.add_argument("--model_name", default=None, help="the id clients see (default: the checkpoint's name)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network")
-    parser.add_argument("--port", type=int, default=8998, help="0 picks a free port (printed at start)")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max_tokens", type=int, default=Defaults.max_tokens, help="default and cap for max_tokens")

@@ -174,7 +174,7 @@ async function showModel() {
     const response = await fetch("/v1/models", { headers: headers() });
     if (!response.ok) throw new Error(await errorText(response));
     const model = (await response.json()).data[0];
-    $("status").textContent = `${model.id} · context ${model.max_seq_len} tokens`;
+    $("status").textContent = `${model.id} · context ${model.context_length} tokens`;
   } catch (err) {
     $("status").textContent = "server: " + err.message;
   }
