@@ -1,0 +1,98 @@
+"""Stage 1, pretraining: learn to continue Chinese text from the token shards of `data_process.py pretrain`.
+
+    python 1-pretrain.py --preset tiny --max_tokens 2e6                 # CPU: a 4.6M model in minutes
+    python 1-pretrain.py --preset tiny --max_tokens 2e6 --resume        # continue an interrupted run exactly
+    python 1-pretrain.py                                                # small-T (26.88M), one epoch
+    torchrun --nproc_per_node 8 1-pretrain.py --preset small --batch_size 64 --epochs 2
+    python 1-pretrain.py --preset moe --init_from out/pretrain_640_moe.pth   # continue pretraining from weights
+
+Reads dataset/pretrain/{meta.json, train_*.bin, val_*.bin}: windows of --seq_len tokens (documents joined
+by </s>), the target of each position the next token. Writes, under --out_dir:
+
+    pretrain_{dim}[_moe].pth   + .json   the weights (a plain state dict) and the config that built them
+    pretrain_{tag}_resume.pth            everything --resume needs to continue bit-exactly
+    pretrain_{tag}_loss.png              training and validation loss curves
+
+Every field of the model config is a flag (--preset, then --dim, --n_layers, ...), and every training
+setting too (see --help). Ctrl-C saves a resume checkpoint before exiting.
+"""
+import argparse
+import math
+from pathlib import Path
+
+from model.checkpoint import load_model
+from model.dataset import PretrainDataset
+from model.LMConfig import add_config_args, config_from_args, describe
+from model.tokenizer import DEFAULT_TOKENIZER_DIR, tokenizer_hash
+from model.trainer import TrainConfig, Trainer, add_train_args
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    group = parser.add_argument_group("pretraining")
+    group.add_argument("--data_dir", default=str(ROOT / "dataset" / "pretrain"), help="token shards with meta.json")
+    group.add_argument("--seq_len", type=int, default=None, help="tokens per training window (default: max_seq_len)")
+    group.add_argument("--max_tokens", type=float, default=0,
+                       help="train on this many tokens (sets --max_steps from the global batch; e.g. 2e6)")
+    group.add_argument("--init_from", default=None, help="start from these weights (a stage .pth) instead of random")
+    group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR),
+                       help="the tokenizer the shards must have been made with (checked by its hash, when present)")
+    add_train_args(parser, learning_rate=5e-4, batch_size=32, eval_interval=100, eval_batches=10, save_interval=200)
+    return parser.parse_args(argv)
+
+
+def pretrain_loss(model, batch):
+    x, y = batch
+    out = model(input_ids=x, shift_labels=y)  # out.loss includes the MoE balance loss
+    metrics = {"aux_loss": out.aux_loss} if model_is_moe(model) else {}
+    return out.loss, metrics
+
+
+def model_is_moe(model) -> bool:
+    return getattr(getattr(model, "module", model).config, "use_moe", False)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    train_config = TrainConfig.from_args(args)
+    trainer = Trainer(train_config)  # seeds, so the model below starts the same in every run
+
+    if args.init_from:
+        model = load_model(args.init_from)
+        trainer.print(f"initialised from {args.init_from} (its config wins over --preset and field flags)")
+    else:
+        from model.model import MiniMindForCausalLM
+
+        model = MiniMindForCausalLM(config_from_args(args))
+    config = model.config
+    seq_len = args.seq_len or config.max_seq_len
+    if seq_len > config.max_seq_len:
+        raise SystemExit(f"--seq_len {seq_len} is longer than the model's max_seq_len {config.max_seq_len}")
+
+    tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
+    expected_hash = tokenizer_hash(args.tokenizer) if tokenizer_file.exists() else None
+    train_set = PretrainDataset(args.data_dir, seq_len, "train", tokenizer_hash=expected_hash)
+    val_set = PretrainDataset(args.data_dir, seq_len, "val", tokenizer_hash=expected_hash)
+    shard_vocab = train_set.meta.get("vocab_size")
+    if shard_vocab and shard_vocab > config.vocab_size:
+        raise SystemExit(f"{args.data_dir} was tokenized with a {shard_vocab}-token vocabulary, but the model has "
+                         f"vocab_size {config.vocab_size}: pick a preset with a matching vocabulary or --vocab_size")
+
+    if args.max_tokens:
+        tokens_per_step = seq_len * train_config.batch_size * train_config.accumulation_steps * trainer.world_size
+        trainer.config.max_steps = max(1, math.ceil(args.max_tokens / tokens_per_step))
+    trainer.print(f"MiniMind {config.tag()}: {describe(model)}; windows of {seq_len} tokens, "
+                  f"{len(train_set) * seq_len / 1e6:.1f}M training tokens per epoch")
+
+    result = trainer.fit(model, train_set, pretrain_loss, val_set=val_set, name=f"pretrain_{config.tag()}")
+    if result.finished and result.val_metrics:
+        loss = result.val_metrics["loss"]
+        trainer.print(f"done: {result.weights_file}, validation loss {loss:.4f} (perplexity {math.exp(loss):.1f})")
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main()
