@@ -20,6 +20,8 @@ Files (all under dataset/, git-ignored; flags move each of them):
     dataset/sft_single.jsonl          {"conversations": [{"role": "user"|"assistant"|"system", "content"}]}, one reply
     dataset/sft_multi.jsonl           same format, two or more assistant replies
     dataset/sft_val.jsonl             held-out conversations (single and multi)
+    dataset/lora_identity.jsonl       self-introduction conversations (name/author from --bot_name/--bot_author)
+    dataset/lora_medical.jsonl        patient/doctor conversations, a domain for LoRA
     dataset/dpo.jsonl                 {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
     dataset/dpo_val.jsonl             held-out pairs
 
@@ -191,13 +193,14 @@ DEMO_FILES = {
     "sft_zh/llamafactory_demo/alpaca_zh_demo.json", "sft_zh/kdconv/travel/dev.json", "sft_zh/kdconv/LICENSE",
     "sft_zh/alpaca_zh_hikariming/翻译后的中文数据/alpaca_data-0-3252-中文-已完成.json",
     "sft_zh/alpaca_zh_hikariming/LICENSE", "identity/llamafactory_identity.json",
+    "sft_zh/medical_dialogue/样例_内科5000-6000.csv", "sft_zh/medical_dialogue/LICENSE",
     "dpo/medicalgpt_dpo_zh_500/dpo_zh_500.jsonl", "dpo/llamafactory_demo/dpo_zh_demo.json",
 }
 
 
 def in_demo(local_path: str) -> bool:
     """The demo set: C-Eval val+dev, a quarter of the NiuTrans chapters (every book), four novels, CMRC2018,
-    CSL abstracts; ~4.5k SFT conversations; ~800 preference pairs. About 35 MB in all."""
+    CSL abstracts; ~4.5k SFT conversations, the identity and medical LoRA sets; ~800 preference pairs. About 40 MB."""
     parts = local_path.split("/")
     if parts[0] == "ceval":
         return parts[1] != "test"
@@ -749,16 +752,20 @@ def chat_jsonl_items(path: Path, report: Report):
         yield where, [message(m["role"], m["content"]) for m in messages]
 
 
+# name -> (glob under the raw folder, converter, output). The identity and medical sets are LoRA material:
+# kept out of the general SFT mix so that the LoRA stage visibly teaches something new.
 SFT_SOURCES = {
-    "alpaca_zh": ("sft_zh/alpaca_zh_hikariming/*/*.json", alpaca_items),
-    "alpaca_gpt4_zh_demo": ("sft_zh/llamafactory_demo/alpaca_zh_demo.json", alpaca_items),
-    "identity": ("identity/llamafactory_identity.json", identity_items),
-    "kdconv": ("sft_zh/kdconv/*/*.json", kdconv_items),
-    "sharegpt_zh": ("sft_zh/sharegpt_zh_1k/*.jsonl", sharegpt_items),
-    "medical_dialogue": ("sft_zh/medical_dialogue/*.csv", medical_items),
-    "gaokao_bench": ("sft_zh/exams/gaokao_bench/*/*.json", gaokao_items),
-    "agieval_zh": ("sft_zh/exams/agieval_zh/*.jsonl", agieval_items),
+    "alpaca_zh": ("sft_zh/alpaca_zh_hikariming/*/*.json", alpaca_items, "sft"),
+    "alpaca_gpt4_zh_demo": ("sft_zh/llamafactory_demo/alpaca_zh_demo.json", alpaca_items, "sft"),
+    "kdconv": ("sft_zh/kdconv/*/*.json", kdconv_items, "sft"),
+    "sharegpt_zh": ("sft_zh/sharegpt_zh_1k/*.jsonl", sharegpt_items, "sft"),
+    "gaokao_bench": ("sft_zh/exams/gaokao_bench/*/*.json", gaokao_items, "sft"),
+    "agieval_zh": ("sft_zh/exams/agieval_zh/*.jsonl", agieval_items, "sft"),
+    "identity": ("identity/llamafactory_identity.json", identity_items, "lora_identity"),
+    "medical_dialogue": ("sft_zh/medical_dialogue/*.csv", medical_items, "lora_medical"),
 }
+SFT_FILES = {"single": "sft_single.jsonl", "multi": "sft_multi.jsonl", "val": "sft_val.jsonl",
+             "lora_identity": "lora_identity.jsonl", "lora_medical": "lora_medical.jsonl"}
 
 
 class CevalGuard:
@@ -810,15 +817,15 @@ def clean_messages(messages: list[dict], max_chars: int) -> tuple[list[dict] | N
 
 def cmd_sft(args) -> None:
     raw_dir = Path(args.raw)
-    inputs = [(name, sorted(raw_dir.glob(pattern)), reader) for name, (pattern, reader) in SFT_SOURCES.items()]
-    inputs += [(Path(p).stem, [Path(p)], chat_jsonl_items) for p in args.jsonl]
-    inputs += [(Path(p).stem, [Path(p)], sharegpt_items) for p in args.sharegpt]
-    inputs += [(Path(p).stem, [Path(p)], deepctrl_items) for p in args.deepctrl]
+    inputs = [(name, sorted(raw_dir.glob(pattern)), reader, dest) for name, (pattern, reader, dest) in SFT_SOURCES.items()]
+    inputs += [(Path(p).stem, [Path(p)], chat_jsonl_items, "sft") for p in args.jsonl]
+    inputs += [(Path(p).stem, [Path(p)], sharegpt_items, "sft") for p in args.sharegpt]
+    inputs += [(Path(p).stem, [Path(p)], deepctrl_items, "sft") for p in args.deepctrl]
     guard = ceval_guard(raw_dir, args.ceval)
-    out = {"single": [], "multi": [], "val": []}
+    out = {split: [] for split in SFT_FILES}
     seen, reports = set(), []
     start = time.time()
-    for name, paths, reader in inputs:
+    for name, paths, reader, dest in inputs:
         report = Report(name, skips=Skips(args.strict))
         reports.append(report)
         extra = {"name": args.bot_name, "author": args.bot_author} if reader is identity_items else {}
@@ -843,19 +850,20 @@ def cmd_sft(args) -> None:
                 seen.add(key)
                 report.kept += 1
                 report.chars += sum(len(m["content"]) for m in messages)
-                row = {"conversations": messages}
-                if is_val(messages[0]["content"], args.val_fraction):
-                    out["val"].append(row)
+                if dest != "sft":
+                    split = dest
+                elif is_val(messages[0]["content"], args.val_fraction):
+                    split = "val"
                 else:
-                    out["single" if len(replies) == 1 else "multi"].append(row)
-    paths = {"single": args.out_single, "multi": args.out_multi, "val": args.out_val}
-    for split, rows in out.items():
-        write_jsonl(paths[split], rows)
+                    split = "single" if len(replies) == 1 else "multi"
+                out[split].append({"conversations": messages})
     print(f"sft: read {sum(r.read for r in reports)}, kept {sum(r.kept for r in reports)} ({time.time() - start:.1f}s)")
     for report in reports:
         print(report.line())
     for split, rows in out.items():
-        print(f"  wrote {paths[split]}: {len(rows)} conversations")
+        path = Path(args.out) / SFT_FILES[split]
+        write_jsonl(path, rows)
+        print(f"  wrote {path}: {len(rows)} conversations")
 
 
 def ceval_guard(raw_dir: Path, ceval_dir) -> CevalGuard | None:
@@ -991,12 +999,13 @@ def cmd_dpo(args) -> None:
                 seen.add(key)
                 report.kept += 1
                 (val if is_val(prompt[-1]["content"], args.val_fraction) else train).append(row)
-    write_jsonl(args.out, train)
-    write_jsonl(args.out_val, val)
+    out = Path(args.out)
+    write_jsonl(out / "dpo.jsonl", train)
+    write_jsonl(out / "dpo_val.jsonl", val)
     print(f"dpo: read {sum(r.read for r in reports)}, kept {sum(r.kept for r in reports)} ({time.time() - start:.1f}s)")
     for report in reports:
         print(report.line())
-    print(f"  wrote {args.out}: {len(train)} pairs; {args.out_val}: {len(val)} pairs")
+    print(f"  wrote {out / 'dpo.jsonl'}: {len(train)} pairs; {out / 'dpo_val.jsonl'}: {len(val)} pairs")
 
 
 # ============================================================================= command line
@@ -1036,9 +1045,7 @@ def main(argv=None) -> None:
     sub.set_defaults(run=cmd_pretrain)
 
     sub = command("sft", "build chat jsonl (single-turn, multi-turn and held-out files)")
-    sub.add_argument("--out_single", default=str(DATASET / "sft_single.jsonl"))
-    sub.add_argument("--out_multi", default=str(DATASET / "sft_multi.jsonl"))
-    sub.add_argument("--out_val", default=str(DATASET / "sft_val.jsonl"))
+    sub.add_argument("--out", default=str(DATASET), help="folder for " + ", ".join(SFT_FILES.values()))
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"conversations": [{role, content}]} files')
     sub.add_argument("--sharegpt", nargs="*", default=[], help='extra {"conversations": [{from, value}]} files')
     sub.add_argument("--deepctrl", nargs="*", default=[], help='extra {"history", "q", "a"} files')
@@ -1050,8 +1057,7 @@ def main(argv=None) -> None:
     sub.set_defaults(run=cmd_sft)
 
     sub = command("dpo", "build preference pairs jsonl (prompt, chosen, rejected as messages)")
-    sub.add_argument("--out", default=str(DATASET / "dpo.jsonl"))
-    sub.add_argument("--out_val", default=str(DATASET / "dpo_val.jsonl"))
+    sub.add_argument("--out", default=str(DATASET), help="folder for dpo.jsonl and dpo_val.jsonl")
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"chosen": [...], "rejected": [...]} files')
     sub.add_argument("--ceval", default=None, help="C-Eval val CSV folder whose questions are removed (default raw/ceval/val)")
     sub.add_argument("--max_chars", type=int, default=1024)
