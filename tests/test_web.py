@@ -1,7 +1,8 @@
 """The chat page, driven in headless Chromium (Debian's chromium + chromium-driver) against the real server.
 
 The server is my_openai_api's app on werkzeug's threaded server, in a thread of this process, holding a
-tiny random model whose EOS is zeroed, so a reply only ends at max_tokens or when the page stops it.
+tiny random model whose EOS embedding is zeroed, so a greedy reply only ends at max_tokens or when the
+page stops it.
 """
 import shutil
 import threading
@@ -84,7 +85,7 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     browser.find_element("id", "toggle-settings").click()
     set_field(browser, "api_key", KEY)
     wait.until(lambda d: "full_sft_64" in text_of("status"))
-    set_field(browser, "temperature", "1")
+    set_field(browser, "temperature", "0")
     set_field(browser, "max_tokens", "5000")
 
     # Record every text the reply bubble shows while it streams.
@@ -124,7 +125,7 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     assert "400" in error and "temperature" in error
     assert browser.find_element("id", "input").get_attribute("value") == "温度太高"
 
-    set_field(browser, "temperature", "1")
+    set_field(browser, "temperature", "0")
     set_field(browser, "api_key", "wrong-key")
     browser.find_element("id", "send").click()
     wait.until(lambda d: len(d.find_elements("css selector", ".msg.error")) == 2)
