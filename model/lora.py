@@ -3,7 +3,7 @@
     model = apply_lora(load_model("out/full_sft_512.pth"), LoraSettings(rank=8))
     ...train: only the lora_A / lora_B matrices require grad...
     save_adapter(model, "out/lora_identity_512", base_path="out/full_sft_512.pth")
-    merged = model.merge_and_unload()     # a plain MiniMindForCausalLM with W + (alpha/r) * B @ A folded in
+    save_merged(model, "out/lora_identity_512.pth")   # W + (alpha/r) * B @ A folded in, a plain checkpoint
 
 An adapter folder is peft's own format (adapter_config.json + adapter_model.safetensors), so
 `PeftModel.from_pretrained(base, folder)` reads it, and the chat/eval scripts load it with
@@ -11,6 +11,7 @@ An adapter folder is peft's own format (adapter_config.json + adapter_model.safe
 trained on in `base_model_name_or_path`.
 """
 import argparse
+import copy
 import os
 import shutil
 import tempfile
@@ -95,6 +96,7 @@ def save_adapter(peft_model, path, base_path=None) -> None:
     if base_path is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the final folder should read like any other
     try:
         peft_model.save_pretrained(str(tmp), save_embedding_layers=False)  # embeddings are never adapted
         old = None
@@ -109,3 +111,13 @@ def save_adapter(peft_model, path, base_path=None) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def save_merged(peft_model, path) -> Path:
+    """Write base + adapter folded together as a plain stage checkpoint (save_weights), leaving
+    `peft_model` itself untouched so training can go on: the merge happens on a copy."""
+    from model.checkpoint import save_weights
+
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    save_weights(merged, path)
+    return Path(path)

@@ -1,0 +1,100 @@
+"""Stage 4, LoRA: adapt the chat model to a domain by training small low-rank adapters, base frozen.
+
+    python 4-lora_sft.py --preset tiny --data dataset/lora_identity.jsonl            # CPU: a minute
+    python 4-lora_sft.py --preset tiny --data dataset/lora_identity.jsonl --resume   # continue exactly
+    python 4-lora_sft.py --data dataset/lora_medical.jsonl --lora_rank 16 --merge
+    torchrun --nproc_per_node 8 4-lora_sft.py --preset small --data dataset/lora_medical.jsonl
+
+Each adapted linear layer W (attention q/k/v/o and the SwiGLU gate/up/down by default) computes
+W x + (alpha / r) * B A x, where A (r x in) and B (out x r) are the only trained parameters and B starts
+at zero, so training starts exactly from the base model. Loss is on assistant tokens only, as in SFT.
+
+Reads the base weights from out/full_sft_{dim}[_moe].pth (or --init_from) and a chat jsonl
+({"conversations": [{"role", "content"}, ...]}). Writes, under --out_dir (NAME from --name, by default
+the data file's name without a `lora_` prefix):
+
+    lora_NAME_{tag}/               the adapter only, in peft's format (adapter_config.json records the base)
+    lora_NAME_{tag}.pth  + .json   with --merge: base + adapter folded into one plain checkpoint
+    lora_NAME_{tag}_resume.pth     everything --resume needs (base weights included)
+    lora_NAME_{tag}_loss.png       loss curves
+
+The base checkpoint is only read, never written. Chat with the result: `python 2-eval.py --weight lora_NAME`.
+"""
+import argparse
+from pathlib import Path
+
+from model.checkpoint import load_model, weights_path
+from model.dataset import SFTDataset
+from model.LMConfig import add_config_args, config_from_args, describe
+from model.lora import (add_lora_args, adapter_dir, apply_lora, lora_settings_from_args, save_adapter, save_merged,
+                        trainable_summary)
+from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
+from model.trainer import TrainConfig, Trainer, add_train_args
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    group = parser.add_argument_group("LoRA fine-tuning")
+    group.add_argument("--data", default=str(ROOT / "dataset" / "lora_identity.jsonl"), help="domain chat jsonl")
+    group.add_argument("--val_data", default=None, help="held-out chat jsonl for validation (optional)")
+    group.add_argument("--name", default=None, help="adapter name in out/lora_NAME_{tag}/ (default: from --data)")
+    group.add_argument("--init_from", default=None, help="base weights (default out/full_sft_{tag}.pth)")
+    group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
+    group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
+    group.add_argument("--merge", action="store_true", help="also write base + adapter merged to out/lora_NAME_{tag}.pth")
+    add_lora_args(parser)
+    add_train_args(parser, learning_rate=1e-4, batch_size=16, epochs=10, weight_decay=0.01,
+                   log_interval=10, eval_interval=100, save_interval=200)
+    return parser.parse_args(argv)
+
+
+def sft_loss(model, batch):
+    x, y = batch
+    out = model(input_ids=x, shift_labels=y)  # y is -100 except on assistant tokens; includes MoE balance loss
+    return out.loss, {}
+
+
+def adapter_name(args) -> str:
+    if args.name:
+        return args.name
+    return Path(args.data).stem.removeprefix("lora_")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    trainer = Trainer(TrainConfig.from_args(args))  # seeds first: the adapters' random A starts the same every run
+    out_dir = Path(args.out_dir)
+
+    base_path = Path(args.init_from) if args.init_from else weights_path(out_dir, "full_sft", config_from_args(args))
+    model = load_model(base_path)  # its own config (from the .json beside it) wins over --preset
+    config = model.config
+    trainer.print(f"base {base_path}: {describe(model)}")
+    model = apply_lora(model, lora_settings_from_args(args))
+    trainer.print(trainable_summary(model))
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    if len(tokenizer) > config.vocab_size:
+        raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
+    max_length = args.max_length or config.max_seq_len
+    train_set = SFTDataset(args.data, tokenizer, max_length)
+    val_set = SFTDataset(args.val_data, tokenizer, max_length) if args.val_data else None
+
+    name = f"lora_{adapter_name(args)}_{config.tag()}"
+    folder = adapter_dir(out_dir, adapter_name(args), config)
+    save_fn = lambda m: (save_adapter(m, folder, base_path=base_path), folder)[1]
+    result = trainer.fit(model, train_set, sft_loss, val_set=val_set, collate_fn=SFTDataset.collate,
+                         save_fn=save_fn, name=name)
+    if result.finished:
+        trainer.print(f"done: adapter in {folder}" + (f", validation loss {result.val_metrics['loss']:.4f}"
+                                                        if result.val_metrics else ""))
+        if args.merge and trainer.is_main:
+            merged = save_merged(result.model, weights_path(out_dir, f"lora_{adapter_name(args)}", config))
+            trainer.print(f"merged weights: {merged}")
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main()
