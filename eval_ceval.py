@@ -1,0 +1,310 @@
+"""Score a MiniMind on C-Eval's validation split (52 subjects, 1346 questions), or any CSV set of that layout.
+
+    python eval_ceval.py                                  # out/full_sft_512.pth, zero-shot
+    python eval_ceval.py --weight dpo --shots 5           # 5 solved dev questions before each one
+    python eval_ceval.py --data_dir ../shared/data/ceval  # a C-Eval copy somewhere else
+    python eval_ceval.py --data_dir data/cmmlu --split test --dev_split dev   # CMMLU's layout
+
+Protocol. Each question and its four options become one user turn
+(`以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。` then the question, `A. ...` to `D. ...`
+and `答案：`); with --shots k, the first k dev questions of the subject come first as earlier
+user/assistant turns whose answer is the bare letter. After the assistant header the model's
+next-token distribution decides: the option whose letter has the highest probability is the
+model's answer. No text is generated, so the score does not depend on sampling.
+
+The probability of a letter is the total over the tokens that spell that letter as a whole first word
+("A", " A", "A.", "A、", ...), so a tokenizer that merged the letter with punctuation is still read
+correctly; with our byte-level tokenizer the bare letter is always a token of its own. Prompts longer
+than the model's context lose shots first, then the beginning of the question (the options and
+the answer cue at the end are kept); their number is reported.
+
+Data: `{data_dir}/{split}/{subject}_{split}.csv` (or `{subject}.csv`) with columns id, question, A, B, C, D,
+answer (any letter case); an optional `{data_dir}/subject_mapping.json` maps a subject to
+[English name, Chinese name, category]. By default data_dir is dataset/raw/ceval (where
+`python data_process.py fetch` puts it), else ../shared/data/ceval.
+
+Writes, under --results (default out/ceval/{weight}_{tag}/):
+    {subject}.csv    id, question, answer, model_answer, correct, p_A..p_D (one row per question)
+    summary.csv      per subject: name, category, questions, correct, accuracy
+    summary.json     everything above plus per-category, micro (all questions) and macro (mean of
+                     subjects) accuracy, the 25% chance line, and the counts of skipped rows
+    summary.txt      the printed report
+"""
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import atomic_write
+from model.cli import ROOT, add_model_args, load_from_args
+from model.tokenizer import PAD_ID
+
+LETTERS = "ABCD"
+CHANCE = 0.25
+DEFAULT_DATA_DIRS = (ROOT / "dataset" / "raw" / "ceval", ROOT.parent / "shared" / "data" / "ceval")
+HEADER = "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。\n\n"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser, default_weight="full_sft")
+    parser.add_argument("--data_dir", default=None, help="folder holding {split}/ CSVs (default: see above)")
+    parser.add_argument("--split", default="val", help="folder of the scored questions (val has answers; test does not)")
+    parser.add_argument("--dev_split", default="dev", help="folder the --shots exemplars come from")
+    parser.add_argument("--shots", type=int, default=0, help="solved dev questions shown before each question")
+    parser.add_argument("--subjects", default=None, help="comma-separated subset of subjects (default: all)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--results", default=None, help="output folder (default out/ceval/{weight}_{tag})")
+    args = parser.parse_args(argv)
+    if args.shots < 0 or args.batch_size < 1:
+        parser.error("--shots must be >= 0 and --batch_size >= 1")
+    return args
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Question:
+    subject: str
+    id: str
+    question: str
+    options: list[str]
+    answer: str
+
+
+@dataclass
+class Subject:
+    name: str
+    title: str  # the Chinese name used in the prompt
+    category: str
+    questions: list[Question]
+    shots: list[Question] = field(default_factory=list)
+    skipped: int = 0
+
+
+def find_data_dir(arg) -> Path:
+    if arg:
+        path = Path(arg)
+        if not path.is_dir():
+            raise SystemExit(f"--data_dir {path} is not a folder")
+        return path
+    for path in DEFAULT_DATA_DIRS:
+        if path.is_dir():
+            return path
+    tried = " or ".join(str(p) for p in DEFAULT_DATA_DIRS)
+    raise SystemExit(f"no C-Eval data at {tried}: run `python data_process.py fetch`, or pass --data_dir")
+
+
+def subject_files(data_dir: Path, split: str) -> dict[str, Path]:
+    folder = data_dir / split
+    files = sorted(folder.glob("*.csv"))
+    if not files:
+        raise SystemExit(f"{folder}: no CSV files (expected {split}/{{subject}}_{split}.csv)")
+    return {f.stem.removesuffix(f"_{split}"): f for f in files}
+
+
+def read_questions(path: Path, subject: str) -> tuple[list[Question], int]:
+    """The well-formed questions of one CSV, and how many rows were skipped (each one reported)."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise SystemExit(f"{path}: not a readable UTF-8 CSV ({error})")
+    columns = {str(c).strip().lower(): c for c in frame.columns}
+    missing = [c for c in ("question", "a", "b", "c", "d", "answer") if c not in columns]
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})")
+    records = frame.rename(columns={original: name for name, original in columns.items()}).to_dict("records")
+    questions, skipped = [], 0
+    for number, row in enumerate(records, start=1):
+        get = lambda name: str(row.get(name, "")).strip()
+        answer, text = get("answer").upper(), get("question")
+        if answer not in LETTERS or not text:
+            problem = f"answer {answer!r} is not one of A/B/C/D" if answer not in LETTERS else "empty question"
+            print(f"{path}: record {number} skipped: {problem}", file=sys.stderr)
+            skipped += 1
+            continue
+        qid = get("id") if "id" in columns else str(number - 1)
+        questions.append(Question(subject, qid, text, [get(letter.lower()) for letter in LETTERS], answer))
+    return questions, skipped
+
+
+def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=None) -> list[Subject]:
+    mapping_file = data_dir / "subject_mapping.json"
+    mapping = json.loads(mapping_file.read_text(encoding="utf-8")) if mapping_file.exists() else {}
+    files = subject_files(data_dir, split)
+    if only:
+        unknown = sorted(set(only) - set(files))
+        if unknown:
+            raise SystemExit(f"--subjects: {', '.join(unknown)} not in {data_dir / split}")
+        files = {name: files[name] for name in only}
+    dev_files = subject_files(data_dir, dev_split) if shots else {}
+    subjects = []
+    for name, path in files.items():
+        questions, skipped = read_questions(path, name)
+        _, title, category = mapping.get(name, (name, name.replace("_", " "), "Other"))
+        subject = Subject(name, title, category, questions, skipped=skipped)
+        if shots:
+            if name not in dev_files:
+                raise SystemExit(f"--shots {shots}: no {dev_split} file for subject {name} in {data_dir / dev_split}")
+            subject.shots = read_questions(dev_files[name], name)[0][:shots]
+        subjects.append(subject)
+    return subjects
+
+
+# ----------------------------------------------------------------------------- prompts and scoring
+
+def question_text(q: Question) -> str:
+    options = "".join(f"\n{letter}. {option}" for letter, option in zip(LETTERS, q.options))
+    return f"{q.question}{options}\n答案："
+
+
+def prompt_ids(tokenizer, subject: Subject, q: Question, max_tokens: int) -> tuple[list[int], bool]:
+    """Chat-rendered prompt ids ending with the assistant header, and whether it had to be cut."""
+    shots = list(subject.shots)
+    while True:
+        messages = []
+        for shot in shots:
+            messages += [{"role": "user", "content": question_text(shot)}, {"role": "assistant", "content": shot.answer}]
+        messages.append({"role": "user", "content": question_text(q)})
+        messages[0] = {"role": "user", "content": HEADER.format(subject.title) + messages[0]["content"]}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer.encode(text)
+        if len(ids) <= max_tokens:
+            return ids, False
+        if not shots:
+            return ids[-max_tokens:], True
+        shots.pop(0)
+
+
+def letter_token_ids(tokenizer) -> dict[str, list[int]]:
+    """For each letter, the vocabulary tokens that read as that letter on its own (see the docstring)."""
+    groups = {letter: [] for letter in LETTERS}
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    for token_id, text in enumerate(texts):
+        text = text.strip()
+        if text[:1] in groups and not (len(text) > 1 and text[1].isascii() and text[1].isalnum()):
+            groups[text[0]].append(token_id)
+    empty = [letter for letter in LETTERS if not groups[letter]]
+    if empty:
+        raise SystemExit(f"the tokenizer has no token that reads as the answer letter(s) {', '.join(empty)}")
+    return groups
+
+
+@torch.no_grad()
+def letter_probabilities(model, batch: list[list[int]], groups: dict[str, list[int]]) -> torch.Tensor:
+    """(len(batch), 4) probabilities of A/B/C/D as the next token after each prompt.
+    Prompts are left-padded and masked, so the last position is the next-token position of every row."""
+    width = max(len(ids) for ids in batch)
+    tokens = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for row, ids in enumerate(batch):
+        tokens[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    logits = model(tokens.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=1).logits[:, -1]
+    probs = logits.float().softmax(dim=-1).cpu()
+    return torch.stack([probs[:, groups[letter]].sum(dim=-1) for letter in LETTERS], dim=-1)
+
+
+def evaluate(model, tokenizer, subjects: list[Subject], batch_size: int) -> tuple[dict[str, pd.DataFrame], int]:
+    """Per-subject result tables, and how many prompts were cut to fit the context."""
+    groups = letter_token_ids(tokenizer)
+    items, cut = [], 0
+    for subject in subjects:
+        for q in subject.questions:
+            ids, was_cut = prompt_ids(tokenizer, subject, q, model.config.max_seq_len)
+            items.append((q, ids))
+            cut += was_cut
+    # Similar lengths share a batch, so little compute goes to padding.
+    items.sort(key=lambda item: len(item[1]))
+    rows = {subject.name: [] for subject in subjects}
+    with tqdm(total=len(items), desc="C-Eval", unit="q", file=sys.stderr) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            probs = letter_probabilities(model, [ids for _, ids in chunk], groups)
+            for (q, _), p in zip(chunk, probs.tolist()):
+                choice = LETTERS[max(range(len(LETTERS)), key=lambda i: p[i])]
+                rows[q.subject].append(dict(id=q.id, question=q.question, answer=q.answer, model_answer=choice,
+                                            correct=choice == q.answer, **{f"p_{l}": round(v, 6) for l, v in zip(LETTERS, p)}))
+            bar.update(len(chunk))
+    order = {subject.name: {q.id: i for i, q in enumerate(subject.questions)} for subject in subjects}
+    tables = {name: pd.DataFrame(sorted(r, key=lambda row: order[name][row["id"]])) for name, r in rows.items()}
+    return tables, cut
+
+
+# ----------------------------------------------------------------------------- report
+
+def summarize(subjects: list[Subject], tables: dict[str, pd.DataFrame], cut: int, **settings) -> dict:
+    per_subject = {}
+    for s in subjects:
+        n, correct = len(tables[s.name]), int(tables[s.name]["correct"].sum()) if len(tables[s.name]) else 0
+        per_subject[s.name] = dict(name=s.title, category=s.category, questions=n, correct=correct,
+                                   accuracy=correct / n if n else math.nan, skipped=s.skipped)
+    scored = {k: v for k, v in per_subject.items() if v["questions"]}
+    categories = {}
+    for category in sorted({v["category"] for v in scored.values()}):
+        members = [v for v in scored.values() if v["category"] == category]
+        n, correct = sum(v["questions"] for v in members), sum(v["correct"] for v in members)
+        categories[category] = dict(subjects=len(members), questions=n, correct=correct, micro=correct / n,
+                                    macro=sum(v["accuracy"] for v in members) / len(members))
+    n, correct = sum(v["questions"] for v in scored.values()), sum(v["correct"] for v in scored.values())
+    return dict(**settings, subjects=len(per_subject), questions=n, correct=correct,
+                micro=correct / n if n else math.nan,
+                macro=sum(v["accuracy"] for v in scored.values()) / len(scored) if scored else math.nan,
+                chance=CHANCE, skipped_rows=sum(s.skipped for s in subjects), prompts_cut=cut,
+                categories=categories, per_subject=per_subject)
+
+
+def report_text(summary: dict) -> str:
+    lines = [f"{'subject':<42} {'category':<15} {'n':>4} {'acc':>7}"]
+    for name, v in summary["per_subject"].items():
+        lines.append(f"{name:<42} {v['category']:<15} {v['questions']:>4} {100 * v['accuracy']:>6.2f}%")
+    lines.append("")
+    lines.append(f"{'category':<20} {'subjects':>8} {'n':>5} {'micro':>8} {'macro':>8}")
+    for name, v in summary["categories"].items():
+        lines.append(f"{name:<20} {v['subjects']:>8} {v['questions']:>5} {100 * v['micro']:>7.2f}% {100 * v['macro']:>7.2f}%")
+    lines.append("")
+    lines.append(f"{summary['questions']} questions in {summary['subjects']} subjects ({summary['shots']}-shot): "
+                 f"micro {100 * summary['micro']:.2f}%, macro {100 * summary['macro']:.2f}% "
+                 f"(random guessing scores {100 * summary['chance']:.0f}%)")
+    if summary["skipped_rows"]:
+        lines.append(f"{summary['skipped_rows']} malformed rows skipped (listed above)")
+    if summary["prompts_cut"]:
+        lines.append(f"{summary['prompts_cut']} prompts were longer than the context and were cut")
+    return "\n".join(lines)
+
+
+def write_results(results: Path, tables: dict[str, pd.DataFrame], summary: dict, text: str) -> None:
+    for name, table in tables.items():
+        atomic_write(results / f"{name}.csv", lambda tmp, t=table: t.to_csv(tmp, index=False, encoding="utf-8"))
+    per_subject = pd.DataFrame([dict(subject=k, **v) for k, v in summary["per_subject"].items()])
+    atomic_write(results / "summary.csv", lambda tmp: per_subject.to_csv(tmp, index=False, encoding="utf-8"))
+    as_json = json.dumps(summary, indent=2, ensure_ascii=False, default=str)
+    atomic_write(results / "summary.json", lambda tmp: Path(tmp).write_text(as_json, encoding="utf-8"))
+    atomic_write(results / "summary.txt", lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    data_dir = find_data_dir(args.data_dir)
+    only = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
+    subjects = load_subjects(data_dir, args.split, args.dev_split, args.shots, only)
+    model, tokenizer = load_from_args(args)
+    name = Path(args.ckpt).stem if args.ckpt else f"{args.weight}_{model.config.tag()}"
+    results = Path(args.results) if args.results else Path(args.out_dir) / "ceval" / name
+    tables, cut = evaluate(model, tokenizer, subjects, args.batch_size)
+    summary = summarize(subjects, tables, cut, model=name, data_dir=str(data_dir), split=args.split, shots=args.shots)
+    text = report_text(summary)
+    write_results(results, tables, summary, text)
+    print(text)
+    print(f"results in {results}/")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
