@@ -133,12 +133,17 @@ def fetch_one(source: Source, raw_dir: Path, mirror: str | None, retries: int = 
             shutil.copyfile(local, part)
         else:
             url = mirror.rstrip("/") + "/" + source.local_path if mirror else source.url
-            download(url, part)
+            try:
+                download(url, part)
+            except (OSError, urllib.error.URLError) as error:
+                if attempt == retries - 1 or (isinstance(error, urllib.error.HTTPError) and error.code < 500):
+                    raise
+                time.sleep(1 + attempt)  # a dropped connection: wait, then continue from the part file
+                continue
         if part.stat().st_size == source.bytes and sha256_file(part) == source.sha256:
             os.replace(part, dest)
             return status
         part.unlink()  # wrong bytes (or a stale part from another version): start again from zero
-        time.sleep(attempt)
     raise ValueError(f"sha256 mismatch after {retries} tries")
 
 
