@@ -64,7 +64,8 @@ REQUEST_FIELDS = {
 class APIError(Exception):
     """An error answered as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: str = None, code: str = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str = None, code: str = None,
+                 kind: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -105,7 +106,8 @@ def _number(body: dict, name: str, default, low: float, high: float, integer: bo
         return default
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}", name)
+        what = "an integer" if integer else "a number"
+        raise APIError(400, f"'{name}' must be {what}, got {json.dumps(value)}", name)
     if value < low or value > high or (low_open and value == low):
         span = f"{'(' if low_open else '['}{low}, {high if high != float('inf') else 'inf'}]"
         raise APIError(400, f"'{name}' must be in {span}, got {value}", name)
@@ -120,8 +122,8 @@ def _content(message: dict, i: int) -> str:
         texts = []
         for j, part in enumerate(content):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise APIError(400, f"messages[{i}].content[{j}] must be a text part {{\"type\": \"text\", \"text\": ...}}; "
-                               "this model reads text only", f"messages[{i}].content")
+                raise APIError(400, f"messages[{i}].content[{j}] must be a text part "
+                               '{"type": "text", "text": ...}; this model reads text only', f"messages[{i}].content")
             texts.append(part["text"])
         return "".join(texts)
     raise APIError(400, f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
@@ -166,9 +168,10 @@ def parse_request(body, model_name: str, defaults: Defaults) -> ChatRequest:
     if options is not None:
         if not stream:
             raise APIError(400, "'stream_options' is only allowed when 'stream' is true", "stream_options")
-        if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
+        valid = isinstance(options, dict) and set(options) <= {"include_usage"}
+        include_usage = options.get("include_usage", False) if valid else None
+        if not isinstance(include_usage, bool):
             raise APIError(400, "'stream_options' must be {\"include_usage\": true|false}", "stream_options")
-        include_usage = options.get("include_usage", False)
 
     _number(body, "n", 1, 1, 1, integer=True)  # one choice per request
     max_tokens = _number(body, "max_tokens", None, 1, float("inf"), integer=True)
@@ -179,10 +182,8 @@ def parse_request(body, model_name: str, defaults: Defaults) -> ChatRequest:
     elif isinstance(stop, str):
         stop = [stop]
     if not (isinstance(stop, list) and len(stop) <= MAX_STOP_STRINGS and all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, f"'stop' must be a non-empty string or a list of up to {MAX_STOP_STRINGS} non-empty strings", "stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise APIError(400, "'seed' must be an integer", "seed")
+        raise APIError(400, f"'stop' must be a non-empty string or a list of up to {MAX_STOP_STRINGS} "
+                       "non-empty strings", "stop")
 
     return ChatRequest(
         messages=checked,
@@ -194,7 +195,7 @@ def parse_request(body, model_name: str, defaults: Defaults) -> ChatRequest:
         repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty, 0, 10, low_open=True),
         max_tokens=min(max_tokens or defaults.max_tokens, defaults.max_tokens),
         stop=stop,
-        seed=seed,
+        seed=_number(body, "seed", None, -2**63, 2**64 - 1, integer=True),  # what torch's generator takes
     )
 
 
@@ -326,8 +327,7 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
             text = "".join(stream)
         finally:
             gate.leave(holding)
-        log(f"{completion_id}: {stream.prompt_tokens} prompt + {stream.completion_tokens} completion tokens, "
-            f"finish={stream.finish_reason}")
+        log_done(completion_id, stream, f"finish={stream.finish_reason}")
         answer = {
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -346,6 +346,9 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
             generator=generator,
         )
 
+    def log_done(completion_id: str, stream, outcome: str) -> None:
+        log(f"{completion_id}: {stream.prompt_tokens} prompt + {stream.completion_tokens} completion tokens, {outcome}")
+
     def usage(stream) -> dict:
         return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.completion_tokens,
                 "total_tokens": stream.prompt_tokens + stream.completion_tokens}
@@ -363,7 +366,7 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
         def delta(content: dict, finish_reason=None) -> list:
             return [{"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}]
 
-        holding, stream, finished = False, None, False
+        holding, stream, outcome = False, None, "client disconnected, generation stopped"
         try:
             yield event(delta({"role": "assistant", "content": ""}))
             gate.wait()
@@ -374,18 +377,18 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
             yield event(delta({}, stream.finish_reason))
             if req.include_usage:  # OpenAI's extra last chunk: no choices, just the counts
                 yield event([], usage=usage(stream))
+            outcome = f"finish={stream.finish_reason}"
             yield "data: [DONE]\n\n"
-            finished = True
         except Exception as err:  # noqa: BLE001 - reported to the client as an SSE error, then logged
             traceback.print_exc()
+            outcome = f"failed: {err}"
             yield f"data: {json.dumps(APIError(500, f'generation failed: {err}', kind='server_error').body())}\n\n"
         finally:
             if stream is not None:
                 stream.close()
             gate.leave(holding)
             if stream is not None:
-                how = f"finish={stream.finish_reason}" if finished else "client disconnected, generation stopped"
-                log(f"{completion_id}: {stream.prompt_tokens} prompt + {stream.completion_tokens} completion tokens, {how}")
+                log_done(completion_id, stream, outcome)
 
     return app
 
@@ -400,18 +403,22 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weight", default="full_sft", help="stage to serve: out/{weight}_{tag}.pth (pretrain, full_sft, dpo, ...)")
+    parser.add_argument("--weight", default="full_sft",
+                        help="stage to serve: out/{weight}_{tag}.pth (pretrain, full_sft, dpo, ...)")
     parser.add_argument("--out_dir", default="out", help="where the stage checkpoints are")
     parser.add_argument("--ckpt", default=None, help="a checkpoint .pth or an exported HF folder (overrides --weight)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default model/minimind_tokenizer)")
     parser.add_argument("--model_name", default=None, help="the id clients see (default: the checkpoint's name)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind; 0.0.0.0 exposes the server to the network")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max_tokens", type=int, default=Defaults.max_tokens, help="default and cap for max_tokens")
-    parser.add_argument("--max_queue", type=int, default=16, help="requests allowed to wait for the model; more get 503")
-    parser.add_argument("--temperature", type=float, default=Defaults.temperature, help="default when a request omits it")
+    parser.add_argument("--max_queue", type=int, default=16,
+                        help="requests allowed to wait for the model; more get 503")
+    parser.add_argument("--temperature", type=float, default=Defaults.temperature,
+                        help="default when a request omits it")
     parser.add_argument("--top_p", type=float, default=Defaults.top_p, help="default when a request omits it")
     add_config_args(parser)  # --preset and overrides only pick the checkpoint name (the tag); its .json gives the shape
     args = parser.parse_args()

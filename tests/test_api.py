@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from model.checkpoint import save_weights
+from model.checkpoint import load_model, save_weights
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
+from my_openai_api import Defaults, create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -170,6 +171,9 @@ BAD_REQUESTS = [
     (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}', "stop", "up to 4"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "true or false"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "n"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "seed": "x"}', "seed", "integer"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": 5}', "stream_options",
+     "include_usage"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools", "Unrecognized"),
 ]
 
@@ -273,3 +277,29 @@ def test_terminal_client_keeps_history(server):
     first, second = counts["-1"]
     assert second > first + 4  # the second prompt carried the first turn
     assert counts["0"][0] == counts["0"][1] == first  # without history both prompts are alike
+
+
+def test_full_queue_answers_503_until_the_stream_goes_away(checkpoint, tokenizer):
+    from werkzeug.serving import make_server
+
+    app = create_app(load_model(checkpoint), tokenizer, "full_sft_64", Defaults(max_tokens=CAP), max_queue=0)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    local = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="none", max_retries=0)
+    try:
+        running = ask(local, "你好", max_tokens=CAP, temperature=0, stream=True)
+        next(iter(running))  # the role chunk: this stream holds the only place
+        with pytest.raises(openai.InternalServerError, match="busy") as busy:
+            ask(local, "你好", max_tokens=2)
+        assert busy.value.status_code == 503
+        running.close()  # the server notices at its next write and frees the place
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert ask(local, "你好", max_tokens=2, temperature=0).usage.completion_tokens == 2
+                break
+            except openai.InternalServerError:
+                assert time.time() < deadline, "the closed stream never gave its place back"
+                time.sleep(0.1)
+    finally:
+        server.shutdown()
