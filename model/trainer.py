@@ -192,8 +192,9 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 def _time_matmul(device: torch.device, dtype: torch.dtype, n: int, budget_s: float = 0.1) -> float:
     """Seconds per (n x n) @ (n x n) matmul in `dtype`, best of a few."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    generator = torch.Generator().manual_seed(0)  # leaves the global RNG (and so exact resume) alone
+    a = torch.randn(n, n, generator=generator).to(device, dtype)
+    b = torch.randn(n, n, generator=generator).to(device, dtype)
     a @ b  # warm-up: kernel selection, allocation
     best, spent = float("inf"), 0.0
     for _ in range(20):
@@ -461,14 +462,14 @@ class Trainer:
                                       fused=self.device.type == "cuda")
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         n_decay, n_plain = (sum(p.numel() for p in g["params"]) for g in groups)
-        self.print(f"{self.describe()}; AdamW: {n_decay / 1e6:.2f}M parameters with weight decay {cfg.weight_decay}, "
-                   f"{n_plain / 1e6:.2f}M without (norms, biases, embeddings)")
+        self.print(f"{self.describe()}; AdamW: {n_decay:,} parameters with weight decay {cfg.weight_decay}, "
+                   f"{n_plain:,} without (norms, biases, embeddings)")
 
         step, epoch, offset = 0, 0, 0  # offset: samples this rank has consumed in the current epoch
-        history = {"train": [], "val": []}
+        history, rng = {"train": [], "val": []}, None
         if cfg.resume:
             if resume_file.exists():
-                step, epoch, offset, history = self._load_resume(resume_file, raw, optimizer, scaler, samples_per_step)
+                step, epoch, offset, history, rng = self._load_resume(resume_file, raw, optimizer, scaler, samples_per_step)
             else:
                 self.print(f"warning: --resume given but {resume_file} does not exist; starting from step 0")
         if step >= total_steps:
@@ -507,6 +508,8 @@ class Trainer:
                 progress.write(line)
 
         # --- the loop
+        if rng is not None:  # restored last, so that nothing above draws from it
+            set_rng_state(rng, self.device)
         previous_handlers = self._install_signal_handlers()
         progress = _progress_bar(total_steps, step, self.is_main)
         window = _Window()
@@ -517,7 +520,10 @@ class Trainer:
                 if offset >= steps_per_epoch * samples_per_step:
                     epoch, offset = epoch + 1, 0
                 sampler.set_epoch(epoch, skip=offset)
-                loader = DataLoader(train_set, batch_sampler=BatchSampler(sampler, B, drop_last=True), **loader_kwargs)
+                # Its own generator: a DataLoader otherwise draws its workers' base seed from the global
+                # RNG, and a resumed run (which opens a loader where the original did not) would diverge.
+                loader = DataLoader(train_set, batch_sampler=BatchSampler(sampler, B, drop_last=True),
+                                    generator=torch.Generator().manual_seed(cfg.seed + epoch), **loader_kwargs)
                 batches = iter(loader)
                 while step < total_steps and offset < steps_per_epoch * samples_per_step:
                     lr = lr_at(step, total_steps, warmup, cfg.learning_rate, min_lr)
@@ -591,7 +597,7 @@ class Trainer:
         cfg = self.config
         sampler = EpochSampler(len(val_set), shuffle=False, rank=self.rank, world_size=self.world_size)
         loader = DataLoader(val_set, batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=False),
-                            collate_fn=collate_fn, num_workers=cfg.num_workers)
+                            collate_fn=collate_fn, num_workers=cfg.num_workers, generator=torch.Generator())
         window = _Window()
         raw.eval()
         with torch.no_grad(), self.autocast:
@@ -622,18 +628,16 @@ class Trainer:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
-        if state["world_size"] == self.world_size and state["samples_per_step"] == samples_per_step:
-            set_rng_state(state["rng"][self.rank], self.device)
-        else:
+        rng = state["rng"][self.rank] if state["world_size"] == self.world_size else state["rng"][0]
+        if state["world_size"] != self.world_size or state["samples_per_step"] != samples_per_step:
             # Same samples in the same order, but split differently: not bit-exact any more.
             offset = offset * state["world_size"] // self.world_size
             offset -= offset % samples_per_step
             self.print(f"warning: {path} was written by {state['world_size']} process(es) with {state['samples_per_step']} "
                        f"samples per step each; continuing with {self.world_size} x {samples_per_step} from the same "
                        f"position in the data (the result will not be bit-identical to an uninterrupted run)")
-            set_rng_state(state["rng"][0], self.device)
         self.print(f"resumed from {path} at step {step} (epoch {epoch}, sample {offset} of this epoch)")
-        return step, epoch, offset, state["history"]
+        return step, epoch, offset, state["history"], rng
 
     def _install_signal_handlers(self):
         """SIGINT/SIGTERM (Ctrl-C, a scheduler, torchrun) finish the current step, save, and exit."""

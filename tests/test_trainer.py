@@ -1,0 +1,233 @@
+"""The training engine: schedule, parameter groups, exact resume, atomic checkpoints, input checks."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from conftest import tiny_config, tiny_moe_config
+from model.model import MiniMindForCausalLM
+from model.trainer import TrainConfig, Trainer, lr_at, param_groups
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CountingData(Dataset):
+    """Row i counts up from a pseudo-random start (mod vocab): easy to learn, different per index."""
+
+    def __init__(self, n: int, seq_len: int = 16, vocab: int = 64):
+        self.n, self.seq_len, self.vocab = n, seq_len, vocab
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        row = (i * 7919 + torch.arange(self.seq_len + 1)) % self.vocab
+        return row[:-1], row[1:]
+
+
+def lm_loss(model, batch):
+    x, y = batch
+    out = model(input_ids=x, shift_labels=y)
+    return out.loss, {"aux_loss": out.aux_loss}
+
+
+def train(out_dir, data, config=None, **overrides):
+    """One fit() of a tiny model; returns (FitResult, Trainer)."""
+    fields = dict(out_dir=str(out_dir), batch_size=4, accumulation_steps=2, learning_rate=3e-3, max_steps=8,
+                  warmup_steps=2, dtype="float32", device="cpu", threads=1, log_interval=2, eval_interval=0,
+                  save_interval=0, seed=3)
+    fields.update(overrides)
+    trainer = Trainer(TrainConfig(**fields))
+    model = MiniMindForCausalLM(config or tiny_config(vocab_size=64))
+    return trainer.fit(model, data, lm_loss, name="unit"), trainer
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- schedule and groups
+
+
+def test_lr_schedule_warmup_then_cosine_to_min_lr():
+    total, warmup, lr, min_lr = 100, 10, 1e-3, 1e-4
+    rates = [lr_at(s, total, warmup, lr, min_lr) for s in range(total)]
+    assert rates[0] == pytest.approx(lr / warmup)  # the first step already moves
+    assert all(b > a for a, b in zip(rates[:warmup], rates[1:warmup]))  # linear rise
+    assert rates[warmup - 1] == pytest.approx(lr) and rates[warmup] == pytest.approx(lr)
+    assert all(b < a for a, b in zip(rates[warmup:], rates[warmup + 1:]))  # cosine fall
+    midway = warmup + (total - warmup) // 2
+    assert rates[midway] == pytest.approx((lr + min_lr) / 2, rel=1e-6)
+    assert min_lr < rates[-1] < min_lr * 1.01
+    assert lr_at(total + 50, total, warmup, lr, min_lr) == pytest.approx(min_lr)  # never below min_lr
+    assert lr_at(0, 10, 0, lr, min_lr) == pytest.approx(lr)  # no warmup: start at the peak
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = MiniMindForCausalLM(tiny_moe_config())
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    plain_names = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "model.embed_tokens.weight" in plain_names  # tied with lm_head: listed once, no decay
+    assert all("norm" in n for n in plain_names - {"model.embed_tokens.weight"})
+    assert all(n.endswith("_proj.weight") or n.endswith("mlp.gate.weight") for n in decay_names)
+    assert len(decay_names) + len(plain_names) == len(list(model.parameters()))
+
+    # Frozen parameters (a LoRA base) are left out of the optimizer entirely.
+    for p in model.model.layers[0].parameters():
+        p.requires_grad_(False)
+    frozen = {id(p) for p in model.model.layers[0].parameters()}
+    groups = param_groups(model, 0.1)
+    assert not frozen & {id(p) for g in groups for p in g["params"]}
+
+
+# ----------------------------------------------------------------------------- training and resume
+
+
+def test_loss_goes_down_and_outputs_are_written(tmp_path):
+    data = CountingData(64)
+    result, _ = train(tmp_path, data, max_steps=16)
+    first, last = result_history(tmp_path)
+    assert result.finished and result.step == 16
+    assert last < first - 0.5, (first, last)
+    weights = torch.load(tmp_path / "unit.pth", weights_only=True)
+    assert set(weights) >= {"model.embed_tokens.weight", "model.norm.weight"}
+    assert (tmp_path / "unit.json").exists() and (tmp_path / "unit_loss.png").stat().st_size > 1000
+
+
+def result_history(out_dir):
+    history = torch.load(out_dir / "unit_resume.pth", weights_only=False)["history"]["train"]
+    return history[0][1], history[-1][1]
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_resume_is_bit_exact(tmp_path, moe):
+    """2N steps in one go == N steps, stop, --resume for N more: identical fp32 weights. 8 steps of
+    8 rows over 28 samples (3 steps per epoch) cross two epoch boundaries; the stop falls mid-epoch."""
+    data = CountingData(28)
+    config = tiny_moe_config(vocab_size=64) if moe else tiny_config(vocab_size=64, dropout=0.1)
+    full, _ = train(tmp_path / "full", data, config)
+    half, _ = train(tmp_path / "split", data, config, stop_step=4)
+    assert not half.finished and half.step == 4
+    resumed, _ = train(tmp_path / "split", data, config, resume=True)
+    assert resumed.finished and resumed.step == 8
+    a, b = state(full.model), state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    # ...and it really trained past the stop (the resumed run did not just reload step 4).
+    assert not torch.equal(state(half.model)["model.norm.weight"], b["model.norm.weight"])
+    saved = torch.load(tmp_path / "split" / "unit_resume.pth", weights_only=False)
+    assert saved["step"] == 8 and saved["epoch"] == 2 and saved["world_size"] == 1
+
+
+def test_resume_without_checkpoint_starts_fresh_and_resume_at_end_does_nothing(tmp_path, capsys):
+    data = CountingData(16)
+    train(tmp_path, data, max_steps=2, resume=True)
+    assert "does not exist; starting from step 0" in capsys.readouterr().out
+    result, _ = train(tmp_path, data, max_steps=2, resume=True)
+    assert result.step == 2 and "nothing to train" in capsys.readouterr().out
+
+
+def test_resume_rejects_a_different_model(tmp_path):
+    data = CountingData(16)
+    train(tmp_path, data, max_steps=2)
+    with pytest.raises(SystemExit, match="different model"):
+        train(tmp_path, data, tiny_config(vocab_size=64, dim=32), max_steps=4, resume=True)
+
+
+def test_peft_style_partial_training_and_extra_metrics(tmp_path, capsys):
+    """Only parameters with requires_grad train; metrics from loss_fn are logged; save_fn decides the output."""
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path), batch_size=4, max_steps=3, dtype="float32", device="cpu",
+                                  threads=1, log_interval=1, save_interval=0))
+    model = MiniMindForCausalLM(tiny_config(vocab_size=64))
+    model.requires_grad_(False)
+    model.model.norm.weight.requires_grad_(True)
+    before = state(model)
+    saved = []
+
+    def loss_fn(m, batch):
+        loss, _ = lm_loss(m, batch)
+        return loss, {"my_metric": torch.tensor(0.25)}
+
+    def save_fn(m):
+        saved.append(m.model.norm.weight.detach().clone())
+        return tmp_path / "adapter"
+
+    result = trainer.fit(model, CountingData(16), loss_fn, save_fn=save_fn, name="part")
+    after = state(result.model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.norm.weight"}
+    assert len(saved) == 1 and "my_metric 0.25" in capsys.readouterr().out
+    assert not (tmp_path / "part.pth").exists()
+
+
+def test_too_little_data_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="fewer than one step"):
+        train(tmp_path, CountingData(5))  # one step needs 4 x 2 rows
+
+
+def test_nan_loss_stops_with_a_message(tmp_path):
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=3, dtype="float32", device="cpu",
+                                  threads=1, log_interval=1))
+    model = MiniMindForCausalLM(tiny_config(vocab_size=64))
+    with pytest.raises(SystemExit, match="loss is nan at step 1"):
+        trainer.fit(model, CountingData(8), lambda m, b: (lm_loss(m, b)[0] * float("nan"), {}), name="nan")
+
+
+def test_validation_runs_and_is_recorded(tmp_path):
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path), batch_size=4, max_steps=6, dtype="float32", device="cpu",
+                                  threads=1, eval_interval=3, eval_batches=2, learning_rate=3e-3))
+    model = MiniMindForCausalLM(tiny_config(vocab_size=64))
+    result = trainer.fit(model, CountingData(32), lm_loss, val_set=CountingData(8), name="val")
+    history = torch.load(tmp_path / "val_resume.pth", weights_only=False)["history"]["val"]
+    assert [s for s, _ in history] == [3, 6]
+    assert history[1][1] < history[0][1] < math.log(64) + 0.5
+    assert result.val_metrics["loss"] == history[1][1]
+
+
+def test_cpu_dtype_auto_follows_the_measured_speed(monkeypatch):
+    import model.trainer as engine
+
+    monkeypatch.setattr(engine, "cpu_bf16_is_faster", lambda: True)
+    assert engine.pick_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(engine, "cpu_bf16_is_faster", lambda: False)
+    assert engine.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert engine.pick_dtype("float16", torch.device("cpu")) == torch.float16
+    with pytest.raises(SystemExit, match="float16 needs a CUDA GPU"):
+        Trainer(TrainConfig(device="cpu", dtype="float16", threads=1))
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
+    result, trainer = train(tmp_path, CountingData(16), dtype="bfloat16", max_steps=2)
+    assert trainer.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
+# ----------------------------------------------------------------------------- atomic checkpoints
+
+
+def test_checkpoint_survives_a_kill_in_the_middle_of_writing(tmp_path):
+    """The process dies (SIGKILL) halfway through writing a new checkpoint: the old one is intact."""
+    target = tmp_path / "ckpt.pth"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from model.checkpoint import atomic_torch_save, atomic_write
+        atomic_torch_save({{"step": 1, "w": torch.arange(1000)}}, {str(target)!r})
+        def half_then_die(tmp):
+            with open(tmp, "wb") as f:
+                f.write(b"PK" + b"\\0" * 5000)
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        atomic_write({str(target)!r}, half_then_die)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == -signal.SIGKILL
+    restored = torch.load(target, weights_only=True)
+    assert restored["step"] == 1 and torch.equal(restored["w"], torch.arange(1000))
