@@ -64,8 +64,7 @@ def error_message(err: openai.APIStatusError) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--api_key", default=os.environ.get("OPENAI_API_KEY", "none"),
                         help="sent as a Bearer token (default $OPENAI_API_KEY); only needed with a server --api_key")

@@ -1,9 +1,10 @@
 """Serve a MiniMind checkpoint behind an OpenAI-compatible HTTP API, plus a chat page at `/`.
 
-    python my_openai_api.py                          # out/full_sft_512.pth on http://127.0.0.1:8000
-    python my_openai_api.py --weight dpo --preset moe                 # out/dpo_640_moe.pth
-    python my_openai_api.py --ckpt out/pretrain_512.pth --api_key s3cret --port 8001
-    python my_openai_api.py --ckpt exported_hf_folder/                # an export_model.py folder
+    python my_openai_api.py                             # out/full_sft_512.pth on http://127.0.0.1:8000
+    python my_openai_api.py --weight dpo --preset moe   # out/dpo_640_moe.pth
+    python my_openai_api.py --weight lora_medical       # full_sft + the adapter in out/lora_medical_512/
+    python my_openai_api.py --ckpt out/hf/full_sft_512  # an export_model.py folder
+    python my_openai_api.py --api_key s3cret --port 8001
 
 Then open http://127.0.0.1:8000 in a browser, run `python chat_openai_api.py`, or point any OpenAI
 client at http://127.0.0.1:8000/v1.
@@ -396,40 +397,31 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
 # ----------------------------------------------------------------------------- command line
 
 def main():
-    from model.LMConfig import add_config_args, config_from_args
-    from model.checkpoint import load_model, weights_path
-    from model.tokenizer import load_tokenizer
     from werkzeug.serving import make_server
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weight", default="full_sft",
-                        help="stage to serve: out/{weight}_{tag}.pth (pretrain, full_sft, dpo, ...)")
-    parser.add_argument("--out_dir", default="out", help="where the stage checkpoints are")
-    parser.add_argument("--ckpt", default=None, help="a checkpoint .pth or an exported HF folder (overrides --weight)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default model/minimind_tokenizer)")
-    parser.add_argument("--model_name", default=None, help="the id clients see (default: the checkpoint's name)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind; 0.0.0.0 exposes the server to the network")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
-    parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max_tokens", type=int, default=Defaults.max_tokens, help="default and cap for max_tokens")
-    parser.add_argument("--max_queue", type=int, default=16,
-                        help="requests allowed to wait for the model; more get 503")
-    parser.add_argument("--temperature", type=float, default=Defaults.temperature,
-                        help="default when a request omits it")
-    parser.add_argument("--top_p", type=float, default=Defaults.top_p, help="default when a request omits it")
-    add_config_args(parser)  # --preset and overrides only pick the checkpoint name (the tag); its .json gives the shape
+    from model.cli import add_model_args, load_from_args, resolve_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser, default_weight="full_sft")  # --weight/--ckpt/--preset/--tokenizer/--device, as everywhere
+    group = parser.add_argument_group("serving")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind; 0.0.0.0 exposes the server to the network")
+    group.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    group.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
+    group.add_argument("--model_name", default=None, help="the id clients see (default: the checkpoint's name)")
+    group.add_argument("--max_tokens", type=int, default=Defaults.max_tokens, help="default and cap for max_tokens")
+    group.add_argument("--max_queue", type=int, default=16, help="requests allowed to wait for the model; more get 503")
+    group.add_argument("--temperature", type=float, default=Defaults.temperature,
+                       help="default when a request omits it")
+    group.add_argument("--top_p", type=float, default=Defaults.top_p, help="default when a request omits it")
     args = parser.parse_args()
     if args.max_tokens < 1 or args.max_queue < 0:
         parser.error("--max_tokens must be at least 1 and --max_queue at least 0")
 
-    path = Path(args.ckpt) if args.ckpt else weights_path(args.out_dir, args.weight, config_from_args(args))
-    dtype = torch.bfloat16 if args.device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
-    model = load_model(path, device=args.device, dtype=dtype)
-    tokenizer = load_tokenizer(args.tokenizer)
-    name = args.model_name or (path.name if path.is_dir() else path.stem)
+    path, adapter = resolve_checkpoint(args)
+    model, tokenizer = load_from_args(args)
+    served = adapter or path
+    name = args.model_name or (served.name if served.is_dir() else served.stem)  # full_sft_512, lora_medical_512
     defaults = Defaults(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     app = create_app(model, tokenizer, name, defaults, api_key=args.api_key, max_queue=args.max_queue)
 
@@ -437,7 +429,7 @@ def main():
     if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
         print(f"warning: listening on {args.host} without --api_key: anyone who can reach this port can use the model",
               file=sys.stderr)
-    print(f"serving {name} ({path}) on http://{args.host}:{server.server_port}  (Ctrl-C stops)", flush=True)
+    print(f"serving {name} on http://{args.host}:{server.server_port}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

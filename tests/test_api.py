@@ -62,8 +62,9 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(checkpoint, tokenizer_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    proc, url = start_server(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer_dir), "--api_key", KEY,
-                              "--max_tokens", str(CAP)], log_path)
+    # --weight full_sft with --dim 64 names {out_dir}/full_sft_64.pth, as a user picks a stage checkpoint
+    proc, url = start_server(["--out_dir", str(checkpoint.parent), "--weight", "full_sft", "--dim", "64",
+                              "--tokenizer", str(tokenizer_dir), "--api_key", KEY, "--max_tokens", str(CAP)], log_path)
     yield url, log_path
     proc.terminate()
     proc.wait(timeout=30)
