@@ -26,7 +26,8 @@ from model.tokenizer import EOS_ID, tokenizer_hash
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_model_args(parser, default_weight="pretrain")
     parser.add_argument("--prompt", action="append", default=None, help="an opening to continue (repeatable)")
     parser.add_argument("--no_samples", action="store_true", help="skip the continuations")

@@ -22,7 +22,8 @@ from model.tokenizer import EOS_ID
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
     parser.add_argument("--auto", action="store_true", help="answer the demo questions, then exit")
     parser.add_argument("--history_turns", type=int, default=0, help="earlier exchanges kept in the prompt (0 = none)")

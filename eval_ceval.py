@@ -4,6 +4,7 @@
     python eval_ceval.py --weight dpo --shots 5           # 5 solved dev questions before each one
     python eval_ceval.py --data_dir ../shared/data/ceval  # a C-Eval copy somewhere else
     python eval_ceval.py --data_dir data/cmmlu --split test --dev_split dev   # CMMLU's layout
+    python eval_ceval.py --limit 2                        # 2 questions per subject: a quick smoke run
 
 Protocol. Each question and its four options become one user turn
 (`以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。` then the question, `A. ...` to `D. ...`
@@ -23,7 +24,7 @@ answer (any letter case); an optional `{data_dir}/subject_mapping.json` maps a s
 [English name, Chinese name, category]. By default data_dir is dataset/raw/ceval (where
 `python data_process.py fetch` puts it), else ../shared/data/ceval.
 
-Writes, under --results (default out/ceval/{weight}_{tag}/):
+Writes, under --out (default out/ceval/{weight}_{tag}/):
     {subject}.csv    id, question, answer, model_answer, correct, p_A..p_D (one row per question)
     summary.csv      per subject: name, category, questions, correct, accuracy
     summary.json     everything above plus per-category, micro (all questions) and macro (mean of
@@ -32,7 +33,6 @@ Writes, under --results (default out/ceval/{weight}_{tag}/):
 """
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,8 @@ HEADER = "以下是中国关于{}考试的单项选择题，请选出其中的�
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
     parser.add_argument("--data_dir", default=None, help="folder holding {split}/ CSVs (default: see above)")
     parser.add_argument("--split", default="val", help="folder of the scored questions (val has answers; test does not)")
@@ -60,10 +61,11 @@ def parse_args(argv=None):
     parser.add_argument("--shots", type=int, default=0, help="solved dev questions shown before each question")
     parser.add_argument("--subjects", default=None, help="comma-separated subset of subjects (default: all)")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--results", default=None, help="output folder (default out/ceval/{weight}_{tag})")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N questions of each subject (0 = all)")
+    parser.add_argument("--out", default=None, help="output folder (default out/ceval/{weight}_{tag})")
     args = parser.parse_args(argv)
-    if args.shots < 0 or args.batch_size < 1:
-        parser.error("--shots must be >= 0 and --batch_size >= 1")
+    if args.shots < 0 or args.batch_size < 1 or args.limit < 0:
+        parser.error("--shots and --limit must be >= 0, --batch_size >= 1")
     return args
 
 
@@ -233,7 +235,9 @@ def evaluate(model, tokenizer, subjects: list[Subject], batch_size: int) -> tupl
                                             correct=choice == q.answer, **{f"p_{l}": round(v, 6) for l, v in zip(LETTERS, p)}))
             bar.update(len(chunk))
     order = {subject.name: {q.id: i for i, q in enumerate(subject.questions)} for subject in subjects}
-    tables = {name: pd.DataFrame(sorted(r, key=lambda row: order[name][row["id"]])) for name, r in rows.items()}
+    columns = ["id", "question", "answer", "model_answer", "correct"] + [f"p_{letter}" for letter in LETTERS]
+    tables = {name: pd.DataFrame(sorted(r, key=lambda row: order[name][row["id"]]), columns=columns)
+              for name, r in rows.items()}
     return tables, cut
 
 
@@ -244,7 +248,7 @@ def summarize(subjects: list[Subject], tables: dict[str, pd.DataFrame], cut: int
     for s in subjects:
         n, correct = len(tables[s.name]), int(tables[s.name]["correct"].sum()) if len(tables[s.name]) else 0
         per_subject[s.name] = dict(name=s.title, category=s.category, questions=n, correct=correct,
-                                   accuracy=correct / n if n else math.nan, skipped=s.skipped)
+                                   accuracy=correct / n if n else None, skipped=s.skipped)
     scored = {k: v for k, v in per_subject.items() if v["questions"]}
     categories = {}
     for category in sorted({v["category"] for v in scored.values()}):
@@ -254,23 +258,24 @@ def summarize(subjects: list[Subject], tables: dict[str, pd.DataFrame], cut: int
                                     macro=sum(v["accuracy"] for v in members) / len(members))
     n, correct = sum(v["questions"] for v in scored.values()), sum(v["correct"] for v in scored.values())
     return dict(**settings, subjects=len(per_subject), questions=n, correct=correct,
-                micro=correct / n if n else math.nan,
-                macro=sum(v["accuracy"] for v in scored.values()) / len(scored) if scored else math.nan,
+                micro=correct / n if n else None,
+                macro=sum(v["accuracy"] for v in scored.values()) / len(scored) if scored else None,
                 chance=CHANCE, skipped_rows=sum(s.skipped for s in subjects), prompts_cut=cut,
                 categories=categories, per_subject=per_subject)
 
 
 def report_text(summary: dict) -> str:
+    percent = lambda x: "-" if x is None else f"{100 * x:.2f}%"
     lines = [f"{'subject':<42} {'category':<15} {'n':>4} {'acc':>7}"]
     for name, v in summary["per_subject"].items():
-        lines.append(f"{name:<42} {v['category']:<15} {v['questions']:>4} {100 * v['accuracy']:>6.2f}%")
+        lines.append(f"{name:<42} {v['category']:<15} {v['questions']:>4} {percent(v['accuracy']):>7}")
     lines.append("")
     lines.append(f"{'category':<20} {'subjects':>8} {'n':>5} {'micro':>8} {'macro':>8}")
     for name, v in summary["categories"].items():
         lines.append(f"{name:<20} {v['subjects']:>8} {v['questions']:>5} {100 * v['micro']:>7.2f}% {100 * v['macro']:>7.2f}%")
     lines.append("")
     lines.append(f"{summary['questions']} questions in {summary['subjects']} subjects ({summary['shots']}-shot): "
-                 f"micro {100 * summary['micro']:.2f}%, macro {100 * summary['macro']:.2f}% "
+                 f"micro {percent(summary['micro'])}, macro {percent(summary['macro'])} "
                  f"(random guessing scores {100 * summary['chance']:.0f}%)")
     if summary["skipped_rows"]:
         lines.append(f"{summary['skipped_rows']} malformed rows skipped (listed above)")
@@ -294,9 +299,12 @@ def main(argv=None) -> dict:
     data_dir = find_data_dir(args.data_dir)
     only = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     subjects = load_subjects(data_dir, args.split, args.dev_split, args.shots, only)
+    if args.limit:
+        for subject in subjects:
+            subject.questions = subject.questions[:args.limit]
     model, tokenizer = load_from_args(args)
     name = Path(args.ckpt).stem if args.ckpt else f"{args.weight}_{model.config.tag()}"
-    results = Path(args.results) if args.results else Path(args.out_dir) / "ceval" / name
+    results = Path(args.out) if args.out else Path(args.out_dir) / "ceval" / name
     tables, cut = evaluate(model, tokenizer, subjects, args.batch_size)
     summary = summarize(subjects, tables, cut, model=name, data_dir=str(data_dir), split=args.split, shots=args.shots)
     text = report_text(summary)

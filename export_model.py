@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ from model.generate import context_length
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
     parser.add_argument("--format", default="remote", choices=["remote", "native"],
                         help="remote: our classes with trust_remote_code; native: Llama (dense) or Qwen2-MoE (MoE)")
@@ -109,7 +111,9 @@ def to_qwen2_moe(model):
         decoder_sparse_step=1, mlp_only_layers=[], qkv_bias=False, use_sliding_window=False,
         router_aux_loss_coef=cfg.aux_loss_alpha,
     )
-    qwen = Qwen2MoeForCausalLM(config)
+    with warnings.catch_warnings():  # without shared experts their (empty) layers warn about zero-size init
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        qwen = Qwen2MoeForCausalLM(config)
     state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
     for i, layer in enumerate(model.model.layers):
         moe, prefix = layer.mlp, f"model.layers.{i}.mlp."

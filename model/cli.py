@@ -101,7 +101,10 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
         if not path.exists():
             raise SystemExit(f"--ckpt {path} does not exist")
         return path, None
-    tag = config_from_args(args).tag()
+    try:
+        tag = config_from_args(args).tag()
+    except ValueError as error:  # inconsistent --preset/field overrides
+        raise SystemExit(f"model config: {error}")
     out_dir = Path(args.out_dir)
     adapter = None
     stage = args.weight
