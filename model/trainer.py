@@ -386,7 +386,7 @@ class Trainer:
             # torchrun sets OMP_NUM_THREADS=1; share the cores among the processes on this machine instead.
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0)) // local_world))
-        if self.ddp:
+        if self.ddp and not dist.is_initialized():  # a script may build several Trainers in one process
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.dtype = pick_dtype(config.dtype, self.device)
         if self.ddp:  # each rank measured the CPU on its own; all must train in the same precision
@@ -636,7 +636,7 @@ class Trainer:
             self.print(f"warning: {path} was written by {state['world_size']} process(es) with {state['samples_per_step']} "
                        f"samples per step each; continuing with {self.world_size} x {samples_per_step} from the same "
                        f"position in the data (the result will not be bit-identical to an uninterrupted run)")
-        self.print(f"resumed from {path} at step {step} (epoch {epoch}, sample {offset} of this epoch)")
+        self.print(f"resumed from {path} at step {step} (epoch {epoch}, {offset * self.world_size} samples into it)")
         return step, epoch, offset, state["history"], rng
 
     def _install_signal_handlers(self):
