@@ -80,9 +80,9 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     text_of = lambda element_id: browser.find_element("id", element_id).text  # noqa: E731
     browser.get(server_url)
 
-    # The server wants a key: the page says so, then works once the key is entered in the settings.
+    # The server wants a key: the page says so and opens the settings, then works once the key is entered.
     wait.until(lambda d: "401" in text_of("status"))
-    browser.find_element("id", "toggle-settings").click()
+    assert browser.find_element("id", "api_key").is_displayed()
     set_field(browser, "api_key", KEY)
     wait.until(lambda d: "full_sft_64" in text_of("status"))
     set_field(browser, "temperature", "0")
@@ -98,6 +98,11 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     """)
     say(browser, "你好，请介绍一下长江。")
     wait.until(lambda d: len({t for t in d.execute_script("return window.seen") if t}) >= 3)
+    # A long reply scrolls the conversation along with it.
+    scroll = "const v = document.getElementById('messages'); return [v.scrollHeight, v.scrollTop, v.clientHeight];"
+    wait.until(lambda d: d.execute_script(scroll)[0] > d.execute_script(scroll)[2] + 100)
+    height, top, visible = browser.execute_script(scroll)
+    assert top + visible >= height - 60
     browser.find_element("id", "stop").click()
     wait.until(lambda d: d.find_elements("css selector", ".meta"))
     assert "stopped" in browser.find_element("css selector", ".meta").text

@@ -57,6 +57,14 @@ function scrollToEnd() {
   view.scrollTop = view.scrollHeight;
 }
 
+// Keep a growing reply in view, unless the reader has scrolled up to read something earlier.
+function followReply(update) {
+  const view = $("messages");
+  const atEnd = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
+  update();
+  if (atEnd) scrollToEnd();
+}
+
 function setBusy(busy) {
   $("send").disabled = busy;
   $("stop").disabled = !busy;
@@ -99,8 +107,7 @@ async function send() {
       if (!choice) continue;
       if (choice.delta?.content) {
         reply += choice.delta.content;
-        bubble.textContent = reply;
-        scrollToEnd();
+        followReply(() => { bubble.textContent = reply; });
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     }
@@ -172,6 +179,7 @@ function newChat() {
 async function showModel() {
   try {
     const response = await fetch("/v1/models", { headers: headers() });
+    if (response.status === 401) $("settings").hidden = false;  // show where the key goes
     if (!response.ok) throw new Error(await errorText(response));
     const model = (await response.json()).data[0];
     $("status").textContent = `${model.id} · context ${model.context_length} tokens`;
