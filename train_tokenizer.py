@@ -44,30 +44,34 @@ def split_texts(args):
 
 
 def train_sentencepiece(texts, vocab_size: int, out_dir: Path) -> None:
-    """A SentencePiece BPE with byte fallback and no normalisation (so text round-trips), converted
-    into a tokenizers-backed folder with the same special ids and chat template as the BPE one."""
+    """A SentencePiece BPE with byte fallback and no normalisation (so text round-trips), rebuilt as a
+    `tokenizers` BPE (same pieces, merges ranked by the merged piece's id, spaces as ▁) so that it loads
+    with AutoTokenizer, with the same special ids and chat template as the byte-level one."""
     import sentencepiece as spm
-    from tokenizers import Tokenizer
-    from transformers.convert_slow_tokenizer import SpmConverter
+    from tokenizers import Tokenizer, decoders, models, normalizers
 
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / "sentencepiece"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-        character_coverage=0.9995, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-        add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, max_sentence_length=1 << 16,
-        num_threads=2, minloglevel=2,
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
+            character_coverage=0.9995, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+            add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+            unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, max_sentence_length=1 << 16,
+            num_threads=2, minloglevel=2,
+        )
+    except RuntimeError as error:  # e.g. a vocabulary smaller than the characters it must cover
+        raise SystemExit(f"SentencePiece training failed: {str(error).split(']')[-1].strip()}")
+    processor = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    merges = sorted(
+        ((piece[:k], piece[k:]) for piece in vocab for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab),
+        key=lambda pair: (vocab[pair[0] + pair[1]], vocab[pair[0]], vocab[pair[1]]),
     )
-
-    class Original:  # SpmConverter reads the model path from a tokenizer-like object
-        vocab_file = str(prefix) + ".model"
-        handle_byte_fallback = True
-        legacy = False
-        add_prefix_space = False
-
-    converted = SpmConverter(Original()).converted()
-    tokenizer = Tokenizer.from_str(converted.to_str())
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token=SPECIAL_TOKENS[UNK_ID], byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
     for i, token in enumerate(SPECIAL_TOKENS):
         assert tokenizer.token_to_id(token) == i, f"special token {token} must have id {i}"
     save_tokenizer(tokenizer, out_dir)
