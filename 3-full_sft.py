@@ -1,0 +1,144 @@
+"""Stage 3, full SFT: teach the pretrained model to answer in the chat format, every weight trained.
+
+    python 3-full_sft.py --preset tiny                                 # from out/pretrain_256.pth
+    python 3-full_sft.py --preset tiny --resume                        # continue an interrupted run exactly
+    python 3-full_sft.py --data dataset/sft_multi.jsonl --max_length 1024
+    torchrun --nproc_per_node 8 3-full_sft.py --preset small --epochs 2
+
+Starts from out/pretrain_{dim}[_moe].pth (or --init_from; its .json config decides the model's shape).
+Reads conversations, {"conversations": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} per
+line, from --data (default dataset/sft_single.jsonl and dataset/sft_multi.jsonl, those that exist) and
+validates on --val_data (default dataset/sft_val.jsonl). The loss falls on the assistant tokens of every
+turn, each reply's </s> included, so the model learns to stop; prompts, role headers and padding carry
+none. Batches are padded to their longest row. Writes, under --out_dir:
+
+    full_sft_{dim}[_moe].pth  + .json   the chat model's weights and config
+    full_sft_{tag}_resume.pth           everything --resume needs to continue bit-exactly
+    full_sft_{tag}_loss.png             training and validation loss curves
+
+At the end it answers --eos_check held-out prompts greedily and reports how many answers end with </s>
+(a model that has learned the format stops by itself).
+"""
+import argparse
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from model.checkpoint import load_model, weights_path
+from model.dataset import ChatEncoder, SFTDataset, Skips, check_messages, read_jsonl
+from model.generate import generate_steps
+from model.LMConfig import add_config_args, config_from_args, describe
+from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer
+from model.trainer import TrainConfig, Trainer, add_train_args
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_DATA = [ROOT / "dataset" / "sft_single.jsonl", ROOT / "dataset" / "sft_multi.jsonl"]
+DEFAULT_VAL = ROOT / "dataset" / "sft_val.jsonl"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    group = parser.add_argument_group("supervised fine-tuning")
+    group.add_argument("--data", nargs="+", default=None,
+                       help="chat jsonl file(s) (default: dataset/sft_single.jsonl and sft_multi.jsonl)")
+    group.add_argument("--val_data", default=None, help="held-out chat jsonl (default dataset/sft_val.jsonl if present)")
+    group.add_argument("--init_from", default=None, help="starting weights (default out_dir/pretrain_{tag}.pth)")
+    group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
+    group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
+    group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
+    group.add_argument("--eos_check", type=int, default=50,
+                       help="after training, answer this many held-out prompts and report how many end with </s>")
+    group.add_argument("--eos_check_tokens", type=int, default=128, help="token budget per answer in that check")
+    add_train_args(parser, learning_rate=1e-4, batch_size=16, weight_decay=0.01, eval_interval=100,
+                   eval_batches=10, save_interval=200)
+    return parser.parse_args(argv)
+
+
+def sft_loss(model, batch):
+    x, y = batch
+    out = model(input_ids=x, shift_labels=y)  # y is -100 except on assistant tokens; out.loss includes the MoE balance loss
+    return out.loss, {}
+
+
+def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[list[int]]:
+    """Up to `count` prompts from a chat jsonl: each conversation up to its last assistant reply, then
+    the generation prompt `<s>assistant\\n`, tokenized exactly as in training. Unusable lines are skipped."""
+    encoder = ChatEncoder(tokenizer)
+    prompts = []
+    for _, row in read_jsonl(path, Skips(show=0)):
+        messages = row.get("conversations") if isinstance(row, dict) else None
+        reason, _ = check_messages(messages, "conversations")
+        last = 0 if reason else max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+        if last == 0:
+            continue
+        ids = encoder.encode(messages[:last], lambda i, m: False)[0] + encoder.headers["assistant"]
+        if len(ids) <= max_prompt:
+            prompts.append(list(ids))
+        if len(prompts) == count:
+            break
+    return prompts
+
+
+@torch.no_grad()
+def eos_rate(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16) -> float:
+    """Fraction of greedy answers that emit </s> within max_new_tokens."""
+    stopped = 0
+    for start in range(0, len(prompts), batch_size):
+        rows = prompts[start:start + batch_size]
+        ended = torch.zeros(len(rows), dtype=torch.bool)
+        for step in generate_steps(model, rows, max_new_tokens):
+            ended |= step.cpu() == EOS_ID
+        stopped += int(ended.sum())
+    return stopped / len(prompts)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    trainer = Trainer(TrainConfig.from_args(args))
+    out_dir = Path(args.out_dir)
+
+    init_from = Path(args.init_from) if args.init_from else weights_path(out_dir, "pretrain", config_from_args(args))
+    if not init_from.exists():
+        raise SystemExit(f"{init_from} does not exist: pretrain first (python 1-pretrain.py --preset {args.preset}) "
+                         f"or pass --init_from")
+    model = load_model(init_from)  # its .json config wins over --preset and field flags
+    model.train()
+    config = model.config
+    trainer.print(f"starting from {init_from}: {describe(model)}")
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    if len(tokenizer) > config.vocab_size:
+        raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
+    max_length = args.max_length or config.max_seq_len
+    data_files = args.data or [path for path in DEFAULT_DATA if path.exists()]
+    if not data_files:
+        raise SystemExit(f"no SFT data: build {DEFAULT_DATA[0].name} with `python data_process.py sft`, or pass --data")
+    verbose = trainer.is_main
+    train_set = ConcatDataset([SFTDataset(f, tokenizer, max_length, strict=args.strict, verbose=verbose)
+                               for f in data_files])
+    val_file = args.val_data or (DEFAULT_VAL if DEFAULT_VAL.exists() else None)
+    val_set = SFTDataset(val_file, tokenizer, max_length, strict=args.strict, verbose=verbose) if val_file else None
+    if val_set is None:
+        trainer.print("no validation set (pass --val_data): training loss only")
+
+    result = trainer.fit(model, train_set, sft_loss, val_set=val_set, collate_fn=SFTDataset.collate,
+                         name=f"full_sft_{config.tag()}")
+    if result.finished and trainer.is_main:
+        summary = f"done: {result.weights_file}"
+        if result.val_metrics:
+            summary += f", validation loss {result.val_metrics['loss']:.4f}"
+        trainer.print(summary)
+        if args.eos_check and val_file:
+            prompts = held_out_prompts(val_file, tokenizer, args.eos_check, max_length - args.eos_check_tokens)
+            if prompts:
+                with trainer.autocast:
+                    rate = eos_rate(result.model, prompts, args.eos_check_tokens)
+                trainer.print(f"{100 * rate:.0f}% of {len(prompts)} held-out answers end with </s> "
+                              f"within {args.eos_check_tokens} tokens")
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main()
