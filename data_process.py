@@ -540,6 +540,29 @@ class ShardWriter:
             self.file = None
 
 
+def tokenize_into_shards(args, tokenizer, folder: Path, dtype):
+    """Stream cleaned documents through the tokenizer in batches into train/val shards in `folder`.
+    Memory stays bounded by one batch (plus the 8-byte duplicate-check keys)."""
+    writers = {split: ShardWriter(folder, split, args.shard_tokens, dtype) for split in ("train", "val")}
+    reports, tokens = {}, {"train": 0, "val": 0}
+    documents = pretrain_documents(args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports)
+    progress = tqdm(unit="doc", desc="tokenize", disable=None)
+    while batch := [doc for _, doc in zip(range(args.batch_docs), documents)]:
+        encodings = tokenizer.encode_batch([piece for _, _, piece in batch], add_special_tokens=False)
+        for (name, whole, piece), encoding in zip(batch, encodings):
+            ids = np.array(encoding.ids + [EOS_ID], dtype=np.int64)
+            split = "val" if is_val(whole, args.val_fraction) else "train"
+            writers[split].write(ids)
+            tokens[split] += len(ids)
+            reports[name].tokens += len(ids)
+            reports[name].chars += len(piece)
+        progress.update(len(batch))
+    progress.close()
+    for writer in writers.values():
+        writer.close()
+    return reports, tokens, {**writers["train"].shards, **writers["val"].shards}
+
+
 def cmd_pretrain(args) -> None:
     from tokenizers import Tokenizer
 
@@ -549,47 +572,29 @@ def cmd_pretrain(args) -> None:
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     tokenizer.encode_special_tokens = True  # a literal "</s>" inside a text is text, not a document boundary
     vocab = tokenizer.get_vocab_size()
-    dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
+    dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
     out = Path(args.out)
     building = out.with_name(out.name + ".building")  # swapped in only when complete
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    writers = {split: ShardWriter(building, split, args.shard_tokens, dtype) for split in ("train", "val")}
-    reports, tokens_per_split = {}, {"train": 0, "val": 0}
     start = time.time()
-    documents = pretrain_documents(args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports)
-    progress = tqdm(unit="doc", desc="tokenize", disable=None)
-    while True:
-        batch = [doc for _, doc in zip(range(args.batch_docs), documents)]
-        if not batch:
-            break
-        encodings = tokenizer.encode_batch([piece for _, _, piece in batch], add_special_tokens=False)
-        for (name, whole, piece), encoding in zip(batch, encodings):
-            ids = np.array(encoding.ids + [EOS_ID], dtype=np.int64)
-            split = "val" if is_val(whole, args.val_fraction) else "train"
-            writers[split].write(ids)
-            tokens_per_split[split] += len(ids)
-            reports[name].tokens += len(ids)
-            reports[name].chars += len(piece)
-        progress.update(len(batch))
-    progress.close()
-    for writer in writers.values():
-        writer.close()
-    shards = {**writers["train"].shards, **writers["val"].shards}
-    written = sum((building / name).stat().st_size for name in shards) // np.dtype(dtype).itemsize
-    assert written == sum(tokens_per_split.values()), "token count written differs from token count produced"
-    if not writers["train"].shards or not writers["val"].shards:
-        shutil.rmtree(building)
-        raise SystemExit(f"pretrain: need documents in both splits (train {tokens_per_split['train']} tokens, "
-                         f"val {tokens_per_split['val']}); fetch data first or raise --val_fraction")
-    meta = {
-        "dtype": np.dtype(dtype).name, "eos_id": EOS_ID, "vocab_size": vocab,
-        "tokenizer_hash": tokenizer_hash(tokenizer_dir), "val_fraction": args.val_fraction,
-        "tokens": tokens_per_split, "shards": shards,
-        "sources": {r.name: {"files": r.files, "docs": r.kept, "skipped": r.skips.counts, "chars": r.chars, "tokens": r.tokens}
-                    for r in reports.values()},
-    }
-    (building / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    try:
+        reports, tokens, shards = tokenize_into_shards(args, tokenizer, building, dtype)
+        written = sum((building / name).stat().st_size for name in shards) // dtype.itemsize
+        assert written == sum(tokens.values()) == sum(r.tokens for r in reports.values()), "token counts disagree"
+        if not tokens["train"] or not tokens["val"]:
+            raise SystemExit(f"pretrain: need documents in both splits (train {tokens['train']} tokens, val {tokens['val']}); "
+                             f"fetch data first (data_process.py fetch), or raise --val_fraction")
+        meta = {
+            "dtype": dtype.name, "eos_id": EOS_ID, "vocab_size": vocab, "tokenizer_hash": tokenizer_hash(tokenizer_dir),
+            "val_fraction": args.val_fraction, "tokens": tokens, "shards": shards,
+            "sources": {r.name: {"files": r.files, "docs": r.kept, "skipped": r.skips.counts, "chars": r.chars, "tokens": r.tokens}
+                        for r in reports.values()},
+        }
+        (building / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    except BaseException:  # --strict, Ctrl-C, a full disk: leave no half-built folder behind
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -600,8 +605,8 @@ def cmd_pretrain(args) -> None:
     for report in reports.values():
         print(report.line())
     chars = sum(r.chars for r in reports.values())
-    print(f"  total: {tokens_per_split['train']:,} train + {tokens_per_split['val']:,} val tokens "
-          f"in {len(shards)} shard(s); {chars / max(1, sum(tokens_per_split.values())):.2f} chars/token")
+    print(f"  total: {tokens['train']:,} train + {tokens['val']:,} val tokens in {len(shards)} shard(s); "
+          f"{chars / max(1, sum(tokens.values())):.2f} chars/token")
 
 
 # ============================================================================= conversations (SFT)
@@ -988,8 +993,8 @@ def cmd_dpo(args) -> None:
                 prompt, chosen, rejected = cleaned
                 if not reason and chosen == rejected:
                     reason = "chosen and rejected are identical"
-                if not reason and sum(len(m["content"]) for m in prompt + chosen + rejected) > args.max_chars * 2:
-                    reason = f"longer than {args.max_chars} characters per side"
+                if not reason and max(sum(len(m["content"]) for m in prompt + side) for side in (chosen, rejected)) > args.max_chars:
+                    reason = f"prompt + answer longer than {args.max_chars} characters"
                 if not reason and any(VENDOR_CLAIM.search(m["content"]) for m in chosen):
                     reason = "chosen reply claims to be another vendor's model"
                 if not reason and guard and guard.hit("\n".join(m["content"] for m in prompt if m["role"] == "user")):

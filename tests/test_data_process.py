@@ -91,7 +91,7 @@ def test_pretrain_strict_stops_with_file_and_line(pretrain_raw, tokenizer_dir, t
     with pytest.raises(SystemExit, match=r"hq\.jsonl:2: not valid JSON"):
         data_process.main(["pretrain", "--raw", str(tmp_path / "none"), "--jsonl", str(jsonl), "--strict",
                            "--out", str(tmp_path / "p"), "--tokenizer", str(tokenizer_dir)])
-    assert not (tmp_path / "p").exists()  # nothing half-built under the final name
+    assert not list(tmp_path.glob("p*"))  # nothing half-built left behind
 
 
 # ----------------------------------------------------------------------------- SFT
