@@ -76,7 +76,8 @@ def client(server):
 
 
 def ask(client, content, **kwargs):
-    return client.chat.completions.create(model="full_sft_64", messages=[{"role": "user", "content": content}], **kwargs)
+    messages = [{"role": "user", "content": content}]
+    return client.chat.completions.create(model="full_sft_64", messages=messages, **kwargs)
 
 
 def stream_text(client, content, **kwargs) -> tuple[str, list]:

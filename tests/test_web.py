@@ -111,7 +111,8 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:]))  # a growing reply
     assert seen[-1] == browser.find_element("css selector", ".msg.assistant").get_attribute("textContent")
     assert len(browser.find_elements("css selector", ".msg.user")) == 1
-    assert browser.find_element("css selector", ".msg.user").text == "你好，请介绍一下长江。"  # Chinese intact
+    # Chinese kept intact
+    assert browser.find_element("css selector", ".msg.user").text == "你好，请介绍一下长江。"
 
     # A new chat clears the view; the next reply runs to completion (the stopped one released the model).
     browser.find_element("id", "new-chat").click()

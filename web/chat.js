@@ -134,10 +134,13 @@ async function send() {
       $("input").value = text;
     }
   }
-  const seconds = (performance.now() - started) / 1000;
-  const tokens = usage ? `${usage.completion_tokens} tokens, ${(usage.completion_tokens / seconds).toFixed(1)} tokens/s, ` : "";
-  const how = { stop: "done", length: "stopped at max tokens", stopped: "stopped" }[finish] ?? finish;
-  if (finish !== "error") addBubble("meta", tokens + how);
+  if (finish !== "error") {
+    const seconds = (performance.now() - started) / 1000;
+    const n = usage?.completion_tokens;
+    const speed = usage ? `${n} tokens, ${(n / seconds).toFixed(1)} tokens/s, ` : "";
+    const how = { stop: "done", length: "stopped at max tokens", stopped: "stopped" }[finish];
+    addBubble("meta", speed + (how ?? "the stream ended without a finish reason"));
+  }
   $("input").focus();
 }
 
