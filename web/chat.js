@@ -93,13 +93,14 @@ async function send() {
   setBusy(true);
 
   const bubble = addBubble("msg assistant streaming", "");
-  let reply = "", finish = null, usage = null;
+  let reply = "", finish = null, usage = null, dropped = 0;
   const started = performance.now();
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.controller.signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
+    dropped = Number(response.headers.get("X-Dropped-Messages") || 0);  // oldest turns cut to fit the context
     for await (const chunk of events(response)) {
       if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.usage) usage = chunk.usage;
@@ -139,7 +140,8 @@ async function send() {
     const n = usage?.completion_tokens;
     const speed = usage ? `${n} tokens, ${(n / seconds).toFixed(1)} tokens/s, ` : "";
     const how = { stop: "done", length: "stopped at max tokens", stopped: "stopped" }[finish];
-    addBubble("meta", speed + (how ?? "the stream ended without a finish reason"));
+    const cut = dropped ? ` · ${dropped} oldest messages left out to fit the context` : "";
+    addBubble("meta", speed + (how ?? "the stream ended without a finish reason") + cut);
   }
   $("input").focus();
 }
