@@ -131,7 +131,8 @@ def main(argv=None):
             summary += f", validation loss {result.val_metrics['loss']:.4f}"
         trainer.print(summary)
         if args.eos_check and val_file:
-            prompts = held_out_prompts(val_file, tokenizer, args.eos_check, max_length - args.eos_check_tokens)
+            # Prompt and answer must fit the model's context, or generation would slide its window.
+            prompts = held_out_prompts(val_file, tokenizer, args.eos_check, config.max_seq_len - args.eos_check_tokens)
             if prompts:
                 with trainer.autocast:
                     rate = eos_rate(result.model, prompts, args.eos_check_tokens)

@@ -1,0 +1,112 @@
+"""3-full_sft.py: loss only on assistant tokens, end-to-end run from pretrain weights, exact resume, errors."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from model.checkpoint import save_weights
+from model.dataset import SFTDataset
+from model.model import MiniMindForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--max_length", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
+        "--learning_rate", "3e-3", "--warmup_steps", "1"]
+QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"),
+      ("背一首诗", "春眠不觉晓，处处闻啼鸟。"), ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
+
+
+def load_script(filename: str):
+    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), ROOT / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sft = load_script("3-full_sft.py")
+
+
+def conversation(i: int) -> dict:
+    """One turn for even i, two turns for odd i."""
+    turns = [QA[i % 4]] + ([QA[(i + 1) % 4]] if i % 2 else [])
+    messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    return {"conversations": messages}
+
+
+@pytest.fixture(scope="module")
+def sft_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sft")
+    for name, rows in (("train.jsonl", range(64)), ("val.jsonl", range(100, 116))):
+        with open(folder / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(conversation(i), ensure_ascii=False) + "\n" for i in rows)
+    torch.manual_seed(0)
+    save_weights(MiniMindForCausalLM(tiny_config(max_seq_len=64)), folder / "pretrain_64.pth")
+    return folder
+
+
+def args_for(files: Path, tokenizer_dir, out_dir, *extra) -> list[str]:
+    return [*TINY, "--data", str(files / "train.jsonl"), "--val_data", str(files / "val.jsonl"),
+            "--init_from", str(files / "pretrain_64.pth"), "--tokenizer", str(tokenizer_dir), "--out_dir", str(out_dir),
+            *extra]
+
+
+def test_sft_loss_counts_only_assistant_tokens(sft_files, tokenizer):
+    """sft_loss equals the cross-entropy over exactly the assistant positions of a two-turn example, and
+    does not move when the logits at every other position change."""
+    data = SFTDataset(sft_files / "train.jsonl", tokenizer, max_length=64, verbose=False)
+    x, y = SFTDataset.collate([data[1]])  # conversation(1) has two turns
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=64)).eval()
+    loss, _ = sft.sft_loss(model, (x, y))
+    logits = model(input_ids=x).logits[0]
+    targets = (y[0] != -100).nonzero().flatten()
+    assert 0 < len(targets) < len(y[0])
+    assert loss.item() == pytest.approx(F.cross_entropy(logits[targets], y[0, targets]).item(), rel=1e-5)
+    # Positions without a target contribute nothing: scrambling their logits leaves the loss alone.
+    scrambled = logits.clone()
+    others = (y[0] == -100).nonzero().flatten()
+    scrambled[others] = torch.randn_like(scrambled[others]) * 10
+    kept = F.cross_entropy(scrambled, y[0], ignore_index=-100)
+    assert kept.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_full_sft_trains_from_pretrain_weights_and_checks_eos(sft_files, tokenizer_dir, tmp_path, capsys):
+    sft.main(args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "30", "--eval_interval", "10",
+                      "--eos_check", "8", "--eos_check_tokens", "24"))
+    out = capsys.readouterr().out
+    assert f"starting from {sft_files / 'pretrain_64.pth'}" in out
+    weights = torch.load(tmp_path / "full_sft_64.pth", weights_only=True)
+    assert json.loads((tmp_path / "full_sft_64.json").read_text())["max_seq_len"] == 64
+    start = torch.load(sft_files / "pretrain_64.pth", weights_only=True)
+    assert not torch.equal(weights["model.norm.weight"], start["model.norm.weight"])
+    val = torch.load(tmp_path / "full_sft_64_resume.pth", weights_only=False)["history"]["val"]
+    assert [s for s, _ in val] == [10, 20, 30] and val[-1][1] < val[0][1] - 0.5, val
+    # The EOS check ran on 8 held-out prompts and reported a rate.
+    assert "held-out answers end with </s> within 24 tokens" in out and "of 8 held-out" in out
+
+
+def test_full_sft_resume_is_bit_exact(sft_files, tokenizer_dir, tmp_path):
+    """Padded batches of varying width, stopped mid-epoch and resumed: identical to one run."""
+    common = ["--max_steps", "8", "--eval_interval", "0", "--eos_check", "0"]
+    sft.main(args_for(sft_files, tokenizer_dir, tmp_path / "whole", *common))
+    sft.main(args_for(sft_files, tokenizer_dir, tmp_path / "split", *common, "--stop_step", "3"))
+    sft.main(args_for(sft_files, tokenizer_dir, tmp_path / "split", *common, "--resume"))
+    whole = torch.load(tmp_path / "whole" / "full_sft_64.pth", weights_only=True)
+    split = torch.load(tmp_path / "split" / "full_sft_64.pth", weights_only=True)
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_missing_pretrain_weights_is_a_clear_error(sft_files, tokenizer_dir, tmp_path):
+    flags = args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "1")
+    flags[flags.index("--init_from") + 1] = str(tmp_path / "nope.pth")
+    with pytest.raises(SystemExit, match="nope.pth does not exist: pretrain first"):
+        sft.main(flags)
+
+
+def test_default_start_is_the_pretrain_checkpoint_of_the_preset(sft_files, tokenizer_dir, tmp_path):
+    flags = args_for(sft_files, tokenizer_dir, tmp_path, "--preset", "tiny")
+    del flags[flags.index("--init_from"):flags.index("--init_from") + 2]
+    with pytest.raises(SystemExit, match=r"pretrain_256\.pth does not exist"):
+        sft.main(flags)
