@@ -164,9 +164,10 @@ def merge_lora(model, adapter_dir: Path):
 
 
 def render_chat(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:
-    """Token ids of `messages` plus the generation prompt, dropping the oldest turns (a system message
-    stays) until at most `max_tokens` remain. Returns (ids, number of messages dropped). When even the
-    last message alone is too long, its ids are cut from the left."""
+    """Token ids of `messages` plus the generation prompt, dropping the oldest turns until at most
+    `max_tokens` remain. A leading system message stays, and a conversation never starts with an
+    orphaned assistant reply. Returns (ids, number of messages dropped). When even the last message
+    alone is too long, its ids are cut from the left."""
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     dropped = 0
@@ -177,3 +178,6 @@ def render_chat(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[
             return ids[-max_tokens:], dropped
         turns = turns[1:]
         dropped += 1
+        while len(turns) > 1 and turns[0]["role"] != "user":
+            turns = turns[1:]
+            dropped += 1
