@@ -1,5 +1,7 @@
 """LoRA: only adapters learn, the base stays bit-identical, merging reproduces adapter+base exactly."""
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from model.model import MiniMindForCausalLM
 CONFIGS = {"dense": tiny_config, "moe": tiny_moe_config}
 
 
-def batch(vocab: int, rows: int = 4, length: int = 24, seed: int = 1):
+def batch(vocab: int, rows: int = 2, length: int = 16, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(3, vocab, (rows, length), generator=g)
     y = x.roll(-1, dims=1)
@@ -21,7 +23,7 @@ def batch(vocab: int, rows: int = 4, length: int = 24, seed: int = 1):
     return x, y
 
 
-def train_steps(model, steps: int = 5, lr: float = 1e-2):
+def train_steps(model, steps: int = 3, lr: float = 1e-2):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)  # weight decay would move a leaked base weight
     model.train()
@@ -123,3 +125,71 @@ def test_unknown_target_is_a_clear_error():
     model = MiniMindForCausalLM(tiny_config())
     with pytest.raises(SystemExit, match="wq.*not among the model's linear layers.*q_proj"):
         apply_lora(model, LoraSettings(targets=("q_proj", "wq")))
+
+
+# ----------------------------------------------------------------------------- the stage script
+
+
+def load_script(filename: str):
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), root / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def lora_files(tmp_path):
+    base = tmp_path / "full_sft_64.pth"
+    save_weights(MiniMindForCausalLM(tiny_config()), base)
+    data = tmp_path / "lora_identity.jsonl"
+    questions = ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是谁开发的？"]
+    with open(data, "w", encoding="utf-8") as f:
+        for i in range(24):
+            messages = [{"role": "user", "content": questions[i % 4]},
+                        {"role": "assistant", "content": "我是MiniMind，一个小小的语言模型。"}]
+            f.write(json.dumps({"conversations": messages}, ensure_ascii=False) + "\n")
+        f.write('{"conversations": "broken"}\n')
+    return base, data
+
+
+def run_lora(tokenizer_dir, base, data, out_dir, *extra):
+    load_script("4-lora_sft.py").main([
+        "--init_from", str(base), "--data", str(data), "--tokenizer", str(tokenizer_dir), "--out_dir", str(out_dir),
+        "--batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "1", "--max_steps", "4",
+        "--log_interval", "2", "--save_interval", "0", "--lora_rank", "4",
+        "--device", "cpu", "--dtype", "float32", "--threads", "1", *extra])
+
+
+def test_script_resumes_exactly_and_leaves_base_untouched(lora_files, tokenizer_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    base, data = lora_files
+    base_bytes = base.read_bytes()
+    run_lora(tokenizer_dir, base, data, tmp_path / "straight")
+    assert "skipped 1" in capsys.readouterr().out  # the broken line is reported, not silently dropped
+    run_lora(tokenizer_dir, base, data, tmp_path / "split", "--stop_step", "2")
+    run_lora(tokenizer_dir, base, data, tmp_path / "split", "--resume")
+    # the adapter is named after the data file, and holds only the adapter
+    a = load_file(tmp_path / "straight" / "lora_identity_64" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "split" / "lora_identity_64" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(".lora_" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert base.read_bytes() == base_bytes
+    assert not (tmp_path / "straight" / "lora_identity_64.pth").exists()  # merged weights only with --merge
+
+
+def test_script_merge_writes_equivalent_full_weights(lora_files, tokenizer_dir, tmp_path):
+    from peft import PeftModel
+
+    base, data = lora_files
+    run_lora(tokenizer_dir, base, data, tmp_path, "--merge", "--name", "me")
+    folder = tmp_path / "lora_me_64"
+    x, _ = batch(512, seed=5)
+    with torch.no_grad():
+        with_adapter = PeftModel.from_pretrained(load_model(base), str(folder))(input_ids=x).logits  # unmerged
+        merged = load_model(tmp_path / "lora_me_64.pth")(input_ids=x).logits
+        untouched = load_model(base)(input_ids=x).logits
+    assert (merged - with_adapter).abs().max() < 1e-5
+    assert (merged - untouched).abs().max() > 1e-3
