@@ -305,3 +305,13 @@ def test_full_queue_answers_503_until_the_stream_goes_away(checkpoint, tokenizer
                 time.sleep(0.1)
     finally:
         server.shutdown()
+
+
+def test_terminal_client_reports_errors_without_traceback(server):
+    url, _ = server
+    client = [sys.executable, str(ROOT / "chat_openai_api.py")]
+    cases = [(["--base_url", url + "/v1", "--api_key", "wrong"], "server error 401: Incorrect API key"),
+             (["--base_url", "http://127.0.0.1:9/v1"], "cannot reach http://127.0.0.1:9/v1")]
+    for args, message in cases:
+        done = subprocess.run([*client, *args], input="你好\n", capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
