@@ -87,6 +87,10 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     wait.until(lambda d: "full_sft_64" in text_of("status"))
     set_field(browser, "temperature", "0")
     set_field(browser, "max_tokens", "5000")
+    browser.refresh()  # the key and the settings stay in this browser's localStorage
+    wait.until(lambda d: "full_sft_64" in text_of("status"))
+    assert browser.find_element("id", "max_tokens").get_attribute("value") == "5000"
+    browser.find_element("id", "toggle-settings").click()  # closed again after the reload: open it
 
     # Record every text the reply bubble shows while it streams.
     browser.execute_script("""
