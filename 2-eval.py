@@ -9,7 +9,7 @@
 
 Sampling: --temperature (0 = greedy), --top_p, --top_k, --repetition_penalty, --max_new_tokens, --seed.
 In interactive mode an empty line is ignored, /clear forgets the history, /exit or Ctrl-D quits;
-Ctrl-C stops the current answer (a second Ctrl-C at the prompt quits).
+Ctrl-C during an answer stops that answer, Ctrl-C at the prompt quits.
 """
 import argparse
 import time
@@ -60,8 +60,7 @@ class Chat:
             # Every pretraining document follows a </s>: that is how a document starts.
             return ([EOS_ID] + self.tokenizer.encode(question))[-budget:]
         messages = [{"role": "system", "content": self.args.system}] if self.args.system else []
-        if self.args.history_turns:
-            messages += self.history[-2 * self.args.history_turns:]
+        messages += self.history
         messages.append({"role": "user", "content": question})
         ids, _ = render_chat(self.tokenizer, messages, budget)
         return ids
@@ -89,6 +88,7 @@ class Chat:
         print(f"\n[{stream.completion_tokens} tokens, {speed:.1f} tokens/s{', ' + note if note else ''}]\n")
         if self.args.history_turns and not self.raw_text:
             self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": stream.text}]
+            self.history = self.history[-2 * self.args.history_turns:]  # only what the next prompt may use
         return stream.text
 
 

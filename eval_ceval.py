@@ -14,7 +14,7 @@ next-token distribution decides: the option whose letter has the highest probabi
 model's answer. No text is generated, so the score does not depend on sampling.
 
 The probability of a letter is the total over the tokens that spell that letter as a whole first word
-("A", " A", "A.", "A、", ...), so a tokenizer that merged the letter with punctuation is still read
+("A", " A", "A.", "A、", ... but not "AB" or "A股"), so a tokenizer that merged the letter with punctuation is still read
 correctly; with our byte-level tokenizer the bare letter is always a token of its own. Prompts longer
 than the model's context lose shots first, then the beginning of the question (the options and
 the answer cue at the end are kept); their number is reported.
@@ -34,6 +34,7 @@ Writes, under --out (default out/ceval/{weight}_{tag}/):
 import argparse
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def read_questions(path: Path, subject: str) -> tuple[list[Question], int]:
     """The well-formed questions of one CSV, and how many rows were skipped (each one reported)."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise SystemExit(f"{path}: not a readable UTF-8 CSV ({error})")
     columns = {str(c).strip().lower(): c for c in frame.columns}
     missing = [c for c in ("question", "a", "b", "c", "d", "answer") if c not in columns]
@@ -128,17 +129,23 @@ def read_questions(path: Path, subject: str) -> tuple[list[Question], int]:
         answer, text = get("answer").upper(), get("question")
         if answer not in LETTERS or not text:
             problem = f"answer {answer!r} is not one of A/B/C/D" if answer not in LETTERS else "empty question"
-            print(f"{path}: record {number} skipped: {problem}", file=sys.stderr)
+            if skipped < 5:
+                print(f"{path}: record {number} skipped: {problem}", file=sys.stderr)
             skipped += 1
             continue
         qid = get("id") if "id" in columns else str(number - 1)
         questions.append(Question(subject, qid, text, [get(letter.lower()) for letter in LETTERS], answer))
+    if skipped > 5:
+        print(f"{path}: {skipped} records skipped in all", file=sys.stderr)
     return questions, skipped
 
 
 def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=None) -> list[Subject]:
     mapping_file = data_dir / "subject_mapping.json"
-    mapping = json.loads(mapping_file.read_text(encoding="utf-8")) if mapping_file.exists() else {}
+    try:
+        mapping = json.loads(mapping_file.read_text(encoding="utf-8")) if mapping_file.exists() else {}
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{mapping_file}: not valid JSON ({error})")
     files = subject_files(data_dir, split)
     if only:
         unknown = sorted(set(only) - set(files))
@@ -149,7 +156,10 @@ def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=N
     subjects = []
     for name, path in files.items():
         questions, skipped = read_questions(path, name)
-        _, title, category = mapping.get(name, (name, name.replace("_", " "), "Other"))
+        entry = mapping.get(name, [name, name.replace("_", " "), "Other"])
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise SystemExit(f"{mapping_file}: {name!r} must map to [English name, Chinese name, category], got {entry!r}")
+        _, title, category = entry
         subject = Subject(name, title, category, questions, skipped=skipped)
         if shots:
             if name not in dev_files:
@@ -185,12 +195,13 @@ def prompt_ids(tokenizer, subject: Subject, q: Question, max_tokens: int) -> tup
 
 
 def letter_token_ids(tokenizer) -> dict[str, list[int]]:
-    """For each letter, the vocabulary tokens that read as that letter on its own (see the docstring)."""
+    """For each letter, the vocabulary tokens that read as that letter on its own: the letter, maybe
+    after spaces, followed by nothing or by punctuation/space ("A", " A", "A.", "A、" but not "AB", "A股")."""
     groups = {letter: [] for letter in LETTERS}
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     for token_id, text in enumerate(texts):
-        text = text.strip()
-        if text[:1] in groups and not (len(text) > 1 and text[1].isascii() and text[1].isalnum()):
+        text = text.lstrip()
+        if text[:1] in groups and (len(text) == 1 or unicodedata.category(text[1])[0] in "PZC"):
             groups[text[0]].append(token_id)
     empty = [letter for letter in LETTERS if not groups[letter]]
     if empty:
@@ -216,28 +227,26 @@ def letter_probabilities(model, batch: list[list[int]], groups: dict[str, list[i
 def evaluate(model, tokenizer, subjects: list[Subject], batch_size: int) -> tuple[dict[str, pd.DataFrame], int]:
     """Per-subject result tables, and how many prompts were cut to fit the context."""
     groups = letter_token_ids(tokenizer)
-    items, cut = [], 0
+    items, cut = [], 0  # (subject name, position in the subject, question, prompt ids)
     for subject in subjects:
-        for q in subject.questions:
+        for position, q in enumerate(subject.questions):
             ids, was_cut = prompt_ids(tokenizer, subject, q, model.config.max_seq_len)
-            items.append((q, ids))
+            items.append((subject.name, position, q, ids))
             cut += was_cut
     # Similar lengths share a batch, so little compute goes to padding.
-    items.sort(key=lambda item: len(item[1]))
-    rows = {subject.name: [] for subject in subjects}
+    items.sort(key=lambda item: len(item[3]))
+    rows = {subject.name: [None] * len(subject.questions) for subject in subjects}
     with tqdm(total=len(items), desc="C-Eval", unit="q", file=sys.stderr) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            probs = letter_probabilities(model, [ids for _, ids in chunk], groups)
-            for (q, _), p in zip(chunk, probs.tolist()):
+            probs = letter_probabilities(model, [ids for *_, ids in chunk], groups)
+            for (name, position, q, _), p in zip(chunk, probs.tolist()):
                 choice = LETTERS[max(range(len(LETTERS)), key=lambda i: p[i])]
-                rows[q.subject].append(dict(id=q.id, question=q.question, answer=q.answer, model_answer=choice,
-                                            correct=choice == q.answer, **{f"p_{l}": round(v, 6) for l, v in zip(LETTERS, p)}))
+                rows[name][position] = dict(id=q.id, question=q.question, answer=q.answer, model_answer=choice,
+                                            correct=choice == q.answer, **{f"p_{l}": round(v, 6) for l, v in zip(LETTERS, p)})
             bar.update(len(chunk))
-    order = {subject.name: {q.id: i for i, q in enumerate(subject.questions)} for subject in subjects}
     columns = ["id", "question", "answer", "model_answer", "correct"] + [f"p_{letter}" for letter in LETTERS]
-    tables = {name: pd.DataFrame(sorted(r, key=lambda row: order[name][row["id"]]), columns=columns)
-              for name, r in rows.items()}
+    tables = {name: pd.DataFrame(r, columns=columns) for name, r in rows.items()}
     return tables, cut
 
 
