@@ -508,6 +508,7 @@ class Trainer:
                 progress.write(line)
 
         # --- the loop
+        self._stop_signal = None
         if rng is not None:  # restored last, so that nothing above draws from it
             set_rng_state(rng, self.device)
         previous_handlers = self._install_signal_handlers()
@@ -574,9 +575,13 @@ class Trainer:
                     if (cfg.save_interval and step % cfg.save_interval == 0) or last or stopped:
                         save(final=last)
                     if stopped:
-                        why = f"signal {self._stop_signal}" if self._stop_signal else f"--stop_step {cfg.stop_step}"
-                        log(f"stopped after step {step} ({why}); continue with --resume")
-                        break
+                        if cfg.stop_step and step >= cfg.stop_step:
+                            log(f"stopped after step {step} (--stop_step); continue with --resume")
+                            break
+                        # Interrupted: exit non-zero, so a pipeline does not take the stage for finished.
+                        signum = self._stop_signal or signal.SIGTERM  # or the signal reached another rank
+                        log(f"interrupted ({signal.Signals(signum).name}) after step {step}; continue with --resume")
+                        raise SystemExit(128 + signum)
         finally:
             progress.close()
             if reporter:
@@ -644,7 +649,7 @@ class Trainer:
         def handler(signum, frame):
             if self._stop_signal is not None:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
+            self._stop_signal = signum
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
