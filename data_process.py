@@ -402,7 +402,8 @@ def csl_abstracts(path: Path, report: Report):
 
 
 def poetry(path: Path, report: Report):
-    """chinese-poetry JSON: arrays of {title|rhythmic, author, paragraphs}, or dicts of chapters with content."""
+    """chinese-poetry JSON: arrays of {title|rhythmic, author, paragraphs}, dicts of chapters with content,
+    and author biographies {name, description}."""
     data = read_json_file(path, report)
     if data is None:
         return
@@ -417,6 +418,11 @@ def poetry(path: Path, report: Report):
             body = sum((c.get("paragraphs") or c.get("content") or [] for c in body if isinstance(c, dict)), [])
         if isinstance(body, str):
             body = [body]
+        bio = item.get("description") or item.get("desc")  # author biographies and book introductions
+        if not body and isinstance(bio, str):
+            name = item.get("name") or item.get("title") or ""
+            yield (name + "\n" if isinstance(name, str) and name else "") + bio
+            continue
         if not isinstance(body, list) or not all(isinstance(b, str) for b in body) or not body:
             report.skips.add(where, "no 'paragraphs' text")
             continue
@@ -780,9 +786,11 @@ SFT_FILES = {"single": "sft_single.jsonl", "multi": "sft_multi.jsonl", "val": "s
 
 class CevalGuard:
     """Finds items that contain a C-Eval val question: an exact match of the middle 16 characters of any
-    val question (after removing blanks and whitespace), the check MANIFEST.md used to find the overlap."""
+    val question (after removing blanks and whitespace), the check MANIFEST.md used to find the overlap.
+    Questions shorter than 24 characters are generic stems ("下列各句中，没有语病的一句是") that many exams
+    share, so they are not used."""
 
-    SPAN = 16
+    SPAN, MIN_LENGTH = 16, 24
 
     def __init__(self, ceval_dir: Path):
         self.keys = set()
@@ -790,7 +798,7 @@ class CevalGuard:
             with open(path, encoding="utf-8", newline="") as f:
                 for row in csv.DictReader(f):
                     question = self.squash(row.get("question") or "")
-                    if len(question) >= self.SPAN:
+                    if len(question) >= self.MIN_LENGTH:
                         middle = (len(question) - self.SPAN) // 2
                         self.keys.add(question[middle : middle + self.SPAN])
 
