@@ -77,6 +77,10 @@ def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_
 
 
 def pick_device(name: str = "auto") -> str:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no CUDA GPU (use --device cpu or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device mps: the Apple GPU backend is not available (use --device cpu or auto)")
     if name != "auto":
         return name
     if torch.cuda.is_available():
@@ -100,6 +104,15 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
         path = Path(args.ckpt)
         if not path.exists():
             raise SystemExit(f"--ckpt {path} does not exist")
+        if path.is_dir():
+            config_file = path / "config.json"
+            if not config_file.exists():
+                raise SystemExit(f"--ckpt {path}: a folder without config.json (expected an export_model.py folder)")
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+            if model_type != "minimind":
+                raise SystemExit(f"--ckpt {path} holds a {model_type!r} model: these scripts load MiniMind folders "
+                                 f"(export_model.py --format remote) or .pth checkpoints; load native exports "
+                                 f"with transformers' AutoModelForCausalLM")
         return path, None
     try:
         tag = config_from_args(args).tag()

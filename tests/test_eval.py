@@ -79,6 +79,12 @@ def test_missing_checkpoint_says_what_exists(out_dir):
         load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "dpo"))
     with pytest.raises(SystemExit, match=r"no LoRA adapter at .*lora_missing_64"):
         load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "lora_missing"))
+    with pytest.raises(SystemExit, match="without config.json"):
+        load_from_args(model_args("--ckpt", str(out_dir)))
+    (out_dir / "llama").mkdir()
+    (out_dir / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(SystemExit, match="holds a 'llama' model"):
+        load_from_args(model_args("--ckpt", str(out_dir / "llama")))
 
 
 def test_lora_weight_merges_the_adapter_onto_its_recorded_base(out_dir, tokenizer_dir):
