@@ -83,7 +83,7 @@ class TrainConfig:
     # logging, validation, checkpoints (intervals in optimizer steps; 0 disables)
     log_interval: int = 10
     eval_interval: int = 200
-    eval_batches: int = 20
+    eval_batches: int = 20  # 0: the whole validation set
     save_interval: int = 500
     resume: bool = False
     report_to: str = "none"  # none, tensorboard or wandb (when installed)
@@ -91,6 +91,17 @@ class TrainConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "accumulation_steps", "learning_rate")
+        non_negative = ("max_steps", "stop_step", "weight_decay", "grad_clip", "threads", "num_workers", "log_interval",
+                        "eval_interval", "eval_batches", "save_interval", "min_lr", "warmup_steps")
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            if value is not None and (value <= 0 if name in positive else value < 0):
+                raise SystemExit(f"--{name} must be {'positive' if name in positive else 'at least 0'}, got {value}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise SystemExit(f"AdamW betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
 
 
 _HELP = {
@@ -112,7 +123,7 @@ _HELP = {
     "num_workers": "DataLoader worker processes",
     "log_interval": "steps between log lines",
     "eval_interval": "steps between validation passes; 0: only at the end",
-    "eval_batches": "batches per process in a validation pass",
+    "eval_batches": "batches per process in a validation pass; 0: the whole validation set",
     "save_interval": "steps between checkpoints; 0: only at the end",
     "resume": "continue from out/{stage}_{tag}_resume.pth (true/false)",
     "report_to": "also log to tensorboard or wandb",
@@ -475,7 +486,8 @@ class Trainer:
         history, rng = {"train": [], "val": []}, None
         if cfg.resume:
             if resume_file.exists():
-                step, epoch, offset, history, rng = self._load_resume(resume_file, raw, optimizer, scaler, samples_per_step)
+                step, epoch, offset, history, rng = self._load_resume(resume_file, raw, optimizer, scaler,
+                                                                      samples_per_step, len(train_set))
             else:
                 self.print(f"warning: --resume given but {resume_file} does not exist; starting from step 0")
         if step >= total_steps:
@@ -500,7 +512,8 @@ class Trainer:
                 written = save_fn(raw)
                 state = dict(model=clean_state_dict(raw.state_dict()), optimizer=optimizer.state_dict(),
                              scaler=scaler.state_dict(), step=step, epoch=epoch, offset=offset, rng=rngs,
-                             world_size=world, samples_per_step=samples_per_step, history=history,
+                             world_size=world, samples_per_step=samples_per_step, dataset_size=len(train_set),
+                             history=history,
                              train_config=asdict(cfg))
                 atomic_torch_save(state, resume_file)
                 plot_losses(history, plot_file, name)
@@ -553,7 +566,7 @@ class Trainer:
                     progress.update(1)
                     last = step == total_steps
 
-                    if step % cfg.log_interval == 0 or last:
+                    if (cfg.log_interval and step % cfg.log_interval == 0) or last:
                         values = window.reduce(self)
                         if not math.isfinite(values["loss"]):
                             raise SystemExit(f"loss is {values['loss']} at step {step}: lower --learning_rate or "
@@ -613,7 +626,7 @@ class Trainer:
         raw.eval()
         with torch.no_grad(), self.autocast:
             for i, batch in enumerate(loader):
-                if i == cfg.eval_batches:
+                if i == cfg.eval_batches > 0:
                     break
                 loss, metrics = loss_fn(raw, to_device(batch, self.device))
                 window.add(loss, metrics)
@@ -629,8 +642,16 @@ class Trainer:
         dist.all_gather_object(states, state)
         return states
 
-    def _load_resume(self, path: Path, raw, optimizer, scaler, samples_per_step: int):
+    def _load_resume(self, path: Path, raw, optimizer, scaler, samples_per_step: int, dataset_size: int):
         state = torch.load(path, map_location="cpu", weights_only=False)
+        # Settings that shape the run: changing them is allowed, but the result is no longer the run it was.
+        before, now = state["train_config"], asdict(self.config)
+        changed = [f"{k} {before[k]} -> {now[k]}" for k in RUN_SHAPING if k in before and before[k] != now[k]]
+        if state.get("dataset_size", dataset_size) != dataset_size:
+            changed.append(f"training samples {state['dataset_size']} -> {dataset_size}")
+        if changed:
+            self.print(f"warning: resuming {path} with different settings ({'; '.join(changed)}): it continues, "
+                       f"but will not match an uninterrupted run")
         try:
             raw.load_state_dict(state["model"])
         except RuntimeError as error:
@@ -676,6 +697,11 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = flag.item() > 0
         return bool(stop)
+
+
+# TrainConfig fields that define what an uninterrupted run would have computed.
+RUN_SHAPING = ("epochs", "max_steps", "batch_size", "accumulation_steps", "learning_rate", "min_lr", "warmup_steps",
+               "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "seed")
 
 
 @dataclass

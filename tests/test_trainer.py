@@ -227,3 +227,19 @@ def test_checkpoint_survives_a_kill_in_the_middle_of_writing(tmp_path):
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     restored = torch.load(target, weights_only=True)
     assert restored["step"] == 1 and torch.equal(restored["w"], torch.arange(1000))
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(SystemExit, match="--batch_size must be positive, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(SystemExit, match="--warmup_steps must be at least 0"):
+        TrainConfig(warmup_steps=-5)
+
+
+def test_resume_with_changed_settings_warns(tmp_path, capsys):
+    data = CountingData(16)
+    train(tmp_path, data, max_steps=4, stop_step=2)
+    result, _ = train(tmp_path, data, max_steps=4, resume=True, learning_rate=1e-3)
+    out = capsys.readouterr().out
+    assert "learning_rate 0.003 -> 0.001" in out and "will not match an uninterrupted run" in out
+    assert result.step == 4
