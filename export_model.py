@@ -4,10 +4,13 @@
     python export_model.py --weight full_sft --format native     # out/hf/full_sft_512_llama: plain LlamaForCausalLM
     python export_model.py --preset moe --weight full_sft --format native   # out/hf/full_sft_640_moe_qwen2_moe
     python export_model.py --ckpt out/dpo_512.pth --out my_model
+    python export_model.py --weight lora_medical                # full_sft with the adapter merged in
+    python export_model.py --weight dpo --dtype_out bfloat16     # half the size on disk
 
 Every folder holds config.json, model.safetensors and the tokenizer with its chat template, is
 written atomically, and is checked after writing: it is loaded back and its logits are compared with
-the checkpoint's (--no_verify skips this).
+the checkpoint's, with the weights rounded to --dtype_out the same way (--no_verify skips this).
+The conversion runs on the CPU in float32 whatever --device/--dtype say.
 
 --format remote (default): MiniMind's own classes. The model code (model/model.py and
 model/LMConfig.py, which import each other relatively) is copied into the folder and config.json's
@@ -139,6 +142,7 @@ def save_folder(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
     """save_pretrained into a temporary sibling, then rename it over `out`: never a half-written folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         if dtype != torch.float32:
             model = copy.deepcopy(model).to(dtype)  # the caller's model stays in full precision
@@ -182,12 +186,15 @@ def main(argv=None) -> Path:
     path, _ = resolve_checkpoint(args)
     name = path.stem if args.ckpt else f"{args.weight}_{model.config.tag()}"
     out = Path(args.out) if args.out else Path(args.out_dir) / "hf" / f"{name}{suffix}"
-    save_folder(native if native is not None else model, tokenizer, out, getattr(torch, args.dtype_out))
+    dtype = getattr(torch, args.dtype_out)
+    save_folder(native if native is not None else model, tokenizer, out, dtype)
     kind = type(native).__name__ if native is not None else "MiniMindForCausalLM (trust_remote_code=True)"
     print(f"exported {kind} to {out}/")
     if not args.no_verify:
-        difference = max_logit_difference(model, out, remote=native is None)
-        tolerance = 1e-4 if args.dtype_out == "float32" else 5e-2
+        # The reference holds the same rounded weights, so a difference can only come from the export.
+        reference = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype).float()
+        difference = max_logit_difference(reference, out, remote=native is None)
+        tolerance = 1e-4
         verdict = "OK" if difference <= tolerance else "MISMATCH"
         print(f"reloaded with transformers: max |logit difference| {difference:.2e} ({verdict}, tolerance {tolerance:g})")
         if difference > tolerance:
