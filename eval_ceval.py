@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from model.checkpoint import atomic_write
 from model.cli import ROOT, add_model_args, load_from_args
+from model.generate import context_length
 from model.tokenizer import PAD_ID
 
 LETTERS = "ABCD"
@@ -230,7 +231,7 @@ def evaluate(model, tokenizer, subjects: list[Subject], batch_size: int) -> tupl
     items, cut = [], 0  # (subject name, position in the subject, question, prompt ids)
     for subject in subjects:
         for position, q in enumerate(subject.questions):
-            ids, was_cut = prompt_ids(tokenizer, subject, q, model.config.max_seq_len)
+            ids, was_cut = prompt_ids(tokenizer, subject, q, context_length(model.config))
             items.append((subject.name, position, q, ids))
             cut += was_cut
     # Similar lengths share a batch, so little compute goes to padding.

@@ -127,15 +127,18 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
             raise SystemExit(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
                              f"stage first, or check --weight and --preset")
         recorded = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if args.lora_base is None and recorded and Path(recorded).is_file():
-            return Path(recorded), adapter
+        if args.lora_base is None and recorded:
+            # As recorded (relative to where training ran), or the file of that name in --out_dir.
+            for base in (Path(recorded), out_dir / Path(recorded).name):
+                if base.suffix == ".pth" and base.is_file():
+                    return base, adapter
         stage = args.lora_base or "full_sft"
     path = out_dir / f"{stage}_{tag}.pth"
     if not path.exists():
         found = sorted(p.name for p in out_dir.glob("*.pth")) if out_dir.is_dir() else []
         hint = f"checkpoints in {out_dir}: {', '.join(found)}" if found else f"{out_dir} holds no checkpoints yet"
         raise SystemExit(f"checkpoint {path} not found ({hint}). Train the {stage} stage first, or pick "
-                         f"another --weight, --preset (the file name carries dim {tag}) or --ckpt")
+                         f"another --weight, --preset (it sets the name's tag, {tag}) or --ckpt")
     return path, adapter
 
 

@@ -97,7 +97,8 @@ def test_lora_weight_merges_the_adapter_onto_its_recorded_base(out_dir, tokenize
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)  # a trained-looking adapter that changes the output
     peft_model.eval()
-    save_adapter(peft_model, out_dir / "lora_test_64", base_path=base_path)
+    # Recorded relative to where training ran: found again by its name in --out_dir.
+    save_adapter(peft_model, out_dir / "lora_test_64", base_path=Path("elsewhere") / base_path.name)
     merged, _ = load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "lora_test",
                                           "--tokenizer", str(tokenizer_dir)), verbose=False)
     assert torch.allclose(logits(merged), logits(peft_model), atol=1e-5)
