@@ -156,12 +156,14 @@ def read_jsonl(path, skips: Skips):
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"{path} not found: build it with `python data_process.py` (see dataset/README.md)")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                skips.add(f"{path}:{number}", "not valid UTF-8", f"byte {error.start}")
                 continue
-            if "\ufffd" in line:
-                skips.add(f"{path}:{number}", "not valid UTF-8")
+            if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
