@@ -243,3 +243,29 @@ def test_resume_with_changed_settings_warns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "learning_rate 0.003 -> 0.001" in out and "will not match an uninterrupted run" in out
     assert result.step == 4
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_nonzero(tmp_path):
+    """A scheduler's SIGTERM (or Ctrl-C's SIGINT) mid-step: the step completes, a resume checkpoint is
+    written, the process exits with 128 + signal, and --resume then matches an uninterrupted run."""
+    data = CountingData(28)
+    full, _ = train(tmp_path / "full", data)
+    calls = []
+
+    def interrupted_loss(model, batch):
+        calls.append(1)
+        if len(calls) == 5:  # step 3, first micro-batch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lm_loss(model, batch)
+
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "split"), batch_size=4, accumulation_steps=2,
+                                  learning_rate=3e-3, max_steps=8, warmup_steps=2, dtype="float32", device="cpu",
+                                  threads=1, log_interval=2, eval_interval=0, save_interval=0, seed=3))
+    with pytest.raises(SystemExit) as stop:
+        trainer.fit(MiniMindForCausalLM(tiny_config(vocab_size=64)), data, interrupted_loss, name="unit")
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert torch.load(tmp_path / "split" / "unit_resume.pth", weights_only=False)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is removed again
+    resumed, _ = train(tmp_path / "split", data, resume=True)
+    a, b = state(full.model), state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
