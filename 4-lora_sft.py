@@ -21,6 +21,7 @@ the data file's name without a `lora_` prefix):
 The base checkpoint is only read, never written. Chat with the result: `python 2-eval.py --weight lora_NAME`.
 """
 import argparse
+import re
 from pathlib import Path
 
 from model.checkpoint import load_model, weights_path
@@ -44,6 +45,7 @@ def parse_args(argv=None):
     group.add_argument("--init_from", default=None, help="base weights (default out/full_sft_{tag}.pth)")
     group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
+    group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     group.add_argument("--merge", action="store_true", help="also write base + adapter merged to out/lora_NAME_{tag}.pth")
     add_lora_args(parser)
     add_train_args(parser, learning_rate=1e-4, batch_size=16, epochs=10, weight_decay=0.01,
@@ -58,9 +60,11 @@ def sft_loss(model, batch):
 
 
 def adapter_name(args) -> str:
-    if args.name:
-        return args.name
-    return Path(args.data).stem.removeprefix("lora_")
+    """--name, else the data file's name: dataset/lora_medical.jsonl -> medical."""
+    name = args.name or Path(args.data).stem.removeprefix("lora_")
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise SystemExit(f"adapter name {name!r} must be letters, digits, '_', '.' or '-' (it becomes a folder name)")
+    return name
 
 
 def main(argv=None):
@@ -69,6 +73,9 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
 
     base_path = Path(args.init_from) if args.init_from else weights_path(out_dir, "full_sft", config_from_args(args))
+    if not base_path.exists():
+        raise SystemExit(f"{base_path} does not exist: run full SFT first (python 3-full_sft.py --preset {args.preset}) "
+                         f"or pass --init_from")
     model = load_model(base_path)  # its own config (from the .json beside it) wins over --preset
     config = model.config
     trainer.print(f"base {base_path}: {describe(model)}")
@@ -79,19 +86,22 @@ def main(argv=None):
     if len(tokenizer) > config.vocab_size:
         raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
     max_length = args.max_length or config.max_seq_len
-    train_set = SFTDataset(args.data, tokenizer, max_length)
-    val_set = SFTDataset(args.val_data, tokenizer, max_length) if args.val_data else None
+    verbose = trainer.is_main
+    train_set = SFTDataset(args.data, tokenizer, max_length, strict=args.strict, verbose=verbose)
+    val_set = None
+    if args.val_data:
+        val_set = SFTDataset(args.val_data, tokenizer, max_length, strict=args.strict, verbose=verbose)
 
-    name = f"lora_{adapter_name(args)}_{config.tag()}"
-    folder = adapter_dir(out_dir, adapter_name(args), config)
+    domain = adapter_name(args)
+    folder = adapter_dir(out_dir, domain, config)  # out/lora_{domain}_{tag}/, also the prefix of the engine's files
     save_fn = lambda m: (save_adapter(m, folder, base_path=base_path), folder)[1]
     result = trainer.fit(model, train_set, sft_loss, val_set=val_set, collate_fn=SFTDataset.collate,
-                         save_fn=save_fn, name=name)
+                         save_fn=save_fn, name=folder.name)
     if result.finished:
         trainer.print(f"done: adapter in {folder}" + (f", validation loss {result.val_metrics['loss']:.4f}"
                                                         if result.val_metrics else ""))
         if args.merge and trainer.is_main:
-            merged = save_merged(result.model, weights_path(out_dir, f"lora_{adapter_name(args)}", config))
+            merged = save_merged(result.model, weights_path(out_dir, f"lora_{domain}", config))
             trainer.print(f"merged weights: {merged}")
     trainer.close()
 

@@ -55,6 +55,7 @@ def parse_args(argv=None):
     group.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight")
     group.add_argument("--max_length", type=int, default=None, help="tokens per prompt + reply (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
+    group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     add_lora_args(parser)
     # DPO moves a model that already chats: a small learning rate, few epochs.
     add_train_args(parser, learning_rate=5e-6, batch_size=8, epochs=1, log_interval=10, eval_interval=100,
@@ -91,6 +92,9 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
 
     init_path = Path(args.init_from) if args.init_from else weights_path(out_dir, "full_sft", config_from_args(args))
+    if not init_path.exists():
+        raise SystemExit(f"{init_path} does not exist: run full SFT first (python 3-full_sft.py --preset {args.preset}) "
+                         f"or pass --init_from")
     model = load_model(init_path)  # its own config wins over --preset
     config = model.config
     trainer.print(f"policy from {init_path}: {describe(model)}")
@@ -106,18 +110,20 @@ def main(argv=None):
     if len(tokenizer) > config.vocab_size:
         raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
     max_length = args.max_length or config.max_seq_len
-    train_set = DPODataset(args.data, tokenizer, max_length)
+    verbose = trainer.is_main
+    train_set = DPODataset(args.data, tokenizer, max_length, strict=args.strict, verbose=verbose)
     val_set = None
     if args.val_data.lower() != "none":
         if not Path(args.val_data).exists():
             raise SystemExit(f"{args.val_data} not found: build it with `python data_process.py dpo`, "
                              f"or pass --val_data none to train without held-out pairs")
-        val_set = DPODataset(args.val_data, tokenizer, max_length)
-
-    if not args.resume:
-        check_start(trainer, model, loss_fn, val_set or train_set)
+        val_set = DPODataset(args.val_data, tokenizer, max_length, strict=args.strict, verbose=verbose)
 
     name = f"dpo_{config.tag()}"
+    resuming = args.resume and (out_dir / f"{name}_resume.pth").exists()
+    if not resuming:  # once trained, the policy has moved away from the reference
+        check_start(trainer, model, loss_fn, val_set or train_set)
+
     target = weights_path(out_dir, "dpo", config)
     save_fn = (lambda m: save_merged(m, target)) if args.lora else None  # None: the engine's save_weights
     result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=DPODataset.collate,
