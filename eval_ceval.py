@@ -14,8 +14,9 @@ next-token distribution decides: the option whose letter has the highest probabi
 model's answer. No text is generated, so the score does not depend on sampling.
 
 The probability of a letter is the total over the tokens that spell that letter as a whole first word
-("A", " A", "A.", "A、", ... but not "AB" or "A股"), so a tokenizer that merged the letter with punctuation is still read
-correctly; with our byte-level tokenizer the bare letter is always a token of its own. Prompts longer
+("A", " A", "A.", "A、", ... but not "AB" or "A股"), so a tokenizer that merged the letter with
+punctuation is still read correctly; with our byte-level tokenizer the bare letter is always a token
+of its own. Prompts longer
 than the model's context lose shots first, then the beginning of the question (the options and
 the answer cue at the end are kept); their number is reported.
 
@@ -256,7 +257,7 @@ def evaluate(model, tokenizer, subjects: list[Subject], batch_size: int) -> tupl
 def summarize(subjects: list[Subject], tables: dict[str, pd.DataFrame], cut: int, **settings) -> dict:
     per_subject = {}
     for s in subjects:
-        n, correct = len(tables[s.name]), int(tables[s.name]["correct"].sum()) if len(tables[s.name]) else 0
+        n, correct = len(tables[s.name]), int(tables[s.name]["correct"].sum())
         per_subject[s.name] = dict(name=s.title, category=s.category, questions=n, correct=correct,
                                    accuracy=correct / n if n else None, skipped=s.skipped)
     scored = {k: v for k, v in per_subject.items() if v["questions"]}
