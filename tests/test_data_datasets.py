@@ -97,10 +97,13 @@ def test_sft_bad_lines_skipped_and_counted_or_strict(tokenizer, tmp_path, capsys
         good,
     ]
     path = write_jsonl(tmp_path / "sft.jsonl", rows)
+    with open(path, "ab") as f:
+        f.write('{"conversations": "中文"}\n'.encode("gbk"))
     data = SFTDataset(path, tokenizer, max_length=64)
-    assert len(data) == 2 and data.skips.total() == 4
+    assert len(data) == 2 and data.skips.total() == 5
     out = capsys.readouterr().out
     assert f"{path}:2: not valid JSON" in out and f"{path}:4: no assistant message" in out
+    assert f"{path}:7: not valid UTF-8" in out
     with pytest.raises(SystemExit, match=r"sft.jsonl:2: not valid JSON"):
         SFTDataset(path, tokenizer, max_length=64, strict=True)
 
