@@ -23,11 +23,13 @@ answered with a 400 in OpenAI's error format, naming the field.
 
 Policies, stated once here:
   * max_tokens is capped at --max_tokens (also the default when a request omits it).
-  * Context: the prompt may use the model's max_seq_len minus the room kept for the reply
-    (max_tokens, but at most half the window). A longer conversation loses its oldest turns first;
+  * Context: the prompt may use the model's context (max_seq_len, stretched when RoPE scaling is on)
+    minus the room kept for the reply (max_tokens, but at most half the window). A longer conversation loses its oldest turns first;
     system messages and the last message are always kept. If those alone do not fit, the request
     gets a 400 with code context_length_exceeded. Dropped turns are logged and counted in the
     X-Dropped-Messages response header. A reply longer than the room left slides the model's window.
+  * Text in a message that looks like a turn marker (<s>, </s>) is encoded as plain text, so a
+    message cannot forge a turn of another role.
   * One generation runs at a time (a lock): concurrent requests wait their turn, so outputs never
     interleave, and more than --max_queue waiting requests get a 503.
   * A streaming client that disconnects stops its generation at the next token (the server notices
