@@ -9,6 +9,8 @@ Files they read (written by `data_process.py`, all under dataset/ by default):
     dataset/sft_single.jsonl           {"conversations": [{"role": "user"|"assistant"|"system", "content": str}, ...]}
     dataset/sft_multi.jsonl            same format, several turns each
     dataset/sft_val.jsonl              held-out conversations, same format
+    dataset/lora_identity.jsonl        same format: self-introduction chats for the LoRA stage
+    dataset/lora_medical.jsonl         same format: patient/doctor chats for the LoRA stage
     dataset/dpo.jsonl                  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
     dataset/dpo_val.jsonl              held-out pairs, same format
 
