@@ -4,7 +4,7 @@
     python train_tokenizer.py                                         # needs the fetched text
     python data_process.py pretrain                                   # token shards for 1-pretrain.py
     python data_process.py sft                                        # chat jsonl for 3-full_sft.py
-    python data_process.py dpo                                        # preference jsonl for 5-dpo.py
+    python data_process.py dpo                                        # preference jsonl for 5-dpo_train.py
 
 Every subcommand prints what it read, wrote and skipped per source with reasons. Malformed input is
 skipped and counted (the first few shown as file:line); `--strict` stops at the first problem instead.
@@ -51,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.checkpoint import atomic_write
-from model.dataset import ROLES, Skips, check_messages
+from model.dataset import Skips, check_messages
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, tokenizer_hash
 
 ROOT = Path(__file__).resolve().parent
@@ -973,6 +973,25 @@ DPO_SOURCES = {
 }
 
 
+def clean_pair(prompt, chosen, rejected, max_chars: int, guard) -> tuple[dict | None, str]:
+    """Normalise a preference pair and check it. Returns (row, '') or (None, reason)."""
+    if not prompt or prompt[-1]["role"] != "user" or any(m["role"] != "assistant" for m in chosen + rejected):
+        return None, "prompt must end with a user turn and the answers be assistant turns"
+    prompt, chosen, rejected = ([message(m["role"], normalize(m["content"])) for m in part] for part in (prompt, chosen, rejected))
+    contents = [m["content"] for m in prompt + chosen + rejected]
+    if any(not c or "<s>" in c or "</s>" in c for c in contents):
+        return None, "empty message or literal <s>/</s>"
+    if chosen == rejected:
+        return None, "chosen and rejected are identical"
+    if max(sum(len(m["content"]) for m in prompt + side) for side in (chosen, rejected)) > max_chars:
+        return None, f"prompt + answer longer than {max_chars} characters"
+    if any(VENDOR_CLAIM.search(m["content"]) for m in chosen):
+        return None, "chosen reply claims to be another vendor's model"
+    if guard and guard.hit("\n".join(m["content"] for m in prompt if m["role"] == "user")):
+        return None, "question appears in C-Eval val"
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, ""
+
+
 def cmd_dpo(args) -> None:
     raw_dir = Path(args.raw)
     inputs = [(name, sorted(raw_dir.glob(pattern)), reader) for name, (pattern, reader) in DPO_SOURCES.items()]
@@ -989,34 +1008,16 @@ def cmd_dpo(args) -> None:
             report.files += 1
             for where, prompt, chosen, rejected in reader(path, report):
                 report.read += 1
-                reason = ""
-                if not prompt or prompt[-1]["role"] != "user" or any(m["role"] != "assistant" for m in chosen + rejected):
-                    reason = "prompt must end with a user turn and the answers be assistant turns"
-                cleaned = []
-                for part in (prompt, chosen, rejected):
-                    part = [message(m["role"], normalize(m["content"])) for m in part] if not reason else part
-                    if not reason and (any(not m["content"] for m in part) or any(t in m["content"] for m in part for t in ("<s>", "</s>"))):
-                        reason = "empty message or literal <s>/</s>"
-                    cleaned.append(part)
-                prompt, chosen, rejected = cleaned
-                if not reason and chosen == rejected:
-                    reason = "chosen and rejected are identical"
-                if not reason and max(sum(len(m["content"]) for m in prompt + side) for side in (chosen, rejected)) > args.max_chars:
-                    reason = f"prompt + answer longer than {args.max_chars} characters"
-                if not reason and any(VENDOR_CLAIM.search(m["content"]) for m in chosen):
-                    reason = "chosen reply claims to be another vendor's model"
-                if not reason and guard and guard.hit("\n".join(m["content"] for m in prompt if m["role"] == "user")):
-                    reason = "question appears in C-Eval val"
-                row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-                key = content_hash(json.dumps(row, ensure_ascii=False)) if not reason else None
-                if not reason and key in seen:
+                row, reason = clean_pair(prompt, chosen, rejected, args.max_chars, guard)
+                key = content_hash(json.dumps(row, ensure_ascii=False)) if row else None
+                if row and key in seen:
                     reason = "exact duplicate"
                 if reason:
                     report.skips.add(where, reason)
                     continue
                 seen.add(key)
                 report.kept += 1
-                (val if is_val(prompt[-1]["content"], args.val_fraction) else train).append(row)
+                (val if is_val(row["prompt"][-1]["content"], args.val_fraction) else train).append(row)
     out = Path(args.out)
     write_jsonl(out / "dpo.jsonl", train)
     write_jsonl(out / "dpo_val.jsonl", val)
