@@ -57,18 +57,24 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     add_lora_args(parser)
-    # DPO moves a model that already chats: a small learning rate, few epochs.
-    add_train_args(parser, learning_rate=5e-6, batch_size=8, epochs=1, log_interval=10, eval_interval=100,
+    # DPO moves a model that already chats: a small learning rate, one epoch. The rate is resolved
+    # below: adapters start from zero and need a larger one than the full weights.
+    add_train_args(parser, learning_rate=None, batch_size=8, epochs=1, log_interval=10, eval_interval=100,
                    eval_batches=10, save_interval=200)
-    return parser.parse_args(argv)
+    parser._option_string_actions["--learning_rate"].help = "peak learning rate (default 5e-6; 5e-5 with --lora)"
+    args = parser.parse_args(argv)
+    if args.learning_rate is None:
+        args.learning_rate = 5e-5 if args.lora else 5e-6
+    return args
 
 
 def check_start(trainer: Trainer, model, loss_fn: DPOLoss, dataset: DPODataset) -> None:
-    """Score the pairs the engine validates on (the first eval_batches batches, in order) before the first
-    step: the loss must be ln 2, since the policy is the reference; logp_margin is the baseline that
-    training should raise."""
+    """Score the pairs the engine validates on before the first step: the loss must be ln 2, since the
+    policy is the reference; logp_margin is the baseline that training should raise. The engine reads the
+    first eval_batches batches of every rank's share, together the first batch_size * eval_batches *
+    world_size pairs in order; every rank scores all of them here (once, so the repetition is cheap)."""
     cfg = trainer.config
-    n = min(len(dataset), cfg.batch_size * max(1, cfg.eval_batches))
+    n = min(len(dataset), cfg.batch_size * max(1, cfg.eval_batches) * trainer.world_size)
     sums = {}
     model.to(trainer.device).eval()
     with torch.no_grad(), trainer.autocast:
