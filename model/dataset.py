@@ -64,24 +64,27 @@ class PretrainDataset(Dataset):
                 f"{self.data_dir} was tokenized with tokenizer {self.meta.get('tokenizer_hash')}, but the current one is "
                 f"{tokenizer_hash}: rebuild it with `python data_process.py pretrain`"
             )
-        dtype = np.dtype(self.meta["dtype"])
-        self.shards, starts = [], [0]  # starts[k] = index of shard k's first window
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.paths, starts = [], [0]  # starts[k] = index of shard k's first window
         for name, info in sorted(self.meta["shards"].items()):
             if not name.startswith(split + "_"):
                 continue
             path = self.data_dir / name
-            expected = info["tokens"] * dtype.itemsize
+            expected = info["tokens"] * self.dtype.itemsize
             if not path.exists() or path.stat().st_size != expected:
                 found = path.stat().st_size if path.exists() else "no file"
                 raise SystemExit(f"{path}: expected {expected} bytes ({info['tokens']} tokens) per meta.json, found {found}")
-            tokens = np.memmap(path, dtype=dtype, mode="r")
-            self.shards.append(tokens)
-            starts.append(starts[-1] + max(0, (len(tokens) - 1) // seq_len))
-        if not self.shards:
+            self.paths.append(path)
+            starts.append(starts[-1] + max(0, (info["tokens"] - 1) // seq_len))
+        if not self.paths:
             raise SystemExit(f"{self.data_dir}: no {split}_*.bin shards listed in meta.json")
         self.starts = np.array(starts)
         if len(self) == 0:
             raise SystemExit(f"{self.data_dir}: the {split} split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+        self._maps = None  # opened on first use in each process, so DataLoader workers never pickle the data
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -91,7 +94,9 @@ class PretrainDataset(Dataset):
             raise IndexError(index)
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1
         offset = (index - int(self.starts[shard])) * self.seq_len
-        window = torch.from_numpy(self.shards[shard][offset : offset + self.seq_len + 1].astype(np.int64))
+        if self._maps is None:
+            self._maps = [np.memmap(path, dtype=self.dtype, mode="r") for path in self.paths]
+        window = torch.from_numpy(self._maps[shard][offset : offset + self.seq_len + 1].astype(np.int64))
         return window[:-1], window[1:]
 
 

@@ -1,5 +1,6 @@
 """PretrainDataset / SFTDataset / DPODataset on tiny data built inside each test."""
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -157,6 +158,8 @@ def test_pretrain_windows_cover_all_shards_and_resume(tmp_path):
     assert x.tolist() == list(range(108, 116)) and y.tolist() == list(range(109, 117))
     seen = torch.cat([data[i][0] for i in range(len(data))]).tolist()
     assert set(seen).isdisjoint(range(500, 520))  # train windows never touch the val shard
+    clone = pickle.loads(pickle.dumps(data))  # what a spawned DataLoader worker receives: paths, not the tokens
+    assert clone._maps is None and data._maps is not None and torch.equal(clone[4][0], x)
     val = PretrainDataset(tmp_path, seq_len=8, split="val")
     assert len(val) == 2 and val[0][0].tolist() == list(range(500, 508))
 
