@@ -124,8 +124,7 @@ def to_qwen2_moe(model):
         state[prefix + "experts.gate_up_proj"] = torch.stack(
             [torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in moe.experts])
         state[prefix + "experts.down_proj"] = torch.stack([e.down_proj.weight for e in moe.experts])
-        shared = list(moe.shared_experts)
-        hidden = cfg.dim
+        shared, hidden = list(moe.shared_experts), cfg.dim
         cat = lambda name, dim, empty: torch.cat([getattr(e, name).weight for e in shared], dim) if shared else empty
         state[prefix + "shared_expert.gate_proj.weight"] = cat("gate_proj", 0, torch.zeros(0, hidden))
         state[prefix + "shared_expert.up_proj.weight"] = cat("up_proj", 0, torch.zeros(0, hidden))
@@ -139,7 +138,10 @@ def to_qwen2_moe(model):
 # ----------------------------------------------------------------------------- writing and checking
 
 def save_folder(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
-    """save_pretrained into a temporary sibling, then rename it over `out`: never a half-written folder."""
+    """save_pretrained into a temporary sibling, then rename it over `out`: never a half-written folder.
+    Only an earlier export (a folder with config.json) is replaced, never an unrelated folder."""
+    if out.exists() and not (out / "config.json").is_file() and (out.is_file() or any(out.iterdir())):
+        raise SystemExit(f"--out {out} exists and is not an exported model folder: choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is meant to be shared

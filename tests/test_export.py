@@ -118,15 +118,23 @@ def test_moe_exports_to_qwen2_moe_with_same_logits(tmp_path, tokenizer_dir, shar
         assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
 
 
-def test_export_verifies_and_replaces_an_existing_folder(tmp_path, tokenizer_dir, capsys):
+def test_export_verifies_and_replaces_only_an_earlier_export(tmp_path, tokenizer_dir, capsys):
     _, path = checkpoint(tmp_path, tiny_config())
+    argv = ["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native"]
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an earlier export")
-    export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native", "--out", str(out)])
+    export_model.main([*argv, "--out", str(out)])
     assert "OK" in capsys.readouterr().out
+    (out / "stale.txt").write_text("from an earlier export")
+    export_model.main([*argv, "--out", str(out), "--no_verify"])
     assert not (out / "stale.txt").exists() and (out / "config.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")], "no temporary folder left behind"
+
+    unrelated = tmp_path / "checkpoints"
+    unrelated.mkdir()
+    (unrelated / "pretrain_64.pth").write_text("precious")
+    with pytest.raises(SystemExit, match="not an exported model folder"):
+        export_model.main([*argv, "--out", str(unrelated)])
+    assert (unrelated / "pretrain_64.pth").read_text() == "precious"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
