@@ -6,6 +6,7 @@
     python 2-eval.py --ckpt out/hf/full_sft_512   # an exported HF folder
     python 2-eval.py --history_turns 3            # remember the last 3 exchanges
     python 2-eval.py --weight pretrain            # a pretrained model continues raw text instead
+                                                  # (so does any --ckpt named pretrain_*)
 
 Sampling: --temperature (0 = greedy), --top_p, --top_k, --repetition_penalty, --max_new_tokens, --seed.
 In interactive mode an empty line is ignored, /clear forgets the history, /exit or Ctrl-D quits;
@@ -13,6 +14,7 @@ Ctrl-C during an answer stops that answer, Ctrl-C at the prompt quits.
 """
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,7 +48,7 @@ class Chat:
     def __init__(self, model, tokenizer, args):
         self.model, self.tokenizer, self.args = model, tokenizer, args
         # A pretrained model never saw the chat template: give it the bare text to continue.
-        self.raw_text = args.ckpt is None and args.weight == "pretrain"
+        self.raw_text = Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
         self.history: list[dict] = []
         self.generator = None
         if args.seed is not None:

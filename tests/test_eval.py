@@ -211,7 +211,9 @@ def test_pretrain_weight_continues_raw_text(out_dir, tokenizer_dir, monkeypatch)
     monkeypatch.setattr(chat_script, "stream_generate", recorder)
     feed_input(monkeypatch, ["春眠不觉晓，"])
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--history_turns", "2"))
-    assert recorder.prompts == ["</s>春眠不觉晓，"]
+    feed_input(monkeypatch, ["春眠不觉晓，"])
+    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--ckpt", str(out_dir / "pretrain_64.pth")))
+    assert recorder.prompts == ["</s>春眠不觉晓，"] * 2
 
 
 # ----------------------------------------------------------------------------- 0-eval_pretrain.py
