@@ -244,8 +244,9 @@ def evaluate(model, tokenizer, subjects: list[Subject], batch_size: int) -> tupl
             probs = letter_probabilities(model, [ids for *_, ids in chunk], groups)
             for (name, position, q, _), p in zip(chunk, probs.tolist()):
                 choice = LETTERS[max(range(len(LETTERS)), key=lambda i: p[i])]
+                letter_probs = {f"p_{letter}": round(value, 6) for letter, value in zip(LETTERS, p)}
                 rows[name][position] = dict(id=q.id, question=q.question, answer=q.answer, model_answer=choice,
-                                            correct=choice == q.answer, **{f"p_{l}": round(v, 6) for l, v in zip(LETTERS, p)})
+                                            correct=choice == q.answer, **letter_probs)
             bar.update(len(chunk))
     columns = ["id", "question", "answer", "model_answer", "correct"] + [f"p_{letter}" for letter in LETTERS]
     tables = {name: pd.DataFrame(r, columns=columns) for name, r in rows.items()}
@@ -283,7 +284,7 @@ def report_text(summary: dict) -> str:
     lines.append("")
     lines.append(f"{'category':<20} {'subjects':>8} {'n':>5} {'micro':>8} {'macro':>8}")
     for name, v in summary["categories"].items():
-        lines.append(f"{name:<20} {v['subjects']:>8} {v['questions']:>5} {100 * v['micro']:>7.2f}% {100 * v['macro']:>7.2f}%")
+        lines.append(f"{name:<20} {v['subjects']:>8} {v['questions']:>5} {percent(v['micro']):>8} {percent(v['macro']):>8}")
     lines.append("")
     lines.append(f"{summary['questions']} questions in {summary['subjects']} subjects ({summary['shots']}-shot): "
                  f"micro {percent(summary['micro'])}, macro {percent(summary['macro'])} "

@@ -67,7 +67,8 @@ def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_
     group = parser.add_argument_group("which model to load")
     group.add_argument("--weight", default=default_weight,
                        help="stage checkpoint: pretrain, full_sft, dpo or lora_NAME (default %(default)s)")
-    group.add_argument("--ckpt", default=None, help="a .pth (with its .json) or an exported HF folder; wins over --weight")
+    group.add_argument("--ckpt", default=None,
+                       help="a .pth (with its .json) or an exported HF folder; wins over --weight")
     group.add_argument("--lora_base", default=None,
                        help="stage under a LoRA adapter (default: the base recorded in the adapter, else full_sft)")
     group.add_argument("--out_dir", default=str(ROOT / "out"), help="folder of the stage checkpoints")
@@ -126,7 +127,8 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
         if not (adapter / "adapter_config.json").exists():
             raise SystemExit(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
                              f"stage first, or check --weight and --preset")
-        recorded = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        recorded = adapter_config.get("base_model_name_or_path")
         if args.lora_base is None and recorded:
             # As recorded (relative to where training ran), or the file of that name in --out_dir.
             for base in (Path(recorded), out_dir / Path(recorded).name):

@@ -49,7 +49,8 @@ def synthetic_dir(tmp_path):
     write_csv(root / "val" / "geography_val.csv", [question(0, "A"), question(1, "c"), question(2, "E"), question(3, "D")])
     write_csv(root / "val" / "history_val.csv", [question(0, "B"), question(1, "B")])
     for subject in ("geography", "history"):
-        write_csv(root / "dev" / f"{subject}_dev.csv", [question(9, "A", explanation="因为"), question(8, "B", explanation="")])
+        shots = [question(9, "A", explanation="因为"), question(8, "B", explanation="")]
+        write_csv(root / "dev" / f"{subject}_dev.csv", shots)
     (root / "subject_mapping.json").write_text(json.dumps({"geography": ["Geography", "地理", "Social Science"]}))
     return root
 
