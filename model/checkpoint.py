@@ -16,6 +16,8 @@ import torch
 from model.LMConfig import LMConfig
 
 STAGES = ("pretrain", "full_sft", "dpo")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path, write_fn) -> None:
@@ -29,6 +31,7 @@ def atomic_write(path, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -50,6 +50,11 @@ def tiny_moe_config(**overrides) -> LMConfig:
     return tiny_config(**fields)
 
 
+# Tests use tiny tensors, where a second thread only adds synchronisation (and, on a busy machine,
+# waits of orders of magnitude).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
