@@ -532,9 +532,13 @@ class Trainer:
             set_rng_state(rng, self.device)
         previous_handlers = self._install_signal_handlers()
         progress = _progress_bar(total_steps, step, self.is_main)
+        val_metrics, stopped = None, False
+        if val_set is not None and step == 0:  # the baseline every later validation is compared with
+            val_metrics = self._evaluate(raw, val_set, loss_fn, collate_fn)
+            history["val"].append((0, val_metrics["loss"]))
+            log("step 0 | validation " + " | ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
         window = _Window()
         start_time, start_step = time.perf_counter(), step
-        val_metrics, stopped = None, False
         try:
             while step < total_steps and not stopped:
                 if offset >= steps_per_epoch * samples_per_step:

@@ -80,7 +80,7 @@ def test_pretrain_writes_weights_and_beats_the_unigram_entropy(shards, tokenizer
 
     val = torch.load(tmp_path / "pretrain_64_resume.pth", weights_only=False)["history"]["val"]
     entropy = unigram_entropy(train_tokens)
-    assert [s for s, _ in val] == [20, 40]
+    assert [s for s, _ in val] == [0, 20, 40]
     assert val[-1][1] < val[0][1] and val[-1][1] < entropy - 0.5, (val, entropy)
     assert f"validation loss {val[-1][1]:.4f}" in out
 

@@ -182,9 +182,10 @@ def test_validation_runs_and_is_recorded(tmp_path):
     model = MiniMindForCausalLM(tiny_config(vocab_size=64))
     result = trainer.fit(model, CountingData(32), lm_loss, val_set=CountingData(8), name="val")
     history = torch.load(tmp_path / "val_resume.pth", weights_only=False)["history"]["val"]
-    assert [s for s, _ in history] == [3, 6]
-    assert history[1][1] < history[0][1] < math.log(64) + 0.5
-    assert result.val_metrics["loss"] == history[1][1]
+    assert [s for s, _ in history] == [0, 3, 6]
+    assert abs(history[0][1] - math.log(64)) < 0.5  # step 0: the untrained baseline, near uniform
+    assert history[2][1] < history[1][1] < history[0][1]
+    assert result.val_metrics["loss"] == history[2][1]
 
 
 def test_cpu_dtype_auto_follows_the_measured_speed(monkeypatch):
