@@ -63,6 +63,9 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     seen.scatter_(1, tokens, mask.bool())
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     window = context_length(model.config)
+    # Without padding the mask says nothing causal attention does not; leaving it out spares the model
+    # a mask check and position computation at every step.
+    padded = not bool(mask.all())
 
     cache, pending = KVCache(capacity=min(window, width + max_new_tokens)), tokens
     for _ in range(max_new_tokens):
@@ -71,14 +74,16 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             keep = window // 2
             tokens, mask = tokens[:, -keep:], mask[:, -keep:]
             cache, pending = KVCache(capacity=window), tokens
-        logits = model(pending, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = model(pending, attention_mask=mask if padded else None, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
         next_token = sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, generator)
         next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
         yield next_token
         finished |= next_token == eos_token_id
         if bool(finished.all()):
             return
-        seen.scatter_(1, next_token[:, None], True)
+        if repetition_penalty != 1.0:
+            seen.scatter_(1, next_token[:, None], True)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pending = next_token[:, None]

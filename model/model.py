@@ -35,8 +35,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # Normalise in fp32 even under bf16 autocast: the mean of squares loses precision in bf16.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed.to(x.dtype) * self.weight
+        # The gain goes into the same fused kernel (one pass over x instead of two).
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- rotary embeddings
@@ -157,22 +157,28 @@ class Attention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)
         # Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads.
         repeats = self.n_heads // self.n_kv_heads
-        if repeats > 1:
-            k = k.repeat_interleave(repeats, dim=1)
-            v = v.repeat_interleave(repeats, dim=1)
         dropout = self.dropout if self.training else 0.0
         # mask is None for plain causal attention over the whole input (the fast path), else a
         # boolean (B, 1, T, S) tensor, True where a query may look at a key.
         is_causal = mask is None and T > 1
-        if self.use_sdpa:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        if self.use_sdpa and T > 1:
+            # enable_gqa shares each key/value head across its query heads inside the kernel, instead
+            # of copying the keys and values n_heads/n_kv_heads times.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                                 enable_gqa=repeats > 1)
         else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            # Plain attention, also for a single query token (each generation step), where SDPA's kernel
+            # costs more in setup and thread wake-ups than the attention itself (see PERF.md).
+            # The query heads that share a key/value head are stacked as extra rows of one matmul.
+            S = k.shape[2]
+            grouped = q.reshape(B, self.n_kv_heads, repeats * T, self.head_dim)
+            scores = (grouped @ k.transpose(-2, -1)).view(B, self.n_kv_heads, repeats, T, S) / math.sqrt(self.head_dim)
             if is_causal:
-                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            out = F.dropout(scores.float().softmax(dim=-1).to(q.dtype), dropout, self.training) @ v
+                scores = scores.masked_fill(~(mask[:, :, None] if mask.dim() == 4 else mask), float("-inf"))
+            probs = F.dropout(scores.float().softmax(dim=-1).to(q.dtype), dropout, self.training)
+            out = (probs.view(B, self.n_kv_heads, repeats * T, S) @ v).view(B, self.n_heads, T, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
