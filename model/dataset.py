@@ -208,7 +208,8 @@ class ChatEncoder:
 
     def encode(self, messages, is_target) -> tuple[list[int], list[bool]]:
         """`is_target(i, message)` decides which messages are learned."""
-        contents = self.tokenizer([m["content"] for m in messages], add_special_tokens=False)["input_ids"]
+        # "</s>" typed inside a message is text, as at inference: only the template makes turn boundaries
+        contents = self.tokenizer([m["content"] for m in messages], add_special_tokens=False, split_special_tokens=True)["input_ids"]
         ids, mask = [], []
         for i, (message, content) in enumerate(zip(messages, contents)):
             target = is_target(i, message)
