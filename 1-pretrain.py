@@ -47,12 +47,14 @@ def parse_args(argv=None):
 def pretrain_loss(model, batch):
     x, y = batch
     out = model(input_ids=x, shift_labels=y)  # out.loss includes the MoE balance loss
-    metrics = {"aux_loss": out.aux_loss} if model_is_moe(model) else {}
-    return out.loss, metrics
+    return out.loss, {}
 
 
-def model_is_moe(model) -> bool:
-    return getattr(getattr(model, "module", model).config, "use_moe", False)
+def moe_pretrain_loss(model, batch):
+    """The same loss, also logging the balance loss on its own."""
+    x, y = batch
+    out = model(input_ids=x, shift_labels=y)
+    return out.loss, {"aux_loss": out.aux_loss}
 
 
 def main(argv=None):
@@ -87,7 +89,8 @@ def main(argv=None):
     trainer.print(f"MiniMind {config.tag()}: {describe(model)}; windows of {seq_len} tokens, "
                   f"{len(train_set) * seq_len / 1e6:.1f}M training tokens per epoch")
 
-    result = trainer.fit(model, train_set, pretrain_loss, val_set=val_set, name=f"pretrain_{config.tag()}")
+    loss_fn = moe_pretrain_loss if config.use_moe else pretrain_loss
+    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, name=f"pretrain_{config.tag()}")
     if result.finished and result.val_metrics:
         loss = result.val_metrics["loss"]
         trainer.print(f"done: {result.weights_file}, validation loss {loss:.4f} (perplexity {math.exp(loss):.1f})")

@@ -140,3 +140,11 @@ def test_seq_len_longer_than_the_model_is_a_clear_error(shards, tokenizer_dir, t
 def test_unigram_entropy_is_what_a_frequency_model_scores():
     tokens = np.array([0, 0, 1, 1])
     assert unigram_entropy(tokens) == pytest.approx(math.log(2))
+
+
+def test_moe_pretraining_logs_the_balance_loss(shards, tokenizer_dir, tmp_path, capsys):
+    folder, _ = shards
+    pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--use_moe", "true", "--max_steps", "2",
+                           "--log_interval", "1", "--eval_interval", "0", "--eval_batches", "1"))
+    out = capsys.readouterr().out
+    assert "| aux_loss " in out and (tmp_path / "pretrain_64_moe.pth").exists()
