@@ -1,0 +1,106 @@
+"""The whole MiniMind pipeline on a CPU, one stage after another, with the `tiny` preset and demo data.
+
+    bash quickstart.sh                          # installs what is missing, then runs this
+    python quickstart.py                        # fetch -> tokenizer -> data -> pretrain -> SFT -> LoRA -> DPO -> C-Eval -> chat
+    python quickstart.py --mirror ../shared/data   # read the source files from a local copy (or MINIMIND_MIRROR=...)
+    python quickstart.py --fast                 # every stage for a handful of steps, into out/fast/ (the CI end-to-end test)
+
+Each stage is one of the numbered scripts, run as a subprocess with the flags printed before it runs,
+so anything here can be repeated by hand. A stage that finished is recorded in `{out}/quickstart.json`
+and skipped next time; a training stage that was interrupted continues from its resume checkpoint.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from model.LMConfig import LMConfig
+
+# How long each stage runs in the full quickstart (chosen by measurement; see README "Results"),
+# and in --fast mode, which only proves that every stage runs.
+FULL = dict(pretrain_steps=1200, sft_steps=600, lora_steps=100, dpo_steps=100, ceval_limit=0,
+            tokenizer_mb=8, pretrain_sources=[], generate_tokens=100, eval_batches=10, eos_check=50)
+FAST = dict(pretrain_steps=6, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
+            tokenizer_mb=1, pretrain_sources=["cmrc2018_wiki", "csl_abstracts"], generate_tokens=12, eval_batches=2, eos_check=2)
+
+
+def stages(args, n):
+    """(name, argv) for every stage, in order. `n` holds the stage lengths (FULL or FAST)."""
+    out, preset = args.out, args.preset
+    tag = LMConfig.from_preset(preset).tag()
+    # --fast keeps its tokenizer and data under out/fast/, so it never touches a real run's files.
+    data = f"{out}/dataset" if args.fast else "dataset"
+    tok = f"{out}/tokenizer" if args.fast else "model/minimind_tokenizer"
+    sources = ["--sources", *n["pretrain_sources"]] if n["pretrain_sources"] else []
+    model = ["--preset", preset, "--out_dir", out, "--tokenizer", tok]
+    train = model + ["--resume", "--eval_batches", str(n["eval_batches"])]
+    return [
+        ("fetch demo data", ["data_process.py", "fetch", "--set", "demo"] + (["--mirror", args.mirror] if args.mirror else [])),
+        ("train tokenizer", ["train_tokenizer.py", "--out", tok, "--sample_mb", str(n["tokenizer_mb"]), *sources]),
+        ("build pretraining shards", ["data_process.py", "pretrain", "--tokenizer", tok, "--out", f"{data}/pretrain", *sources]),
+        ("build SFT conversations", ["data_process.py", "sft", "--out", data]),
+        ("build DPO pairs", ["data_process.py", "dpo", "--out", data]),
+        ("pretrain", ["1-pretrain.py", *train, "--data_dir", f"{data}/pretrain", "--max_steps", str(n["pretrain_steps"])]),
+        ("continue text with the pretrained model",
+         ["0-eval_pretrain.py", *model, "--data_dir", f"{data}/pretrain", "--val", "--val_batches", str(n["eval_batches"]),
+          "--max_new_tokens", str(n["generate_tokens"])]),
+        ("full SFT", ["3-full_sft.py", *train, "--data", f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl",
+                      "--val_data", f"{data}/sft_val.jsonl", "--max_steps", str(n["sft_steps"]),
+                      "--eos_check", str(n["eos_check"]), "--eos_check_tokens", str(n["generate_tokens"])]),
+        ("LoRA on the identity set", ["4-lora_sft.py", *train, "--data", f"{data}/lora_identity.jsonl", "--name", "identity",
+                                      "--max_steps", str(n["lora_steps"])]),
+        ("DPO", ["5-dpo_train.py", *train, "--data", f"{data}/dpo.jsonl", "--val_data", f"{data}/dpo_val.jsonl",
+                 "--max_steps", str(n["dpo_steps"])]),
+        ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
+         + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
+        ("chat: the demo questions", ["2-eval.py", *model, "--weight", "dpo", "--auto", "--max_new_tokens", str(n["generate_tokens"])]),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mirror", default=os.environ.get("MINIMIND_MIRROR"),
+                        help="local folder laid out like the source URLs (default: $MINIMIND_MIRROR, else download)")
+    parser.add_argument("--fast", action="store_true", help="a few steps per stage, into out/fast/")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--out", default=None, help="output folder (default out/, or out/fast/ with --fast)")
+    parser.add_argument("--redo", action="store_true", help="run every stage again, even those recorded as done")
+    args = parser.parse_args()
+    args.out = args.out or ("out/fast" if args.fast else "out")
+    os.chdir(Path(__file__).resolve().parent)
+
+    record_path = Path(args.out) / "quickstart.json"
+    record = {} if args.redo or not record_path.exists() else json.loads(record_path.read_text())
+    plan = stages(args, FAST if args.fast else FULL)
+    started = time.time()
+    for number, (name, argv) in enumerate(plan, 1):
+        header = f"[{number}/{len(plan)}] {name}"
+        if record.get(name, {}).get("done"):
+            print(f"{header}: done before ({record[name]['seconds']:.0f}s), skipped", flush=True)
+            continue
+        command = [sys.executable, *argv]
+        print(f"\n{header}\n$ {shlex.join(['python', *argv])}", flush=True)
+        t0 = time.time()
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            print(f"\n{header} failed (exit {result.returncode}). Fix the cause above and run the quickstart again:"
+                  f" finished stages are skipped and training resumes where it stopped.", file=sys.stderr)
+            sys.exit(result.returncode)
+        record[name] = {"done": True, "seconds": round(time.time() - t0, 1), "command": shlex.join(["python", *argv])}
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+
+    tag = LMConfig.from_preset(args.preset).tag()
+    print(f"\nAll {len(plan)} stages done in {time.time() - started:.0f}s this run (stage times: {record_path}).")
+    print(f"Checkpoints: {args.out}/pretrain_{tag}.pth, full_sft_{tag}.pth, lora_identity_{tag}/, dpo_{tag}.pth")
+    print(f"Chat:   python 2-eval.py --preset {args.preset} --out_dir {args.out} --weight dpo")
+    print(f"Serve:  python my_openai_api.py --preset {args.preset} --out_dir {args.out} --weight dpo"
+          f"   then open http://127.0.0.1:8000/")
+
+
+if __name__ == "__main__":
+    main()
