@@ -70,13 +70,15 @@ def save_tokenizer(tokenizer, out_dir) -> None:
 
 
 def load_tokenizer(path=None):
-    """Load the project tokenizer (model/minimind_tokenizer by default) with AutoTokenizer."""
-    from transformers import AutoTokenizer
+    """Load the project tokenizer (model/minimind_tokenizer by default, or an exported model folder)."""
+    from transformers import PreTrainedTokenizerFast
 
     path = Path(path or DEFAULT_TOKENIZER_DIR)
     if not (path / "tokenizer.json").exists():
         raise SystemExit(f"no tokenizer at {path}: run `python train_tokenizer.py` first (or pass --tokenizer DIR)")
-    return AutoTokenizer.from_pretrained(str(path))
+    # The fast-tokenizer class directly, not AutoTokenizer: an exported folder's config.json names
+    # remote model code, which AutoTokenizer would offer to run.
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
 def tokenizer_hash(path=None) -> str:
