@@ -1,7 +1,7 @@
 """Stage 1, pretraining: learn to continue Chinese text from the token shards of `data_process.py pretrain`.
 
-    python 1-pretrain.py --preset tiny --max_tokens 2e6                 # CPU: a 4.6M model in minutes
-    python 1-pretrain.py --preset tiny --max_tokens 2e6 --resume        # continue an interrupted run exactly
+    python 1-pretrain.py --preset tiny --batch_size 8 --max_tokens 5e5      # CPU: 4.6M model, ~10 min on 2 cores
+    python 1-pretrain.py --preset tiny --batch_size 8 --max_tokens 5e5 --resume   # continue an interrupted run exactly
     python 1-pretrain.py                                                # small-T (26.88M), one epoch
     torchrun --nproc_per_node 8 1-pretrain.py --preset small --batch_size 64 --epochs 2
     python 1-pretrain.py --preset moe --init_from out/pretrain_640_moe.pth   # continue pretraining from weights

@@ -147,7 +147,8 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults) -> None:
     for f in fields(TrainConfig):
         default = defaults.get(f.name, f.default)
         kind = {"min_lr": float, "warmup_steps": int}.get(f.name, f.type)
-        kwargs = dict(default=default, help=_HELP.get(f.name, "") + " (default %(default)s)")
+        help = _HELP.get(f.name, "")
+        kwargs = dict(default=default, help=help if "(default" in help else help + " (default %(default)s)")
         if kind is bool:
             group.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, metavar="BOOL", **kwargs)
         elif f.name == "dtype":
