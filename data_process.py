@@ -332,13 +332,16 @@ _SPACE_IN_CJK = re.compile(rf"(?<=[{_CJK}])[ \t]+|[ \t]+(?=[{_CJK}])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\ufeff]")
 
 
-def normalize(text: str) -> str:
-    """Simplified script, no control or zero-width characters, no spaces next to Chinese characters
-    (they mark lost quotation marks in the NiuTrans novels), single blank lines, trimmed lines."""
+def normalize(text: str, prose: bool = True) -> str:
+    """Simplified script, no control or zero-width characters, at most one blank line in a row, no
+    trailing spaces. For prose (pretraining text) also no spaces next to Chinese characters (they mark
+    lost quotation marks in the NiuTrans novels) and no indentation; chat messages keep both, since
+    their code blocks need them."""
     text = _CONTROL.sub("", to_simplified(text.replace("\r\n", "\n").replace("\r", "\n")))
-    text = _SPACE_IN_CJK.sub("", text.replace("\u3000", " "))
-    lines = [line.strip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    if prose:
+        text = _SPACE_IN_CJK.sub("", text.replace("\u3000", " "))
+    lines = [line.strip() if prose else line.rstrip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n" if not prose else None)
 
 
 def content_hash(text: str) -> int:
@@ -814,7 +817,7 @@ class CevalGuard:
 def clean_messages(messages: list[dict], max_chars: int) -> tuple[list[dict] | None, str]:
     """Normalise every message and keep the longest prefix of whole exchanges (ending with an assistant
     reply) within max_chars. Returns (messages, '') or (None, reason)."""
-    messages = [message(m["role"], normalize(m["content"])) for m in messages]
+    messages = [message(m["role"], normalize(m["content"], prose=False)) for m in messages]
     if any(not m["content"] for m in messages):
         return None, "empty message"
     if any(t in m["content"] for m in messages for t in ("<s>", "</s>")):
@@ -977,7 +980,8 @@ def clean_pair(prompt, chosen, rejected, max_chars: int, guard) -> tuple[dict | 
     """Normalise a preference pair and check it. Returns (row, '') or (None, reason)."""
     if not prompt or prompt[-1]["role"] != "user" or any(m["role"] != "assistant" for m in chosen + rejected):
         return None, "prompt must end with a user turn and the answers be assistant turns"
-    prompt, chosen, rejected = ([message(m["role"], normalize(m["content"])) for m in part] for part in (prompt, chosen, rejected))
+    prompt, chosen, rejected = ([message(m["role"], normalize(m["content"], prose=False)) for m in part]
+                                for part in (prompt, chosen, rejected))
     contents = [m["content"] for m in prompt + chosen + rejected]
     if any(not c or "<s>" in c or "</s>" in c for c in contents):
         return None, "empty message or literal <s>/</s>"

@@ -101,7 +101,8 @@ def test_pretrain_strict_stops_with_file_and_line(pretrain_raw, tokenizer_dir, t
 def sft_raw(tmp_path):
     raw = tmp_path / "raw"
     alpaca = ('[{"instruction": "给出三个保持健康的提示。", "input": "", "output": "多运动，多喝水，早睡觉。"},\n'
-              ' {"instruction": "翻译成英文", "input": "你好", "output": "Hello"},\n]')  # trailing comma
+              ' {"instruction": "翻译成英文", "input": "你好", "output": "Hello"},\n'
+              ' {"instruction": "写一个 Python 函数", "input": "", "output": "```python\\ndef f():\\n    return 1  # 一\\n```"},\n]')
     write(raw / "sft_zh/alpaca_zh_hikariming/翻译后的中文数据/a.json", alpaca)
     sharegpt = [
         {"conversations": [{"from": "human", "value": "你是谁？"}, {"from": "gpt", "value": "我是由OpenAI训练的语言模型。"}]},
@@ -137,6 +138,8 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
     firsts = {row["conversations"][0]["content"] for row in single + multi}
     assert "给出三个保持健康的提示。" in firsts and "翻译成英文\n你好" in firsts  # lenient trailing comma
     assert "trailing comma" in report
+    code = next(r for r in single if r["conversations"][0]["content"] == "写一个 Python 函数")  # chat text keeps spaces
+    assert code["conversations"][1]["content"] == "```python\ndef f():\n    return 1  # 一\n```"
     assert "你是谁？" not in firsts and "reply claims to be another vendor's model" in report
     assert "下列哪一项是正确的?\n(A)对\n(B)错" in firsts and not any("聋哑人" in f for f in firsts)
     assert "question appears in C-Eval val" in report and "not valid JSON" in report
@@ -146,7 +149,7 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
         ("长江有多长？", "约六千三百公里。", "黄河呢？", "约五千四百公里。"), ("你好", "你好！", "今天星期几？", "今天星期一。")}
     medical = read_rows(out / "lora_medical.jsonl")
     assert medical[0]["conversations"][1]["content"] == "可以适量服用。"  # GBK decoded
-    assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是小智，由MiniMind开发。"
+    assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
     assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, max_length=64)) == len(single)
 
     with pytest.raises(SystemExit, match=r"s\.jsonl:1: reply claims"):
