@@ -2,6 +2,7 @@
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -270,3 +271,30 @@ def test_sigterm_finishes_the_step_saves_and_exits_nonzero(tmp_path):
     resumed, _ = train(tmp_path / "split", data, resume=True)
     a, b = state(full.model), state(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_report_to_wandb_mirrors_the_log(tmp_path, monkeypatch):
+    """wandb is optional and not installed here: a stand-in module records what the engine sends."""
+    import types
+
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", step, sorted(values)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.SimpleNamespace(init=lambda **kwargs: calls.append(("init", kwargs["name"])) or Run())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train(tmp_path, CountingData(16), max_steps=2, log_interval=1, report_to="wandb")
+    assert calls[0] == ("init", "unit") and calls[-1] == ("finish",)
+    logged = [c for c in calls if c[0] == "log"]
+    assert [c[1] for c in logged] == [1, 2] and "train/loss" in logged[0][2] and "train/lr" in logged[0][2]
+
+
+def test_report_to_a_missing_backend_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with pytest.raises(SystemExit, match="pip install wandb"):
+        train(tmp_path, CountingData(16), max_steps=1, report_to="wandb")
