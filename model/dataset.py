@@ -128,7 +128,7 @@ class EpochSampler(Sampler):
         else:
             order = torch.arange(self.n)
         total = self.per_rank() * self.world_size
-        order = torch.cat([order, order[: total - self.n]])  # wrap so every rank has per_rank indices
+        order = order.repeat(-(-total // self.n))[:total]  # wrap around so every rank has per_rank indices
         return iter(order[self.rank :: self.world_size][self.skip :].tolist())
 
 

@@ -181,6 +181,8 @@ def test_pretrain_windows_cover_all_shards_and_resume(tmp_path):
     assert sorted(full) == sorted(sampler) == list(range(len(data))) and list(sampler) != full
     ranks = [list(EpochSampler(len(data), seed=3, rank=r, world_size=3)) for r in range(3)]
     assert len({len(r) for r in ranks}) == 1 and set(sum(ranks, [])) == set(range(len(data)))
+    tiny = [list(EpochSampler(2, rank=r, world_size=5)) for r in range(5)]  # more ranks than samples
+    assert all(len(r) == 1 for r in tiny) and set(sum(tiny, [])) == {0, 1}
 
 
 def test_pretrain_detects_truncated_shard_and_stale_tokenizer(tmp_path):
