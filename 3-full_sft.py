@@ -43,7 +43,8 @@ def parse_args(argv=None):
     group = parser.add_argument_group("supervised fine-tuning")
     group.add_argument("--data", nargs="+", default=None,
                        help="chat jsonl file(s) (default: dataset/sft_single.jsonl and sft_multi.jsonl)")
-    group.add_argument("--val_data", default=None, help="held-out chat jsonl (default dataset/sft_val.jsonl if present)")
+    group.add_argument("--val_data", default=None,
+                       help="held-out chat jsonl (default dataset/sft_val.jsonl if present)")
     group.add_argument("--init_from", default=None, help="starting weights (default out_dir/pretrain_{tag}.pth)")
     group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
@@ -58,7 +59,8 @@ def parse_args(argv=None):
 
 def sft_loss(model, batch):
     x, y = batch
-    out = model(input_ids=x, shift_labels=y)  # y is -100 except on assistant tokens; out.loss includes the MoE balance loss
+    # y is -100 except on assistant tokens; out.loss includes the MoE balance loss
+    out = model(input_ids=x, shift_labels=y)
     return out.loss, {}
 
 

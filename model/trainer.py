@@ -296,7 +296,8 @@ def input_shapes(batch) -> list[tuple]:
     if isinstance(batch, (list, tuple)):
         return input_shapes(batch[0])
     if isinstance(batch, dict):
-        return [tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v) and (k == "input_ids" or k.endswith("_x"))]
+        inputs = [v for k, v in batch.items() if torch.is_tensor(v) and (k == "input_ids" or k.endswith("_x"))]
+        return [tuple(v.shape) for v in inputs]
     return []
 
 
@@ -407,7 +408,8 @@ class Trainer:
             dist.broadcast(choice, 0)
             self.dtype = torch.bfloat16 if choice.item() else torch.float32
         if self.dtype == torch.float16 and self.device.type != "cuda":
-            raise SystemExit("--dtype float16 needs a CUDA GPU (it relies on a gradient scaler); use bfloat16 or float32")
+            raise SystemExit("--dtype float16 needs a CUDA GPU (it relies on a gradient scaler); "
+                             "use bfloat16 or float32")
         self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         # Same seed on every rank, so every rank builds the same initial model (DDP also broadcasts it).
         torch.manual_seed(config.seed)
@@ -463,7 +465,8 @@ class Trainer:
         steps_per_epoch = sampler.per_rank() // samples_per_step
         if steps_per_epoch == 0:
             raise SystemExit(f"{name}: the training set has {len(train_set)} samples, fewer than one step's "
-                             f"{samples_per_step * world} (batch_size {B} x accumulation_steps {accum} x {world} processes)")
+                             f"{samples_per_step * world} (batch_size {B} x accumulation_steps {accum} "
+                             f"x {world} processes)")
         total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total_steps // 50)
         min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
@@ -504,7 +507,8 @@ class Trainer:
         peak = peak_flops(self.device, self.dtype) if self.is_main else 0.0
         flops = FlopsPerToken(raw)
         self.print(f"{name}: {total_steps} steps ({steps_per_epoch} per epoch) of {samples_per_step * world} samples; "
-                   f"{len(train_set)} training samples" + (f", {len(val_set)} validation" if val_set is not None else ""))
+                   f"{len(train_set)} training samples"
+                   + (f", {len(val_set)} validation" if val_set is not None else ""))
 
         def save(final: bool) -> Path:
             rngs = self._gather_rng()  # a collective: every rank takes part
@@ -670,9 +674,10 @@ class Trainer:
             # Same samples in the same order, but split differently: not bit-exact any more.
             offset = offset * state["world_size"] // self.world_size
             offset -= offset % samples_per_step
-            self.print(f"warning: {path} was written by {state['world_size']} process(es) with {state['samples_per_step']} "
-                       f"samples per step each; continuing with {self.world_size} x {samples_per_step} from the same "
-                       f"position in the data (the result will not be bit-identical to an uninterrupted run)")
+            self.print(f"warning: {path} was written by {state['world_size']} process(es) with "
+                       f"{state['samples_per_step']} samples per step each; continuing with {self.world_size} x "
+                       f"{samples_per_step} from the same position in the data (the result will not be bit-identical "
+                       f"to an uninterrupted run)")
         self.print(f"resumed from {path} at step {step} (epoch {epoch}, {offset * self.world_size} samples into it)")
         return step, epoch, offset, state["history"], rng
 

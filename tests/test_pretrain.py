@@ -114,7 +114,8 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(shards, tokenizer_dir, tmp_pat
         returncode = proc.wait(timeout=60)
     finally:
         proc.kill()
-    assert returncode == -signal.SIGKILL, f"the run was not killed mid-way (exit {returncode}): {proc.stderr.read()[-2000:]}"
+    assert returncode == -signal.SIGKILL, \
+        f"the run was not killed mid-way (exit {returncode}): {proc.stderr.read()[-2000:]}"
     stopped_at = torch.load(resume_file, weights_only=False)["step"]
     assert 3 <= stopped_at < 24
 

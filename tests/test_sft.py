@@ -15,8 +15,8 @@ from model.model import MiniMindForCausalLM
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--max_length", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
         "--learning_rate", "3e-3", "--warmup_steps", "1"]
-QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"),
-      ("背一首诗", "春眠不觉晓，处处闻啼鸟。"), ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
+QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
+      ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
 
 
 def load_script(filename: str):

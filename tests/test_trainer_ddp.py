@@ -80,7 +80,8 @@ def worker(out_dir: str) -> None:
 
     run(out_dir / "split", ROWS, stop_step=2)
     _, resumed, _, _ = run(out_dir / "split", ROWS, resume=True)
-    exact = all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()))
+    pairs = zip(full.model.state_dict().values(), resumed.model.state_dict().values())
+    exact = all(torch.equal(a, b) for a, b in pairs)
     if trainer.is_main:
         report = dict(world_size=trainer.world_size, threads=torch.get_num_threads(), same_weights=same_weights,
                       indices=all_indices, resume_exact=exact)
