@@ -18,7 +18,9 @@ clipping, torch.compile, DDP, the resumable data order, logging, validation, che
         out = model(input_ids=x, shift_labels=y)       # call `model` (it may be wrapped by DDP/compile)
         return out.loss, {"aux_loss": out.aux_loss}    # extra metrics are averaged and logged
 
-    trainer.fit(model, train_set, loss_fn, val_set=val_set, name="pretrain_512")
+    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=None, name="pretrain_512")
+    result.finished, result.val_metrics, result.model  # False after --stop_step; last validation; unwrapped model
+    trainer.close()                                    # leaves the DDP process group
 
 `fit` accepts any nn.Module: only parameters with requires_grad are optimized (a peft model trains
 just its adapters), and a loss function may hold other modules, such as DPO's frozen reference
@@ -27,7 +29,9 @@ is `save_weights` to `out/{name}.pth`. Besides that, the engine writes, atomical
 
     out/{name}_resume.pth   model, optimizer, grad scaler, step, epoch, data position, RNG states of
                             every rank, world size, loss history: `--resume` continues bit-exactly
-    out/{name}_loss.png     training and validation loss curves
+    out/{name}_loss.png     training and validation loss curves (validation also runs before step 1)
+
+SIGINT/SIGTERM finish the current step, write the resume checkpoint and exit with 128 + signal.
 
 Datasets are map-style; their order comes from `EpochSampler` (a permutation per (seed, epoch),
 rank r taking every world_size-th index), so a global batch is the same set of samples whatever
