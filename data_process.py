@@ -30,6 +30,7 @@ lines), `sft --jsonl sft_mini_512.jsonl` ({"conversations"} with roles), `sft --
 ({"history", "q"/"input", "a"/"output"}), `sft --sharegpt FILE`, `dpo --jsonl dpo.jsonl` ({"chosen":[...],
 "rejected":[...]}).
 """
+
 import argparse
 import csv
 import gzip
@@ -188,18 +189,26 @@ def cmd_manifest(args) -> None:
     data = gzip.compress(text.getvalue().encode("utf-8"), mtime=0)
     atomic_write(MANIFEST, lambda tmp: Path(tmp).write_bytes(data))
     demo = [s for s in sources if in_demo(s.local_path)]
-    print(f"{MANIFEST}: {len(sources)} files, {sum(s.bytes for s in sources) / 1e6:.1f} MB "
-          f"(demo set: {len(demo)} files, {sum(s.bytes for s in demo) / 1e6:.1f} MB)")
+    print(
+        f"{MANIFEST}: {len(sources)} files, {sum(s.bytes for s in sources) / 1e6:.1f} MB "
+        f"(demo set: {len(demo)} files, {sum(s.bytes for s in demo) / 1e6:.1f} MB)"
+    )
 
 
 DEMO_NOVELS = ("红楼梦", "儒林外史", "老残游记", "浮生六记")
 DEMO_FILES = {
-    "pretrain_zh/csl_abstracts/benchmark/ts/dev.tsv", "pretrain_zh/csl_abstracts/benchmark/ts/test.tsv",
-    "sft_zh/llamafactory_demo/alpaca_zh_demo.json", "sft_zh/kdconv/travel/dev.json", "sft_zh/kdconv/LICENSE",
+    "pretrain_zh/csl_abstracts/benchmark/ts/dev.tsv",
+    "pretrain_zh/csl_abstracts/benchmark/ts/test.tsv",
+    "sft_zh/llamafactory_demo/alpaca_zh_demo.json",
+    "sft_zh/kdconv/travel/dev.json",
+    "sft_zh/kdconv/LICENSE",
     "sft_zh/alpaca_zh_hikariming/翻译后的中文数据/alpaca_data-0-3252-中文-已完成.json",
-    "sft_zh/alpaca_zh_hikariming/LICENSE", "identity/llamafactory_identity.json",
-    "sft_zh/medical_dialogue/样例_内科5000-6000.csv", "sft_zh/medical_dialogue/LICENSE",
-    "dpo/medicalgpt_dpo_zh_500/dpo_zh_500.jsonl", "dpo/llamafactory_demo/dpo_zh_demo.json",
+    "sft_zh/alpaca_zh_hikariming/LICENSE",
+    "identity/llamafactory_identity.json",
+    "sft_zh/medical_dialogue/样例_内科5000-6000.csv",
+    "sft_zh/medical_dialogue/LICENSE",
+    "dpo/medicalgpt_dpo_zh_500/dpo_zh_500.jsonl",
+    "dpo/llamafactory_demo/dpo_zh_demo.json",
 }
 
 
@@ -320,7 +329,10 @@ def to_simplified(text: str) -> str:
                 yield key, values.split()
 
         simplified = {key for key, _ in pairs("STCharacters.txt")}
-        _TRADITIONAL = (frozenset(k for k, v in pairs("TSCharacters.txt") if v[:1] != [k] and k not in simplified), opencc.OpenCC("t2s"))
+        _TRADITIONAL = (
+            frozenset(k for k, v in pairs("TSCharacters.txt") if v[:1] != [k] and k not in simplified),
+            opencc.OpenCC("t2s"),
+        )
     markers, converter = _TRADITIONAL
     if markers.isdisjoint(text) or sum(c in markers for c in text) < 0.02 * len(text):
         return text
@@ -486,7 +498,9 @@ def chunk(text: str, limit: int) -> list[str]:
     return [p for p in pieces if p]
 
 
-def pretrain_documents(raw_dir, jsonl_files=(), sources=None, strict=False, min_chars=10, chunk_chars=2048, reports=None):
+def pretrain_documents(
+    raw_dir, jsonl_files=(), sources=None, strict=False, min_chars=10, chunk_chars=2048, reports=None
+):
     """Yield (source, split_key, text) for every cleaned, deduplicated, chunked document.
 
     split_key is the hash input for the train/val split: the whole document before chunking, so all
@@ -554,7 +568,9 @@ def tokenize_into_shards(args, tokenizer, folder: Path, dtype):
     Memory stays bounded by one batch (plus the 8-byte duplicate-check keys)."""
     writers = {split: ShardWriter(folder, split, args.shard_tokens, dtype) for split in ("train", "val")}
     reports, tokens = {}, {"train": 0, "val": 0}
-    documents = pretrain_documents(args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports)
+    documents = pretrain_documents(
+        args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports
+    )
     progress = tqdm(unit="doc", desc="tokenize", disable=None)
     while batch := [doc for _, doc in zip(range(args.batch_docs), documents)]:
         encodings = tokenizer.encode_batch([piece for _, _, piece in batch], add_special_tokens=False)
@@ -577,7 +593,9 @@ def cmd_pretrain(args) -> None:
 
     tokenizer_dir = Path(args.tokenizer)
     if not (tokenizer_dir / "tokenizer.json").exists():
-        raise SystemExit(f"no tokenizer at {tokenizer_dir}: run `python train_tokenizer.py` first (or pass --tokenizer)")
+        raise SystemExit(
+            f"no tokenizer at {tokenizer_dir}: run `python train_tokenizer.py` first (or pass --tokenizer)"
+        )
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     tokenizer.encode_special_tokens = True  # a literal "</s>" inside a text is text, not a document boundary
     vocab = tokenizer.get_vocab_size()
@@ -592,13 +610,28 @@ def cmd_pretrain(args) -> None:
         written = sum((building / name).stat().st_size for name in shards) // dtype.itemsize
         assert written == sum(tokens.values()) == sum(r.tokens for r in reports.values()), "token counts disagree"
         if not tokens["train"] or not tokens["val"]:
-            raise SystemExit(f"pretrain: need documents in both splits (train {tokens['train']} tokens, val {tokens['val']}); "
-                             f"fetch data first (data_process.py fetch), or raise --val_fraction")
+            raise SystemExit(
+                f"pretrain: need documents in both splits (train {tokens['train']} tokens, val {tokens['val']}); "
+                f"fetch data first (data_process.py fetch), or raise --val_fraction"
+            )
         meta = {
-            "dtype": dtype.name, "eos_id": EOS_ID, "vocab_size": vocab, "tokenizer_hash": tokenizer_hash(tokenizer_dir),
-            "val_fraction": args.val_fraction, "tokens": tokens, "shards": shards,
-            "sources": {r.name: {"files": r.files, "docs": r.kept, "skipped": r.skips.counts, "chars": r.chars, "tokens": r.tokens}
-                        for r in reports.values()},
+            "dtype": dtype.name,
+            "eos_id": EOS_ID,
+            "vocab_size": vocab,
+            "tokenizer_hash": tokenizer_hash(tokenizer_dir),
+            "val_fraction": args.val_fraction,
+            "tokens": tokens,
+            "shards": shards,
+            "sources": {
+                r.name: {
+                    "files": r.files,
+                    "docs": r.kept,
+                    "skipped": r.skips.counts,
+                    "chars": r.chars,
+                    "tokens": r.tokens,
+                }
+                for r in reports.values()
+            },
         }
         (building / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     except BaseException:  # --strict, Ctrl-C, a full disk: leave no half-built folder behind
@@ -614,8 +647,10 @@ def cmd_pretrain(args) -> None:
     for report in reports.values():
         print(report.line())
     chars = sum(r.chars for r in reports.values())
-    print(f"  total: {tokens['train']:,} train + {tokens['val']:,} val tokens in {len(shards)} shard(s); "
-          f"{chars / max(1, sum(tokens.values())):.2f} chars/token")
+    print(
+        f"  total: {tokens['train']:,} train + {tokens['val']:,} val tokens in {len(shards)} shard(s); "
+        f"{chars / max(1, sum(tokens.values())):.2f} chars/token"
+    )
 
 
 # ============================================================================= conversations (SFT)
@@ -640,10 +675,16 @@ def alpaca_items(path: Path, report: Report, fill=None):
     if data is None:
         return
     for where, item in records(data, path, report):
-        if not isinstance(item, dict) or not isinstance(item.get("instruction"), str) or not isinstance(item.get("output"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("instruction"), str)
+            or not isinstance(item.get("output"), str)
+        ):
             report.skips.add(where, "missing 'instruction' or 'output' string")
             continue
-        prompt = item["instruction"] + ("\n" + item["input"] if isinstance(item.get("input"), str) and item["input"].strip() else "")
+        prompt = item["instruction"] + (
+            "\n" + item["input"] if isinstance(item.get("input"), str) and item["input"].strip() else ""
+        )
         messages = []
         for turn in item.get("history") or []:
             if isinstance(turn, list) and len(turn) == 2:
@@ -661,8 +702,15 @@ def identity_items(path: Path, report: Report, name="MiniMind", author="MiniMind
 
 
 def sharegpt_conversations(turns, where, report):
-    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-             "bard": "assistant", "system": "system"}
+    roles = {
+        "human": "user",
+        "user": "user",
+        "gpt": "assistant",
+        "assistant": "assistant",
+        "chatgpt": "assistant",
+        "bard": "assistant",
+        "system": "system",
+    }
     if not isinstance(turns, list):
         report.skips.add(where, "'conversations' is not a list")
         return None
@@ -679,7 +727,11 @@ def sharegpt_conversations(turns, where, report):
 
 def sharegpt_items(path: Path, report: Report):
     """{"conversations": [{"from": "human"|"gpt", "value"}]} (ShareGPT), one per line or a JSON array."""
-    rows = read_jsonl_file(path, report) if path.suffix in (".jsonl", ".gz") else records(read_json_file(path, report), path, report)
+    rows = (
+        read_jsonl_file(path, report)
+        if path.suffix in (".jsonl", ".gz")
+        else records(read_json_file(path, report), path, report)
+    )
     for where, row in rows:
         messages = sharegpt_conversations(row.get("conversations") if isinstance(row, dict) else None, where, report)
         if messages:
@@ -691,7 +743,9 @@ def kdconv_items(path: Path, report: Report):
     data = read_json_file(path, report)
     for where, dialogue in records(data, path, report) if data is not None else ():
         turns = dialogue.get("messages") if isinstance(dialogue, dict) else None
-        if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("message"), str) for t in turns):
+        if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("message"), str) for t in turns
+        ):
             report.skips.add(where, "no 'messages' list of {message}")
             continue
         yield where, [message("user" if i % 2 == 0 else "assistant", t["message"]) for i, t in enumerate(turns)]
@@ -783,8 +837,13 @@ SFT_SOURCES = {
     "identity": ("identity/llamafactory_identity.json", identity_items, "lora_identity"),
     "medical_dialogue": ("sft_zh/medical_dialogue/*.csv", medical_items, "lora_medical"),
 }
-SFT_FILES = {"single": "sft_single.jsonl", "multi": "sft_multi.jsonl", "val": "sft_val.jsonl",
-             "lora_identity": "lora_identity.jsonl", "lora_medical": "lora_medical.jsonl"}
+SFT_FILES = {
+    "single": "sft_single.jsonl",
+    "multi": "sft_multi.jsonl",
+    "val": "sft_val.jsonl",
+    "lora_identity": "lora_identity.jsonl",
+    "lora_medical": "lora_medical.jsonl",
+}
 
 
 class CevalGuard:
@@ -838,7 +897,9 @@ def clean_messages(messages: list[dict], max_chars: int) -> tuple[list[dict] | N
 
 def cmd_sft(args) -> None:
     raw_dir = Path(args.raw)
-    inputs = [(name, sorted(raw_dir.glob(pattern)), reader, dest) for name, (pattern, reader, dest) in SFT_SOURCES.items()]
+    inputs = [
+        (name, sorted(raw_dir.glob(pattern)), reader, dest) for name, (pattern, reader, dest) in SFT_SOURCES.items()
+    ]
     inputs += [(Path(p).stem, [Path(p)], chat_jsonl_items, "sft") for p in args.jsonl]
     inputs += [(Path(p).stem, [Path(p)], sharegpt_items, "sft") for p in args.sharegpt]
     inputs += [(Path(p).stem, [Path(p)], deepctrl_items, "sft") for p in args.deepctrl]
@@ -860,7 +921,11 @@ def cmd_sft(args) -> None:
                 replies = [m["content"] for m in messages or [] if m["role"] == "assistant"]
                 if not reason and reader is not identity_items and any(VENDOR_CLAIM.search(r) for r in replies):
                     reason = "reply claims to be another vendor's model"
-                if not reason and guard and guard.hit("\n".join(m["content"] for m in messages if m["role"] != "assistant")):
+                if (
+                    not reason
+                    and guard
+                    and guard.hit("\n".join(m["content"] for m in messages if m["role"] != "assistant"))
+                ):
                     reason = "question appears in C-Eval val"
                 key = content_hash(json.dumps(messages, ensure_ascii=False)) if not reason else None
                 if not reason and key in seen:
@@ -913,7 +978,11 @@ def reply(value, where, report) -> list[dict] | None:
 
 def conversation_pairs(path: Path, report: Report):
     """MedicalGPT / LLaMA-Factory: {"conversations": [...], "chosen": str | turn, "rejected": str | turn}."""
-    rows = read_jsonl_file(path, report) if path.suffix == ".jsonl" else records(read_json_file(path, report), path, report)
+    rows = (
+        read_jsonl_file(path, report)
+        if path.suffix == ".jsonl"
+        else records(read_json_file(path, report), path, report)
+    )
     for where, row in rows:
         if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
             report.skips.add(where, "missing 'chosen' or 'rejected'")
@@ -929,14 +998,24 @@ def hh_transcript(text: str) -> list[dict] | None:
     parts = re.split(r"\n\n(Human|Assistant): ", "\n\n" + text.lstrip("\n"))
     if parts[0].strip() or len(parts) < 3:
         return None
-    return [message("user" if role == "Human" else "assistant", content) for role, content in zip(parts[1::2], parts[2::2])]
+    return [
+        message("user" if role == "Human" else "assistant", content) for role, content in zip(parts[1::2], parts[2::2])
+    ]
 
 
 def hh_rlhf_pairs(path: Path, report: Report):
     """hh-rlhf: two full transcripts that share every turn but the last Assistant reply."""
     for where, row in read_jsonl_file(path, report):
-        chosen = hh_transcript(row.get("chosen", "")) if isinstance(row, dict) and isinstance(row.get("chosen"), str) else None
-        rejected = hh_transcript(row.get("rejected", "")) if isinstance(row, dict) and isinstance(row.get("rejected"), str) else None
+        chosen = (
+            hh_transcript(row.get("chosen", ""))
+            if isinstance(row, dict) and isinstance(row.get("chosen"), str)
+            else None
+        )
+        rejected = (
+            hh_transcript(row.get("rejected", ""))
+            if isinstance(row, dict) and isinstance(row.get("rejected"), str)
+            else None
+        )
         if not chosen or not rejected:
             report.skips.add(where, "not a Human/Assistant transcript")
             continue
@@ -980,8 +1059,9 @@ def clean_pair(prompt, chosen, rejected, max_chars: int, guard) -> tuple[dict | 
     """Normalise a preference pair and check it. Returns (row, '') or (None, reason)."""
     if not prompt or prompt[-1]["role"] != "user" or any(m["role"] != "assistant" for m in chosen + rejected):
         return None, "prompt must end with a user turn and the answers be assistant turns"
-    prompt, chosen, rejected = ([message(m["role"], normalize(m["content"], prose=False)) for m in part]
-                                for part in (prompt, chosen, rejected))
+    prompt, chosen, rejected = (
+        [message(m["role"], normalize(m["content"], prose=False)) for m in part] for part in (prompt, chosen, rejected)
+    )
     contents = [m["content"] for m in prompt + chosen + rejected]
     if any(not c or "<s>" in c or "</s>" in c for c in contents):
         return None, "empty message or literal <s>/</s>"
@@ -1041,13 +1121,21 @@ def main(argv=None) -> None:
     def command(name, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--raw", default=str(DATASET / "raw"), help="folder of fetched source files")
-        sub.add_argument("--strict", action="store_true", help="stop at the first malformed record instead of skipping it")
+        sub.add_argument(
+            "--strict", action="store_true", help="stop at the first malformed record instead of skipping it"
+        )
         return sub
 
     sub = command("fetch", "download the pinned source files, verifying each sha256")
-    sub.add_argument("--set", choices=["demo", "full"], default="demo", help="demo: minutes on a CPU; full: all sources")
-    sub.add_argument("--manifest", default=None, help="a manifest .tsv[.gz] to use instead of dataset/sources_full.tsv.gz")
-    sub.add_argument("--mirror", default=None, help="a local folder or http(s) URL laid out as local_path (e.g. ../shared/data)")
+    sub.add_argument(
+        "--set", choices=["demo", "full"], default="demo", help="demo: minutes on a CPU; full: all sources"
+    )
+    sub.add_argument(
+        "--manifest", default=None, help="a manifest .tsv[.gz] to use instead of dataset/sources_full.tsv.gz"
+    )
+    sub.add_argument(
+        "--mirror", default=None, help="a local folder or http(s) URL laid out as local_path (e.g. ../shared/data)"
+    )
     sub.add_argument("--workers", type=int, default=8, help="parallel downloads")
     sub.set_defaults(run=cmd_fetch)
 
@@ -1059,7 +1147,9 @@ def main(argv=None) -> None:
     sub.add_argument("--out", default=str(DATASET / "pretrain"))
     sub.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"text"} jsonl files (pretrain_hq, seq-monkey)')
-    sub.add_argument("--sources", nargs="*", default=None, choices=list(PRETRAIN_SOURCES), help="only these built-in sources")
+    sub.add_argument(
+        "--sources", nargs="*", default=None, choices=list(PRETRAIN_SOURCES), help="only these built-in sources"
+    )
     sub.add_argument("--val_fraction", type=float, default=0.01)
     sub.add_argument("--min_chars", type=int, default=10, help="drop documents shorter than this")
     sub.add_argument("--chunk_chars", type=int, default=2048, help="cut longer documents into pieces of at most this")
@@ -1072,7 +1162,9 @@ def main(argv=None) -> None:
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"conversations": [{role, content}]} files')
     sub.add_argument("--sharegpt", nargs="*", default=[], help='extra {"conversations": [{from, value}]} files')
     sub.add_argument("--deepctrl", nargs="*", default=[], help='extra {"history", "q", "a"} files')
-    sub.add_argument("--ceval", default=None, help="C-Eval val CSV folder whose questions are removed (default raw/ceval/val)")
+    sub.add_argument(
+        "--ceval", default=None, help="C-Eval val CSV folder whose questions are removed (default raw/ceval/val)"
+    )
     sub.add_argument("--max_chars", type=int, default=1024, help="keep whole exchanges up to this many characters")
     sub.add_argument("--val_fraction", type=float, default=0.02)
     sub.add_argument("--bot_name", default="MiniMind", help="fills {{name}} in the identity data")
@@ -1082,7 +1174,9 @@ def main(argv=None) -> None:
     sub = command("dpo", "build preference pairs jsonl (prompt, chosen, rejected as messages)")
     sub.add_argument("--out", default=str(DATASET), help="folder for dpo.jsonl and dpo_val.jsonl")
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"chosen": [...], "rejected": [...]} files')
-    sub.add_argument("--ceval", default=None, help="C-Eval val CSV folder whose questions are removed (default raw/ceval/val)")
+    sub.add_argument(
+        "--ceval", default=None, help="C-Eval val CSV folder whose questions are removed (default raw/ceval/val)"
+    )
     sub.add_argument("--max_chars", type=int, default=1024)
     sub.add_argument("--val_fraction", type=float, default=0.05)
     sub.set_defaults(run=cmd_dpo)

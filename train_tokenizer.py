@@ -14,23 +14,39 @@ that go into val_*.bin) is what --eval measures. Same input, same tokenizer.
 Both kinds save a folder that `AutoTokenizer.from_pretrained` loads, with <unk>=0 <s>=1 </s>=2 and the
 chat template from model/tokenizer.py.
 """
+
 import argparse
 import json
 import time
 from pathlib import Path
 
 from data_process import DATASET, PRETRAIN_SOURCES, content_hash, is_val, pretrain_documents
-from model.tokenizer import BOS_ID, DEFAULT_TOKENIZER_DIR, EOS_ID, SPECIAL_TOKENS, UNK_ID, load_tokenizer, save_tokenizer, train_bpe
+from model.tokenizer import (
+    BOS_ID,
+    DEFAULT_TOKENIZER_DIR,
+    EOS_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe,
+)
 
 
 def split_texts(args):
     """(training sample, held-out texts). The sample keeps each training document with a fixed
     hash-based probability sized so the sample is about --sample_mb, and stops at that size."""
-    raw_bytes = sum(p.stat().st_size for name, (pattern, _) in PRETRAIN_SOURCES.items()
-                    if args.sources is None or name in args.sources for p in Path(args.raw).glob(pattern))
+    raw_bytes = sum(
+        p.stat().st_size
+        for name, (pattern, _) in PRETRAIN_SOURCES.items()
+        if args.sources is None or name in args.sources
+        for p in Path(args.raw).glob(pattern)
+    )
     raw_bytes += sum(Path(p).stat().st_size for p in args.jsonl)
     if raw_bytes == 0:
-        raise SystemExit(f"no pretraining text under {args.raw}: run `python data_process.py fetch` first (or pass --jsonl)")
+        raise SystemExit(
+            f"no pretraining text under {args.raw}: run `python data_process.py fetch` first (or pass --jsonl)"
+        )
     budget = int(args.sample_mb * 1e6)
     keep = min(1.0, budget / raw_bytes)
     sample, held_out, size = [], [], 0
@@ -54,21 +70,41 @@ def train_sentencepiece(texts, vocab_size: int, out_dir: Path) -> None:
     prefix = out_dir / "sentencepiece"
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-            character_coverage=0.9995, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-            add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-            unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, max_sentence_length=1 << 16,
-            num_threads=2, minloglevel=2,
+            sentence_iterator=iter(texts),
+            model_prefix=str(prefix),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            character_coverage=0.9995,
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=-1,
+            max_sentence_length=1 << 16,
+            num_threads=2,
+            minloglevel=2,
         )
     except RuntimeError as error:  # e.g. a vocabulary smaller than the characters it must cover
         raise SystemExit(f"SentencePiece training failed: {str(error).split(']')[-1].strip()}")
     processor = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
     vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
     merges = sorted(
-        ((piece[:k], piece[k:]) for piece in vocab for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab),
+        (
+            (piece[:k], piece[k:])
+            for piece in vocab
+            for k in range(1, len(piece))
+            if piece[:k] in vocab and piece[k:] in vocab
+        ),
         key=lambda pair: (vocab[pair[0] + pair[1]], vocab[pair[0]], vocab[pair[1]]),
     )
-    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token=SPECIAL_TOKENS[UNK_ID], byte_fallback=True, fuse_unk=True))
+    tokenizer = Tokenizer(
+        models.BPE(vocab, merges, unk_token=SPECIAL_TOKENS[UNK_ID], byte_fallback=True, fuse_unk=True)
+    )
     tokenizer.normalizer = normalizers.Replace(" ", "▁")
     tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
@@ -92,17 +128,26 @@ def evaluate(out_dir: Path, held_out: list[str]) -> None:
             tokens += len(row)
             if tokenizer.decode(row) != text:
                 failures.append(text)
-    print(f"held-out text: {len(held_out)} documents, {chars:,} characters, {tokens:,} tokens, "
-          f"{chars / max(1, tokens):.2f} chars/token ({time.time() - start:.1f}s)")
+    print(
+        f"held-out text: {len(held_out)} documents, {chars:,} characters, {tokens:,} tokens, "
+        f"{chars / max(1, tokens):.2f} chars/token ({time.time() - start:.1f}s)"
+    )
     print(f"round trip decode(encode(text)) == text: {len(held_out) - len(failures)}/{len(held_out)} documents")
     for text in failures[:3]:
         print(f"  differs: {text[:80]!r}")
     example = "人工智能是计算机科学的一个分支。The model has 26M parameters."
     pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(example, add_special_tokens=False))
     print(f"example: {example}\n  {len(pieces)} tokens: {[tokenizer.convert_tokens_to_string([p]) for p in pieces]}")
-    chat = [{"role": "system", "content": "你是一个乐于助人的助手。"}, {"role": "user", "content": "你好"},
-            {"role": "assistant", "content": "你好！有什么可以帮你？"}, {"role": "user", "content": "介绍一下长江。"}]
-    print("rendered chat (add_generation_prompt=True):\n" + tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+    chat = [
+        {"role": "system", "content": "你是一个乐于助人的助手。"},
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！有什么可以帮你？"},
+        {"role": "user", "content": "介绍一下长江。"},
+    ]
+    print(
+        "rendered chat (add_generation_prompt=True):\n"
+        + tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    )
     if failures:
         raise SystemExit(f"round trip failed on {len(failures)} held-out documents")
 
@@ -114,8 +159,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(DEFAULT_TOKENIZER_DIR))
     parser.add_argument("--raw", default=str(DATASET / "raw"), help="fetched source files (data_process.py fetch)")
     parser.add_argument("--jsonl", nargs="*", default=[], help='extra {"text"} jsonl files')
-    parser.add_argument("--sources", nargs="*", default=None, choices=list(PRETRAIN_SOURCES),
-                        help="only these built-in sources (give none to use only --jsonl)")
+    parser.add_argument(
+        "--sources",
+        nargs="*",
+        default=None,
+        choices=list(PRETRAIN_SOURCES),
+        help="only these built-in sources (give none to use only --jsonl)",
+    )
     parser.add_argument("--sample_mb", type=float, default=8.0, help="train on about this much text")
     parser.add_argument("--val_fraction", type=float, default=0.01, help="must match `data_process.py pretrain`")
     parser.add_argument("--eval", action="store_true", help="evaluate after training")
@@ -126,8 +176,10 @@ def main(argv=None) -> None:
     start = time.time()
     sample, held_out = split_texts(args)
     size = sum(len(t.encode("utf-8")) for t in sample)
-    print(f"text: {len(sample)} training documents ({size / 1e6:.1f} MB sample), {len(held_out)} held out "
-          f"({time.time() - start:.1f}s to read)")
+    print(
+        f"text: {len(sample)} training documents ({size / 1e6:.1f} MB sample), {len(held_out)} held out "
+        f"({time.time() - start:.1f}s to read)"
+    )
     if not args.eval_only:
         if not sample:
             raise SystemExit("no training text: fetch data first, or pass --jsonl")
@@ -136,9 +188,12 @@ def main(argv=None) -> None:
             train_bpe(sample, args.vocab_size, out)
         else:
             train_sentencepiece(sample, args.vocab_size, out)
-        (out / "training.json").write_text(json.dumps(
-            {"kind": args.kind, "vocab_size": args.vocab_size, "documents": len(sample), "bytes": size},
-            indent=2), encoding="utf-8")
+        (out / "training.json").write_text(
+            json.dumps(
+                {"kind": args.kind, "vocab_size": args.vocab_size, "documents": len(sample), "bytes": size}, indent=2
+            ),
+            encoding="utf-8",
+        )
         print(f"trained a {args.kind} tokenizer, vocab {args.vocab_size}, in {time.time() - start:.1f}s -> {out}")
     if args.eval or args.eval_only:
         evaluate(out, held_out)

@@ -22,6 +22,7 @@ model must predict after reading x[: i + 1], and -100 marks positions without a 
     SFTDataset       (x, y)   y is -100 except on assistant tokens (each reply's content and its </s>)
     DPODataset       dict     chosen_x/chosen_y/rejected_x/rejected_y, y = -100 outside the final reply
 """
+
 import json
 from pathlib import Path
 
@@ -73,7 +74,9 @@ class PretrainDataset(Dataset):
             expected = info["tokens"] * self.dtype.itemsize
             if not path.exists() or path.stat().st_size != expected:
                 found = path.stat().st_size if path.exists() else "no file"
-                raise SystemExit(f"{path}: expected {expected} bytes ({info['tokens']} tokens) per meta.json, found {found}")
+                raise SystemExit(
+                    f"{path}: expected {expected} bytes ({info['tokens']} tokens) per meta.json, found {found}"
+                )
             self.paths.append(path)
             starts.append(starts[-1] + max(0, (info["tokens"] - 1) // seq_len))
         if not self.paths:
@@ -209,7 +212,9 @@ class ChatEncoder:
     def encode(self, messages, is_target) -> tuple[list[int], list[bool]]:
         """`is_target(i, message)` decides which messages are learned."""
         # "</s>" typed inside a message is text, as at inference: only the template makes turn boundaries
-        contents = self.tokenizer([m["content"] for m in messages], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        contents = self.tokenizer(
+            [m["content"] for m in messages], add_special_tokens=False, split_special_tokens=True
+        )["input_ids"]
         ids, mask = [], []
         for i, (message, content) in enumerate(zip(messages, contents)):
             target = is_target(i, message)
@@ -343,7 +348,9 @@ class DPODataset(Dataset):
             if not reason:
                 n_prompt = len(row["prompt"])
                 for key in ("chosen", "rejected"):
-                    ids, mask = encoder.encode(row["prompt"] + row[key], lambda i, m: i >= n_prompt and m["role"] == "assistant")
+                    ids, mask = encoder.encode(
+                        row["prompt"] + row[key], lambda i, m: i >= n_prompt and m["role"] == "assistant"
+                    )
                     if not any(mask[1 : max_length + 1]):
                         reason = f"no {key} response token within max_length={max_length}"
                     pair.append((ids, mask))

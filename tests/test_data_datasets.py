@@ -1,4 +1,5 @@
 """PretrainDataset / SFTDataset / DPODataset on tiny data built inside each test."""
+
 import json
 import pickle
 
@@ -121,7 +122,12 @@ def test_sft_bad_lines_skipped_and_counted_or_strict(tokenizer, tmp_path, capsys
 def test_sft_collate_pads_right(tokenizer, tmp_path):
     rows = [
         {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"}]},
-        {"conversations": [{"role": "user", "content": "请问去火车站怎么走？"}, {"role": "assistant", "content": "一直往前走，然后左转。"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "请问去火车站怎么走？"},
+                {"role": "assistant", "content": "一直往前走，然后左转。"},
+            ]
+        },
     ]
     data = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", rows), tokenizer, max_length=64)
     x, y = SFTDataset.collate([data[0], data[1]])

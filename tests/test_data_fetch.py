@@ -1,4 +1,5 @@
 """data_process.py fetch: checksums, corruption repair, resume over HTTP Range, and the shared mirror."""
+
 import gzip
 import hashlib
 import threading
@@ -138,7 +139,9 @@ def test_manifest_is_safe_and_demo_is_a_subset(tmp_path):
         data_process.read_manifest(bad)
 
 
-@pytest.mark.skipif(not (SHARED / "sources.tsv").exists(), reason="the shared data mirror ../shared/data is not present")
+@pytest.mark.skipif(
+    not (SHARED / "sources.tsv").exists(), reason="the shared data mirror ../shared/data is not present"
+)
 def test_demo_fetch_from_shared_mirror(tmp_path):
     """Integration: the ~40 MB demo set copies from the shared mirror and every checksum verifies."""
     raw = tmp_path / "raw"

@@ -1,4 +1,5 @@
 """data_process.py pretrain / sft / dpo on small raw trees built by each test."""
+
 import gzip
 import json
 from pathlib import Path
@@ -35,19 +36,42 @@ def pretrain_raw(tmp_path):
     write(raw / NIUTRANS / "书" / "长" / "target.txt", "长江是中国最长的河流。" * 500)  # 5500 chars
     poem = [{"title": "三字經", "paragraphs": ["人之初，性本善。性相近，習相遠。", "苟不教，性乃遷。教之道，貴以專。"]}]
     write(raw / "pretrain_zh/chinese_poetry/蒙学/sanzijing.json", json.dumps(poem, ensure_ascii=False))
-    jsonl = write(tmp_path / "hq.jsonl", "\n".join([
-        json.dumps({"text": "<s>鉴别一组中文文章的风格和特点。</s> <s>请问去火车站怎么走？一直往前走。</s>"}, ensure_ascii=False),
-        "{not json",
-        json.dumps({"content": "wrong field"}),
-    ]))
+    jsonl = write(
+        tmp_path / "hq.jsonl",
+        "\n".join(
+            [
+                json.dumps(
+                    {"text": "<s>鉴别一组中文文章的风格和特点。</s> <s>请问去火车站怎么走？一直往前走。</s>"},
+                    ensure_ascii=False,
+                ),
+                "{not json",
+                json.dumps({"content": "wrong field"}),
+            ]
+        ),
+    )
     return raw, jsonl
 
 
 def test_pretrain_counts_split_and_round_trip(pretrain_raw, tokenizer_dir, tmp_path, capsys):
     raw, jsonl = pretrain_raw
     out = tmp_path / "pretrain"
-    data_process.main(["pretrain", "--raw", str(raw), "--jsonl", str(jsonl), "--out", str(out),
-                       "--tokenizer", str(tokenizer_dir), "--val_fraction", "0.2", "--chunk_chars", "2048"])
+    data_process.main(
+        [
+            "pretrain",
+            "--raw",
+            str(raw),
+            "--jsonl",
+            str(jsonl),
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--val_fraction",
+            "0.2",
+            "--chunk_chars",
+            "2048",
+        ]
+    )
     report = capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text())
 
@@ -63,7 +87,9 @@ def test_pretrain_counts_split_and_round_trip(pretrain_raw, tokenizer_dir, tmp_p
     assert expected == sum(sizes.values())
 
     def docs(split):
-        tokens = np.concatenate([np.fromfile(out / n, dtype=np.uint16) for n in sorted(meta["shards"]) if n.startswith(split)])
+        tokens = np.concatenate(
+            [np.fromfile(out / n, dtype=np.uint16) for n in sorted(meta["shards"]) if n.startswith(split)]
+        )
         assert tokens[-1] == EOS_ID
         cuts = np.flatnonzero(tokens == EOS_ID)
         return [tokenizer.decode(part[:-1].tolist()) for part in np.split(tokens, cuts + 1)[:-1]]
@@ -89,8 +115,20 @@ def test_pretrain_counts_split_and_round_trip(pretrain_raw, tokenizer_dir, tmp_p
 def test_pretrain_strict_stops_with_file_and_line(pretrain_raw, tokenizer_dir, tmp_path):
     raw, jsonl = pretrain_raw
     with pytest.raises(SystemExit, match=r"hq\.jsonl:2: not valid JSON"):
-        data_process.main(["pretrain", "--raw", str(tmp_path / "none"), "--jsonl", str(jsonl), "--strict",
-                           "--out", str(tmp_path / "p"), "--tokenizer", str(tokenizer_dir)])
+        data_process.main(
+            [
+                "pretrain",
+                "--raw",
+                str(tmp_path / "none"),
+                "--jsonl",
+                str(jsonl),
+                "--strict",
+                "--out",
+                str(tmp_path / "p"),
+                "--tokenizer",
+                str(tokenizer_dir),
+            ]
+        )
     assert not list(tmp_path.glob("p*"))  # nothing half-built left behind
 
 
@@ -100,23 +138,43 @@ def test_pretrain_strict_stops_with_file_and_line(pretrain_raw, tokenizer_dir, t
 @pytest.fixture
 def sft_raw(tmp_path):
     raw = tmp_path / "raw"
-    alpaca = ('[{"instruction": "给出三个保持健康的提示。", "input": "", "output": "多运动，多喝水，早睡觉。"},\n'
-              ' {"instruction": "翻译成英文", "input": "你好", "output": "Hello"},\n'
-              ' {"instruction": "写一个 Python 函数", "input": "", "output": "```python\\ndef f():\\n    return 1  # 一\\n```"},\n]')
+    alpaca = (
+        '[{"instruction": "给出三个保持健康的提示。", "input": "", "output": "多运动，多喝水，早睡觉。"},\n'
+        ' {"instruction": "翻译成英文", "input": "你好", "output": "Hello"},\n'
+        ' {"instruction": "写一个 Python 函数", "input": "", "output": "```python\\ndef f():\\n    return 1  # 一\\n```"},\n]'
+    )
     write(raw / "sft_zh/alpaca_zh_hikariming/翻译后的中文数据/a.json", alpaca)
     sharegpt = [
-        {"conversations": [{"from": "human", "value": "你是谁？"}, {"from": "gpt", "value": "我是由OpenAI训练的语言模型。"}]},
-        {"conversations": [{"from": "human", "value": "长江有多长？"}, {"from": "gpt", "value": "约六千三百公里。"},
-                           {"from": "human", "value": "黄河呢？"}, {"from": "gpt", "value": "约五千四百公里。"}]},
+        {
+            "conversations": [
+                {"from": "human", "value": "你是谁？"},
+                {"from": "gpt", "value": "我是由OpenAI训练的语言模型。"},
+            ]
+        },
+        {
+            "conversations": [
+                {"from": "human", "value": "长江有多长？"},
+                {"from": "gpt", "value": "约六千三百公里。"},
+                {"from": "human", "value": "黄河呢？"},
+                {"from": "gpt", "value": "约五千四百公里。"},
+            ]
+        },
     ]
-    write(raw / "sft_zh/sharegpt_zh_1k/s.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in sharegpt) + "\n{oops\n")
+    write(
+        raw / "sft_zh/sharegpt_zh_1k/s.jsonl",
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in sharegpt) + "\n{oops\n",
+    )
     medical = "department,title,ask,answer\n心血管科,高血压能吃党参吗？,我有高血压，能喝党参泡水吗？,可以适量服用。\n"
     write(raw / "sft_zh/medical_dialogue/m.csv", medical.encode("gbk"))
     question = "王某系聋哑人，因涉嫌盗窃罪被提起公诉。关于本案，下列哪一选项是正确的?"
     write(raw / "ceval/val/legal_professional_val.csv", f"id,question,A,B,C,D,answer\n1,{question}____,甲,乙,丙,丁,B\n")
-    agieval = [{"passage": None, "question": question, "options": ["(A)甲", "(B)乙"], "label": "B"},
-               {"passage": None, "question": "下列哪一项是正确的?", "options": ["(A)对", "(B)错"], "label": "A"}]
-    write(raw / "sft_zh/exams/agieval_zh/jec-qa-ca.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in agieval))
+    agieval = [
+        {"passage": None, "question": question, "options": ["(A)甲", "(B)乙"], "label": "B"},
+        {"passage": None, "question": "下列哪一项是正确的?", "options": ["(A)对", "(B)错"], "label": "A"},
+    ]
+    write(
+        raw / "sft_zh/exams/agieval_zh/jec-qa-ca.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in agieval)
+    )
     identity = [{"instruction": "你是谁？", "input": "", "output": "我是 {{name}}，由 {{author}} 开发。"}]
     write(raw / "identity/llamafactory_identity.json", json.dumps(identity, ensure_ascii=False))
     deepctrl = {"history": [["你好", "你好！"]], "q": "今天星期几？", "a": "今天星期一。"}
@@ -131,8 +189,21 @@ def read_rows(path):
 def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys):
     raw, deepctrl = sft_raw
     out = tmp_path / "out"
-    data_process.main(["sft", "--raw", str(raw), "--out", str(out), "--deepctrl", str(deepctrl), "--val_fraction", "0",
-                       "--bot_name", "小智"])
+    data_process.main(
+        [
+            "sft",
+            "--raw",
+            str(raw),
+            "--out",
+            str(out),
+            "--deepctrl",
+            str(deepctrl),
+            "--val_fraction",
+            "0",
+            "--bot_name",
+            "小智",
+        ]
+    )
     report = capsys.readouterr().out
     single, multi = read_rows(out / "sft_single.jsonl"), read_rows(out / "sft_multi.jsonl")
     firsts = {row["conversations"][0]["content"] for row in single + multi}
@@ -146,7 +217,9 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
     assert all(len([m for m in r["conversations"] if m["role"] == "assistant"]) == 1 for r in single)
     assert [m["role"] for m in multi[0]["conversations"]] == ["user", "assistant"] * 2
     assert {tuple(m["content"] for m in r["conversations"]) for r in multi} == {
-        ("长江有多长？", "约六千三百公里。", "黄河呢？", "约五千四百公里。"), ("你好", "你好！", "今天星期几？", "今天星期一。")}
+        ("长江有多长？", "约六千三百公里。", "黄河呢？", "约五千四百公里。"),
+        ("你好", "你好！", "今天星期几？", "今天星期一。"),
+    }
     medical = read_rows(out / "lora_medical.jsonl")
     assert medical[0]["conversations"][1]["content"] == "可以适量服用。"  # GBK decoded
     assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
@@ -161,17 +234,37 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
 
 def test_dpo_converters(tmp_path, tokenizer, capsys):
     raw = tmp_path / "raw"
-    medical = {"conversations": [{"from": "human", "value": "头疼怎么办？"}], "chosen": "多休息，必要时就医。", "rejected": "不知道。"}
-    write(raw / "dpo/medicalgpt_dpo_zh_500/d.jsonl", json.dumps(medical, ensure_ascii=False) + "\n" + json.dumps(medical, ensure_ascii=False) + "\n")
-    factory = [{"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"}, {"from": "human", "value": "讲个笑话"}],
-                "chosen": {"from": "gpt", "value": "好的，有一天……"}, "rejected": {"from": "gpt", "value": "讲个笑话"}},
-               {"conversations": [{"from": "human", "value": "同样"}], "chosen": "一样", "rejected": "一样"}]
+    medical = {
+        "conversations": [{"from": "human", "value": "头疼怎么办？"}],
+        "chosen": "多休息，必要时就医。",
+        "rejected": "不知道。",
+    }
+    write(
+        raw / "dpo/medicalgpt_dpo_zh_500/d.jsonl",
+        json.dumps(medical, ensure_ascii=False) + "\n" + json.dumps(medical, ensure_ascii=False) + "\n",
+    )
+    factory = [
+        {
+            "conversations": [
+                {"from": "human", "value": "你好"},
+                {"from": "gpt", "value": "你好！"},
+                {"from": "human", "value": "讲个笑话"},
+            ],
+            "chosen": {"from": "gpt", "value": "好的，有一天……"},
+            "rejected": {"from": "gpt", "value": "讲个笑话"},
+        },
+        {"conversations": [{"from": "human", "value": "同样"}], "chosen": "一样", "rejected": "一样"},
+    ]
     write(raw / "dpo/llamafactory_demo/f.json", json.dumps(factory, ensure_ascii=False))
-    hh = {"chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: Bake it.",
-          "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: No idea."}
+    hh = {
+        "chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: Bake it.",
+        "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: No idea.",
+    }
     write(raw / "dpo/hh_rlhf_harmless_base/test.jsonl.gz", gzip.compress((json.dumps(hh) + "\n{bad\n").encode()))
-    upstream = {"chosen": [{"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "2"}],
-                "rejected": [{"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "3"}]}
+    upstream = {
+        "chosen": [{"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "2"}],
+        "rejected": [{"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "3"}],
+    }
     extra = write(tmp_path / "up.jsonl", json.dumps(upstream) + "\n")
     out = tmp_path / "out"
     data_process.main(["dpo", "--raw", str(raw), "--out", str(out), "--jsonl", str(extra), "--val_fraction", "0"])
@@ -184,5 +277,7 @@ def test_dpo_converters(tmp_path, tokenizer, capsys):
     assert by_question["Then?"]["rejected"] == [{"role": "assistant", "content": "No idea."}]
     assert len(by_question["Then?"]["prompt"]) == 3
     assert by_question["1+1=?"]["chosen"][0]["content"] == "2"
-    assert "1 exact duplicate" in report and "1 chosen and rejected are identical" in report and "not valid JSON" in report
+    assert (
+        "1 exact duplicate" in report and "1 chosen and rejected are identical" in report and "not valid JSON" in report
+    )
     assert len(DPODataset(out / "dpo.jsonl", tokenizer, max_length=256)) == 4

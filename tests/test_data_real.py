@@ -1,4 +1,5 @@
 """Integration: the converters on one real file of each source format from the shared data mirror."""
+
 import json
 from pathlib import Path
 
@@ -7,7 +8,9 @@ import pytest
 import data_process
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "sources.tsv").exists(), reason="the shared data mirror ../shared/data is not present")
+pytestmark = pytest.mark.skipif(
+    not (SHARED / "sources.tsv").exists(), reason="the shared data mirror ../shared/data is not present"
+)
 
 PRETRAIN_FILES = [
     "pretrain_zh/niutrans_classical_modern/双语数据/史记/十表/三代世表/target.txt",
@@ -46,7 +49,9 @@ def test_pretrain_converters_read_every_real_format(tmp_path):
     docs = list(data_process.pretrain_documents(raw, reports=reports))
     for name, report in reports.items():
         assert report.files == 0 or report.kept > 0, name
-        format_problems = {why for why in report.skips.counts if why not in ("exact duplicate", "shorter than 10 characters")}
+        format_problems = {
+            why for why in report.skips.counts if why not in ("exact duplicate", "shorter than 10 characters")
+        }
         assert not format_problems, (name, report.skips.counts)
     text = "".join(piece for _, _, piece in docs)
     assert "人之初，性本善" in text and "習相遠" not in text  # traditional primer converted
@@ -60,10 +65,15 @@ def test_sft_and_dpo_converters_on_real_files(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "trailing comma" in report
     assert "1 question appears in C-Eval val" in report
-    rows = [json.loads(line) for name in ("sft_single", "sft_multi", "sft_val", "lora_medical")
-            for line in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line)
+        for name in ("sft_single", "sft_multi", "sft_val", "lora_medical")
+        for line in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(rows) > 5000
     assert not any("王某系聋哑人" in m["content"] for row in rows for m in row["conversations"])
-    assert not any("OpenAI训练" in m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant")
+    assert not any(
+        "OpenAI训练" in m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant"
+    )
     pairs = (tmp_path / "dpo.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(pairs) > 1000 and all(json.loads(p)["prompt"][-1]["role"] == "user" for p in pairs)

@@ -1,4 +1,5 @@
 """train_tokenizer.py: fixed special ids, exact round trip, determinism, chat template, SentencePiece."""
+
 import json
 
 import pytest
@@ -22,7 +23,9 @@ def raw(tmp_path_factory):
 
 
 def train(raw, out, *extra, vocab=400):
-    train_tokenizer.main(["--raw", str(raw), "--out", str(out), "--vocab_size", str(vocab), "--val_fraction", "0.1", "--eval", *extra])
+    train_tokenizer.main(
+        ["--raw", str(raw), "--out", str(out), "--vocab_size", str(vocab), "--val_fraction", "0.1", "--eval", *extra]
+    )
 
 
 def test_bpe_special_ids_round_trip_and_determinism(raw, tmp_path, capsys):
@@ -43,10 +46,18 @@ def test_bpe_special_ids_round_trip_and_determinism(raw, tmp_path, capsys):
 
 
 def test_chat_template_renders_turns_and_generation_prompt(tokenizer):
-    messages = [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": "你好"},
-                {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "再见"}]
+    messages = [
+        {"role": "system", "content": "你是助手。"},
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "再见"},
+    ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == "<s>system\n你是助手。</s>\n<s>user\n你好</s>\n<s>assistant\n你好！</s>\n<s>user\n再见</s>\n" + ASSISTANT_HEADER
+    assert (
+        text
+        == "<s>system\n你是助手。</s>\n<s>user\n你好</s>\n<s>assistant\n你好！</s>\n<s>user\n再见</s>\n"
+        + ASSISTANT_HEADER
+    )
     without = tokenizer.apply_chat_template(messages, tokenize=False)
     assert without + ASSISTANT_HEADER == text
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
