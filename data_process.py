@@ -164,14 +164,22 @@ def cmd_fetch(args) -> None:
             return source, None, error
 
     workers = 1 if args.mirror and not re.match(r"https?://", args.mirror) else args.workers
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         for source, status, error in tqdm(pool.map(job, sources), total=len(sources), unit="file", disable=None):
             if error:
                 failures.append(f"{source.local_path}: {error}")
                 if args.strict:
                     raise SystemExit(f"error: {failures[-1]} [--strict stops at the first problem]")
+                if len(failures) >= 8 and not counts:  # offline, or a wrong mirror: say so now, not after every file
+                    print("\n".join(f"  failed: {line}" for line in failures))
+                    raise SystemExit(
+                        f"fetch: the first {len(failures)} files all failed; check the network or --mirror"
+                    )
             else:
                 counts[status] = counts.get(status, 0) + 1
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # stop queued downloads; let running ones finish their part file
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())
     print(f"fetch: {summary or 'nothing'}; every file's sha256 verified ({time.time() - start:.1f}s)")
     if failures:

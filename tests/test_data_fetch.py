@@ -148,3 +148,19 @@ def test_demo_fetch_from_shared_mirror(tmp_path):
     fetch("--set", "demo", "--mirror", str(SHARED), "--raw", str(raw))
     sample = next(s for s in data_process.read_manifest(data_process.MANIFEST) if data_process.in_demo(s.local_path))
     assert data_process.sha256_file(raw / sample.local_path) == sample.sha256
+
+
+def test_unreachable_source_stops_early_with_a_clear_message(tmp_path):
+    files = {f"f{i}.txt": b"x" for i in range(40)}
+    manifest = write_manifest(tmp_path / "m.tsv.gz", files, "https://example.invalid")
+    with pytest.raises(SystemExit, match="first 8 files all failed; check the network or --mirror"):
+        fetch(
+            "--set",
+            "full",
+            "--manifest",
+            str(manifest),
+            "--raw",
+            str(tmp_path / "raw"),
+            "--mirror",
+            str(tmp_path / "nowhere"),
+        )
