@@ -72,6 +72,9 @@ def main():
     args = parser.parse_args()
     args.out = args.out or ("out/fast" if args.fast else "out")
     os.chdir(Path(__file__).resolve().parent)
+    # Idle OpenMP threads sleep instead of spinning: on a laptop with other work going on, spinning
+    # threads made training steps up to 6x slower (PERF.md). It must be set before torch starts.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     record_path = Path(args.out) / "quickstart.json"
     record = {} if args.redo or not record_path.exists() else json.loads(record_path.read_text())
