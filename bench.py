@@ -326,7 +326,7 @@ def cpu_name() -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny + small-T, fp32 eager, 3 rounds (~2 min)")
-    parser.add_argument("--presets", default=None, help="comma list (default: tiny,small-T,moe; quick: tiny,small-T)")
+    parser.add_argument("--presets", default=None, help="comma list, '' for none (default: tiny,small-T,moe; quick: tiny,small-T)")
     parser.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: fp32,bf16; quick: fp32)")
     parser.add_argument("--modes", default=None, help="comma list of eager,compile (default: both; quick: eager)")
     parser.add_argument("--batch", type=int, default=2, help="training batch (sequences)")
@@ -350,7 +350,8 @@ def main():
     if args._rss_child:
         return rss_child(args._rss_child, args.presets, args.batch, args.seq, args.optimizer)
     quick = args.quick
-    presets = (args.presets or ("tiny,small-T" if quick else "tiny,small-T,moe")).split(",")
+    presets = [p for p in (args.presets if args.presets is not None else
+                           ("tiny,small-T" if quick else "tiny,small-T,moe")).split(",") if p]
     dtypes = (args.dtypes or ("fp32" if quick else "fp32,bf16")).split(",")
     modes = (args.modes or ("eager" if quick else "eager,compile")).split(",")
     rounds = args.rounds or (3 if quick else 5)

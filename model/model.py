@@ -161,15 +161,14 @@ class Attention(nn.Module):
         # mask is None for plain causal attention over the whole input (the fast path), else a
         # boolean (B, 1, T, S) tensor, True where a query may look at a key.
         is_causal = mask is None and T > 1
-        if self.use_sdpa and T > 1:
+        if self.use_sdpa:
             # enable_gqa shares each key/value head across its query heads inside the kernel, instead
             # of copying the keys and values n_heads/n_kv_heads times.
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
                                                  enable_gqa=repeats > 1)
         else:
-            # Plain attention, also for a single query token (each generation step), where SDPA's kernel
-            # costs more in setup and thread wake-ups than the attention itself (see PERF.md).
-            # The query heads that share a key/value head are stacked as extra rows of one matmul.
+            # Plain attention. The query heads that share a key/value head are stacked as extra rows
+            # of one matmul, so keys and values are never copied.
             S = k.shape[2]
             grouped = q.reshape(B, self.n_kv_heads, repeats * T, self.head_dim)
             scores = (grouped @ k.transpose(-2, -1)).view(B, self.n_kv_heads, repeats, T, S) / math.sqrt(self.head_dim)
