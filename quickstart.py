@@ -22,7 +22,7 @@ from model.LMConfig import LMConfig
 
 # How long each stage runs in the full quickstart (chosen by measurement; see README "Results"),
 # and in --fast mode, which only proves that every stage runs.
-FULL = dict(pretrain_steps=1200, sft_steps=600, lora_steps=100, dpo_steps=100, ceval_limit=0,
+FULL = dict(pretrain_steps=300, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
             tokenizer_mb=8, pretrain_sources=[], generate_tokens=100, eval_batches=10, eos_check=50)
 FAST = dict(pretrain_steps=6, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
             tokenizer_mb=1, pretrain_sources=["cmrc2018_wiki", "csl_abstracts"], generate_tokens=12, eval_batches=2, eos_check=2)
@@ -44,12 +44,13 @@ def stages(args, n):
         ("build pretraining shards", ["data_process.py", "pretrain", "--tokenizer", tok, "--out", f"{data}/pretrain", *sources]),
         ("build SFT conversations", ["data_process.py", "sft", "--out", data]),
         ("build DPO pairs", ["data_process.py", "dpo", "--out", data]),
-        ("pretrain", ["1-pretrain.py", *train, "--data_dir", f"{data}/pretrain", "--max_steps", str(n["pretrain_steps"])]),
+        ("pretrain", ["1-pretrain.py", *train, "--data_dir", f"{data}/pretrain", "--max_steps", str(n["pretrain_steps"]),
+                      "--batch_size", "16", "--learning_rate", "2e-3"]),
         ("continue text with the pretrained model",
          ["0-eval_pretrain.py", *model, "--data_dir", f"{data}/pretrain", "--val", "--val_batches", str(n["eval_batches"]),
           "--max_new_tokens", str(n["generate_tokens"])]),
         ("full SFT", ["3-full_sft.py", *train, "--data", f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl",
-                      "--val_data", f"{data}/sft_val.jsonl", "--max_steps", str(n["sft_steps"]),
+                      "--val_data", f"{data}/sft_val.jsonl", "--max_steps", str(n["sft_steps"]), "--learning_rate", "5e-4",
                       "--eos_check", str(n["eos_check"]), "--eos_check_tokens", str(n["generate_tokens"])]),
         ("LoRA on the identity set", ["4-lora_sft.py", *train, "--data", f"{data}/lora_identity.jsonl", "--name", "identity",
                                       "--max_steps", str(n["lora_steps"])]),
