@@ -144,6 +144,7 @@ class TextStream:
             token = int(step[0])
             if token == self.tokenizer.eos_token_id:
                 self.finish_reason = "stop"
+                self._steps.close()  # release the generator now, not at interpreter exit
                 break
             self.new_token_ids.append(token)
             text = self.tokenizer.decode(self.new_token_ids)
