@@ -16,15 +16,6 @@ eval_ceval = importlib.import_module("eval_ceval")
 SHARED_CEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ceval"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: handing work between threads costs more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
     model = MiniMindForCausalLM(tiny_config(max_seq_len=256)).eval()

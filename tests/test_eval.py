@@ -32,15 +32,6 @@ chat_script = load_script("2-eval.py")
 pretrain_script = load_script("0-eval_pretrain.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: handing work between threads costs more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def out_dir(tmp_path):
     """out/ with a pretrain and a full_sft checkpoint of the tiny config."""

@@ -14,15 +14,6 @@ from model.model import MiniMindForCausalLM
 export_model = importlib.import_module("export_model")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: handing work between threads costs more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def checkpoint(tmp_path, config, name="full_sft", router_std=None):
     model = MiniMindForCausalLM(config).eval()
     if router_std:  # a sharper router, so that top-k choices and weights differ clearly between tokens
