@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
-from model.checkpoint import load_model, weights_path
+from model.checkpoint import load_model, previous_stage_weights
 from model.dataset import ChatEncoder, SFTDataset, Skips, check_messages, read_jsonl
 from model.generate import generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
@@ -101,10 +101,7 @@ def main(argv=None):
     trainer = Trainer(TrainConfig.from_args(args))
     out_dir = Path(args.out_dir)
 
-    init_from = Path(args.init_from) if args.init_from else weights_path(out_dir, "pretrain", config_from_args(args))
-    if not init_from.exists():
-        raise SystemExit(f"{init_from} does not exist: pretrain first (python 1-pretrain.py --preset {args.preset}) "
-                         f"or pass --init_from")
+    init_from = previous_stage_weights(args.init_from, out_dir, "pretrain", config_from_args(args), args.preset)
     model = load_model(init_from)  # its .json config wins over --preset and field flags
     model.train()
     config = model.config

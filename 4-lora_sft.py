@@ -24,7 +24,7 @@ import argparse
 import re
 from pathlib import Path
 
-from model.checkpoint import load_model, weights_path
+from model.checkpoint import load_model, previous_stage_weights, weights_path
 from model.dataset import SFTDataset
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import (add_lora_args, adapter_dir, apply_lora, lora_settings_from_args, save_adapter, save_merged,
@@ -72,10 +72,7 @@ def main(argv=None):
     trainer = Trainer(TrainConfig.from_args(args))  # seeds first: the adapters' random A starts the same every run
     out_dir = Path(args.out_dir)
 
-    base_path = Path(args.init_from) if args.init_from else weights_path(out_dir, "full_sft", config_from_args(args))
-    if not base_path.exists():
-        raise SystemExit(f"{base_path} does not exist: run full SFT first (python 3-full_sft.py --preset {args.preset}) "
-                         f"or pass --init_from")
+    base_path = previous_stage_weights(args.init_from, out_dir, "full_sft", config_from_args(args), args.preset)
     model = load_model(base_path)  # its own config (from the .json beside it) wins over --preset
     config = model.config
     trainer.print(f"base {base_path}: {describe(model)}")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_model, weights_path
+from model.checkpoint import load_model, previous_stage_weights, weights_path
 from model.dataset import DPODataset
 from model.dpo import DPOLoss
 from model.LMConfig import add_config_args, config_from_args, describe
@@ -97,10 +97,7 @@ def main(argv=None):
     trainer = Trainer(TrainConfig.from_args(args))
     out_dir = Path(args.out_dir)
 
-    init_path = Path(args.init_from) if args.init_from else weights_path(out_dir, "full_sft", config_from_args(args))
-    if not init_path.exists():
-        raise SystemExit(f"{init_path} does not exist: run full SFT first (python 3-full_sft.py --preset {args.preset}) "
-                         f"or pass --init_from")
+    init_path = previous_stage_weights(args.init_from, out_dir, "full_sft", config_from_args(args), args.preset)
     model = load_model(init_path)  # its own config wins over --preset
     config = model.config
     trainer.print(f"policy from {init_path}: {describe(model)}")

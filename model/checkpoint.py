@@ -51,6 +51,19 @@ def weights_path(out_dir, stage: str, config: LMConfig) -> Path:
     return Path(out_dir) / f"{stage}_{config.tag()}.pth"
 
 
+# The stage that produces each stage's default starting weights, and the command that makes them.
+_MADE_BY = {"pretrain": "1-pretrain.py", "full_sft": "3-full_sft.py", "dpo": "5-dpo_train.py"}
+
+
+def previous_stage_weights(init_from, out_dir, stage: str, config: LMConfig, preset: str) -> Path:
+    """`init_from` if given, else out/{stage}_{tag}.pth; exits with the command to run when it is missing."""
+    path = Path(init_from) if init_from else weights_path(out_dir, stage, config)
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run `python {_MADE_BY.get(stage, stage)} --preset {preset}` "
+                         f"first, or pass --init_from")
+    return path
+
+
 def clean_state_dict(state_dict: dict) -> dict:
     """Strip wrappers' prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
     cleaned = {}

@@ -235,7 +235,7 @@ class MoEFeedForward(nn.Module):
     def balance_loss(self, probs, experts, batch: int):
         if self.aux_loss_alpha <= 0:
             return probs.new_zeros(())
-        E, k = self.n_experts, self.top_k
+        E = self.n_experts
         if self.seq_aux:
             probs, experts = probs.view(batch, -1, E), experts.view(batch, -1)
             slots = torch.zeros(batch, E, device=probs.device).scatter_add_(

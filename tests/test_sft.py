@@ -101,7 +101,7 @@ def test_full_sft_resume_is_bit_exact(sft_files, tokenizer_dir, tmp_path):
 def test_missing_pretrain_weights_is_a_clear_error(sft_files, tokenizer_dir, tmp_path):
     flags = args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "1")
     flags[flags.index("--init_from") + 1] = str(tmp_path / "nope.pth")
-    with pytest.raises(SystemExit, match="nope.pth does not exist: pretrain first"):
+    with pytest.raises(SystemExit, match="nope.pth does not exist: run `python 1-pretrain.py"):
         sft.main(flags)
 
 
