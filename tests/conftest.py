@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny tokenizer trained on the fly and tiny model configs, so tests need no data."""
+import importlib.util
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +37,15 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     return load_tokenizer(tokenizer_dir)
+
+
+def load_script(filename: str):
+    """Import a numbered stage script (e.g. 1-pretrain.py, not importable by name) as a module."""
+    path = Path(__file__).resolve().parent.parent / filename
+    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> LMConfig:

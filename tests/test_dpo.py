@@ -1,30 +1,19 @@
 """DPO: the loss formula, response-only log-probs, ln 2 at step 0, held-out margin rises, exact resume."""
 import copy
-import importlib.util
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import tiny_config, tiny_moe_config
+from conftest import load_script, tiny_config, tiny_moe_config
 from model.checkpoint import load_model, save_weights
 from model.dataset import DPODataset
 from model.dpo import DPOLoss, dpo_loss, sequence_logps
 from model.lora import LoraSettings, apply_lora
 from model.model import MiniMindForCausalLM
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(filename: str):
-    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), ROOT / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 GOOD = ["今天天气很好，我们一起去公园散步吧。", "长江是中国最长的河流。", "他在图书馆里读了一整天的历史书。"]

@@ -1,6 +1,5 @@
 """model/cli.py checkpoint loading, 2-eval.py (terminal chat) and 0-eval_pretrain.py (continuations, val loss)."""
 import argparse
-import importlib.util
 import json
 import math
 import re
@@ -11,21 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import load_script, tiny_config
 from model.checkpoint import load_model, save_weights
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
 from model.model import MiniMindForCausalLM
 from model.tokenizer import tokenizer_hash
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]  # names the files *_64.pth
-
-
-def load_script(filename):
-    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), ROOT / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 chat_script = load_script("2-eval.py")

@@ -1,12 +1,10 @@
 """LoRA: only adapters learn, the base stays bit-identical, merging reproduces adapter+base exactly."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_moe_config
+from conftest import load_script, tiny_config, tiny_moe_config
 from model.checkpoint import load_model, save_weights
 from model.cli import merge_lora as cli_merge_lora
 from model.lora import LoraSettings, adapter_dir, apply_lora, save_adapter
@@ -128,14 +126,6 @@ def test_unknown_target_is_a_clear_error():
 
 
 # ----------------------------------------------------------------------------- the stage script
-
-
-def load_script(filename: str):
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), root / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """1-pretrain.py end to end on tiny token shards: outputs, loss below the unigram entropy, exact resume
 after a SIGKILL, clear errors for mismatched data."""
-import importlib.util
 import json
 import math
 import os
@@ -14,20 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_corpus
+from conftest import load_script, synthetic_corpus
 from model.checkpoint import load_model
 from model.tokenizer import EOS_ID, tokenizer_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--vocab_size", "512", "--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2",
         "--max_seq_len", "32", "--batch_size", "8", "--threads", "1", "--dtype", "float32", "--log_interval", "5"]
-
-
-def load_script(filename: str):
-    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), ROOT / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 pretrain = load_script("1-pretrain.py")

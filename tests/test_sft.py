@@ -1,5 +1,4 @@
 """3-full_sft.py: loss only on assistant tokens, end-to-end run from pretrain weights, exact resume, errors."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,23 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import load_script, tiny_config
 from model.checkpoint import save_weights
 from model.dataset import SFTDataset
 from model.model import MiniMindForCausalLM
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--max_length", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
         "--learning_rate", "3e-3", "--warmup_steps", "1"]
 QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
       ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
-
-
-def load_script(filename: str):
-    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py").replace("-", "_"), ROOT / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 sft = load_script("3-full_sft.py")
