@@ -11,6 +11,9 @@ Validation reads the held-out split that `data_process.py pretrain` wrote, in wi
 max_seq_len, and reports the mean next-token cross-entropy (the MoE balance loss is not included) and
 its exponential, the perplexity.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import math
 import time

@@ -16,6 +16,9 @@ by </s>), the target of each position the next token. Writes, under --out_dir:
 Every field of the model config is a flag (--preset, then --dim, --n_layers, ...), and every training
 setting too (see --help). Ctrl-C saves a resume checkpoint before exiting.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import math
 from pathlib import Path

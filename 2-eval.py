@@ -12,6 +12,9 @@ Sampling: --temperature (0 = greedy), --top_p, --top_k, --repetition_penalty, --
 In interactive mode an empty line is ignored, /clear forgets the history, /exit or Ctrl-D quits;
 Ctrl-C during an answer stops that answer, Ctrl-C at the prompt quits.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
-from model.generate import context_length, stream_generate
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, stream_generate
 from model.tokenizer import EOS_ID
 
 
@@ -31,8 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--history_turns", type=int, default=0, help="earlier exchanges kept in the prompt (0 = none)")
     parser.add_argument("--system", default=None, help="system message put before the conversation")
     parser.add_argument("--max_new_tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=0.85)
-    parser.add_argument("--top_p", type=float, default=0.85)
+    parser.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE)
+    parser.add_argument("--top_p", type=float, default=CHAT_TOP_P)
     parser.add_argument("--top_k", type=int, default=0, help="0 = no top-k cut")
     parser.add_argument("--repetition_penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None, help="fix the sampling for reproducible answers")

@@ -16,9 +16,14 @@ none. Batches are padded to their longest row. Writes, under --out_dir:
     full_sft_{tag}_resume.pth           everything --resume needs to continue bit-exactly
     full_sft_{tag}_loss.png             training and validation loss curves
 
-At the end it answers --eos_check held-out prompts greedily and reports how many answers end with </s>
-(a model that has learned the format stops by itself).
+At the end it answers --eos_check held-out prompts and reports how many answers end with </s> within
+--eos_check_tokens (a model that has learned the format stops by itself): once sampled as the chat samples
+(temperature and top-p of 2-eval.py, fixed seed) and once greedily, next to the share of the held-out
+reference answers that are that short.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 from pathlib import Path
 
@@ -27,7 +32,7 @@ from torch.utils.data import ConcatDataset
 
 from model.checkpoint import load_model, previous_stage_weights
 from model.dataset import ChatEncoder, SFTDataset, Skips, check_messages, read_jsonl
-from model.generate import generate_steps
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer
 from model.trainer import TrainConfig, Trainer, add_train_args
@@ -65,8 +70,9 @@ def sft_loss(model, batch):
 
 
 def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[list[int]]:
-    """Up to `count` prompts from a chat jsonl: each conversation up to its last assistant reply, then
-    the generation prompt `<s>assistant\\n`, tokenized exactly as in training. Unusable lines are skipped."""
+    """Up to `count` (prompt, reference answer length) pairs from a chat jsonl: the prompt is each
+    conversation up to its last assistant reply, then the generation prompt `<s>assistant\\n`, tokenized
+    exactly as in training. Unusable lines are skipped."""
     encoder = ChatEncoder(tokenizer)
     prompts = []
     for _, row in read_jsonl(path, Skips(show=0)):
@@ -77,20 +83,24 @@ def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[list[
             continue
         ids = encoder.encode(messages[:last], lambda i, m: False)[0] + encoder.headers["assistant"]
         if len(ids) <= max_prompt:
-            prompts.append(list(ids))
+            answer = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"]
+            prompts.append((list(ids), len(answer)))
         if len(prompts) == count:
             break
     return prompts
 
 
 @torch.no_grad()
-def eos_rate(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16) -> float:
-    """Fraction of greedy answers that emit </s> within max_new_tokens."""
+def eos_rate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0, batch_size: int = 16) -> float:
+    """Fraction of answers that emit </s> within max_new_tokens (temperature 0 = greedy)."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     stopped = 0
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start:start + batch_size]
         ended = torch.zeros(len(rows), dtype=torch.bool)
-        for step in generate_steps(model, rows, max_new_tokens):
+        for step in generate_steps(model, rows, max_new_tokens, temperature=temperature, top_p=top_p,
+                                   generator=generator):
             ended |= step.cpu() == EOS_ID
         stopped += int(ended.sum())
     return stopped / len(prompts)
@@ -131,12 +141,17 @@ def main(argv=None):
         trainer.print(summary)
         if args.eos_check and val_file:
             # Prompt and answer must fit the model's context, or generation would slide its window.
-            prompts = held_out_prompts(val_file, tokenizer, args.eos_check, config.max_seq_len - args.eos_check_tokens)
-            if prompts:
+            pairs = held_out_prompts(val_file, tokenizer, args.eos_check, config.max_seq_len - args.eos_check_tokens)
+            if pairs:
+                prompts, budget = [p for p, _ in pairs], args.eos_check_tokens
                 with trainer.autocast:
-                    rate = eos_rate(result.model, prompts, args.eos_check_tokens)
-                trainer.print(f"{100 * rate:.0f}% of {len(prompts)} held-out answers end with </s> "
-                              f"within {args.eos_check_tokens} tokens")
+                    sampled = eos_rate(result.model, prompts, budget, CHAT_TEMPERATURE, CHAT_TOP_P)
+                    greedy = eos_rate(result.model, prompts, budget)
+                short = sum(length < budget for _, length in pairs) / len(pairs)
+                trainer.print(f"held-out answers ending with </s> within {budget} tokens, of {len(prompts)}: "
+                              f"{100 * sampled:.0f}% sampled as the chat does (temperature {CHAT_TEMPERATURE}, "
+                              f"top-p {CHAT_TOP_P}), {100 * greedy:.0f}% greedy; "
+                              f"{100 * short:.0f}% of the reference answers are that short")
     trainer.close()
 
 

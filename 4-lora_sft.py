@@ -20,6 +20,9 @@ the data file's name without a `lora_` prefix):
 
 The base checkpoint is only read, never written. Chat with the result: `python 2-eval.py --weight lora_NAME`.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import re
 from pathlib import Path

@@ -26,6 +26,9 @@ Reads out/full_sft_{dim}[_moe].pth (or --init_from) and dataset/dpo.jsonl + data
     dpo_{tag}_resume.pth           everything --resume needs
     dpo_{tag}_loss.png             loss curves
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import math
 from pathlib import Path

@@ -480,6 +480,25 @@ def text_jsonl(path: Path, report: Report):
                 yield piece
 
 
+def chat_text(path: Path, report: Report):
+    """The messages of a chat jsonl (`{"conversations"}` as sft writes, or `{"prompt", "chosen"}` as dpo
+    writes) as plain text, one message per line: question-and-answer prose to pretrain on, as upstream
+    MiniMind's pretrain_hq is. Only pass training splits, or the held-out sets leak into pretraining."""
+    for where, row in read_jsonl_file(path, report):
+        if isinstance(row, dict) and "conversations" in row:
+            messages = row["conversations"]
+        elif isinstance(row, dict) and isinstance(row.get("prompt"), list) and isinstance(row.get("chosen"), list):
+            messages = row["prompt"] + row["chosen"]
+        else:
+            report.skips.add(where, "neither 'conversations' nor 'prompt' + 'chosen' lists")
+            continue
+        reason, detail = check_messages(messages, "conversations")
+        if reason:
+            report.skips.add(where, reason, detail)
+            continue
+        yield "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
 # name -> (glob under the raw folder, converter)
 PRETRAIN_SOURCES = {
     "niutrans_modern": ("pretrain_zh/niutrans_classical_modern/双语数据/**/target.txt", niutrans_chapter),
@@ -507,7 +526,7 @@ def chunk(text: str, limit: int) -> list[str]:
 
 
 def pretrain_documents(
-    raw_dir, jsonl_files=(), sources=None, strict=False, min_chars=10, chunk_chars=2048, reports=None
+    raw_dir, jsonl_files=(), sources=None, strict=False, min_chars=10, chunk_chars=2048, reports=None, chat_files=()
 ):
     """Yield (source, split_key, text) for every cleaned, deduplicated, chunked document.
 
@@ -523,6 +542,10 @@ def pretrain_documents(
         if not Path(path).exists():
             raise SystemExit(f"{path}: no such file")
         inputs.append((Path(path).stem, [Path(path)], text_jsonl))
+    for path in chat_files:
+        if not Path(path).exists():
+            raise SystemExit(f"{path}: no such file (build it with `data_process.py sft` / `dpo` first)")
+        inputs.append((Path(path).stem + "_text", [Path(path)], chat_text))
     seen = set()
     reports = {} if reports is None else reports
     for name, paths, converter in inputs:
@@ -577,7 +600,7 @@ def tokenize_into_shards(args, tokenizer, folder: Path, dtype):
     writers = {split: ShardWriter(folder, split, args.shard_tokens, dtype) for split in ("train", "val")}
     reports, tokens = {}, {"train": 0, "val": 0}
     documents = pretrain_documents(
-        args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports
+        args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports, args.chat_jsonl
     )
     progress = tqdm(unit="doc", desc="tokenize", disable=None)
     while batch := [doc for _, doc in zip(range(args.batch_docs), documents)]:
@@ -1155,6 +1178,8 @@ def main(argv=None) -> None:
     sub.add_argument("--out", default=str(DATASET / "pretrain"))
     sub.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"text"} jsonl files (pretrain_hq, seq-monkey)')
+    sub.add_argument("--chat_jsonl", nargs="*", default=[],
+                     help="chat jsonl files (sft_single.jsonl, dpo.jsonl, ...) whose messages join the text")
     sub.add_argument(
         "--sources", nargs="*", default=None, choices=list(PRETRAIN_SOURCES), help="only these built-in sources"
     )

@@ -32,6 +32,9 @@ Writes, under --out (default out/ceval/{weight}_{tag}/):
                      subjects) accuracy, the 25% chance line, and the counts of skipped rows
     summary.txt      the printed report
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import json
 import sys

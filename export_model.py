@@ -34,10 +34,12 @@ down projection (both exact in floating point); several shared experts become on
 width. Mixtral, OLMoE and Qwen3-MoE lack shared experts (and OLMoE/Qwen3 add q/k norms), DeepSeek-V2/V3
 use latent attention and other routing, so Qwen2-MoE is the one native class that matches.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import copy
 import math
-import os
 import shutil
 import tempfile
 import warnings

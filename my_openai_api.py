@@ -40,6 +40,9 @@ Policies, stated once here:
 It runs on werkzeug's threaded HTTP server (the one behind `flask run`), which is enough for a lab
 or a demo. It binds 127.0.0.1 unless --host says otherwise and makes no outbound connection.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import hmac
 import json
@@ -54,6 +57,8 @@ from pathlib import Path
 import torch
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
+
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 ROLES = ("system", "user", "assistant")
@@ -79,8 +84,8 @@ class APIError(Exception):
 @dataclass
 class Defaults:
     """Server-side values for fields a request leaves out."""
-    temperature: float = 0.85
-    top_p: float = 0.85
+    temperature: float = CHAT_TEMPERATURE
+    top_p: float = CHAT_TOP_P
     top_k: int = 0
     repetition_penalty: float = 1.0
     max_tokens: int = 512  # also the cap

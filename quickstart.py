@@ -23,9 +23,10 @@ from model.LMConfig import LMConfig
 # How long each stage runs in the full quickstart (chosen by measurement; see README "Results"),
 # and in --fast mode, which only proves that every stage runs.
 FULL = dict(pretrain_steps=300, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
-            tokenizer_mb=8, pretrain_sources=[], generate_tokens=100, eval_batches=10, eos_check=50)
+            tokenizer_mb=8, pretrain_sources=[], generate_tokens=100, eval_batches=10, eos_check=50, save_interval=200)
 FAST = dict(pretrain_steps=6, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
-            tokenizer_mb=1, pretrain_sources=["cmrc2018_wiki", "csl_abstracts"], generate_tokens=12, eval_batches=2, eos_check=2)
+            tokenizer_mb=1, pretrain_sources=["cmrc2018_wiki", "csl_abstracts"], generate_tokens=12, eval_batches=2, eos_check=2,
+            save_interval=2)
 
 
 def stages(args, n):
@@ -37,7 +38,7 @@ def stages(args, n):
     tok = f"{out}/tokenizer" if args.fast else "model/minimind_tokenizer"
     sources = ["--sources", *n["pretrain_sources"]] if n["pretrain_sources"] else []
     model = ["--preset", preset, "--out_dir", out, "--tokenizer", tok]
-    train = model + ["--resume", "--eval_batches", str(n["eval_batches"])]
+    train = model + ["--resume", "--eval_batches", str(n["eval_batches"]), "--save_interval", str(n["save_interval"])]
     return [
         ("fetch demo data", ["data_process.py", "fetch", "--set", "demo"] + (["--mirror", args.mirror] if args.mirror else [])),
         ("train tokenizer", ["train_tokenizer.py", "--out", tok, "--sample_mb", str(n["tokenizer_mb"]), *sources]),

@@ -261,8 +261,9 @@ class SFTDataset(Dataset):
     """Conversations from a jsonl file, tokenized once at load time, as (x, y) with only assistant tokens
     as targets (every assistant turn's content plus its `</s>`).
 
-    Conversations longer than max_length + 1 tokens are cut at the end; one with no assistant token left
-    inside the window is dropped and counted. Invalid lines are skipped and counted (strict=True stops).
+    A conversation longer than max_length + 1 tokens is cut after its last whole assistant answer that fits,
+    so no example teaches an answer that runs on without `</s>`; one whose first answer does not fit is
+    dropped and counted. Invalid lines are skipped and counted (strict=True stops).
     `SFTDataset.collate` pads a batch to its longest row (x with <unk>=0, y with -100).
     """
 
@@ -279,16 +280,21 @@ class SFTDataset(Dataset):
                 reason = "no assistant message"
             if not reason:
                 ids, mask = encoder.encode(messages, lambda i, m: m["role"] == "assistant")
-                if not any(mask[1 : max_length + 1]):
-                    reason = f"no assistant token within max_length={max_length}"
+                if len(ids) > max_length + 1:
+                    # A target </s> closes an assistant answer (a typed "</s>" is text, never EOS_ID).
+                    ends = [i + 1 for i in range(max_length + 1) if mask[i] and ids[i] == EOS_ID]
+                    if ends:
+                        ids, mask = ids[: ends[-1]], mask[: ends[-1]]
+                        self.truncated += 1
+                    else:
+                        reason = f"first assistant answer ends beyond max_length={max_length}"
             if reason:
                 self.skips.add(f"{jsonl_path}:{number}", reason, detail)
                 continue
-            self.truncated += len(ids) > max_length + 1
             self.items.add(ids, mask)
         self.items.freeze()
         if verbose:
-            report(jsonl_path, len(self.items), self.skips, self.truncated, max_length)
+            report(jsonl_path, len(self.items), self.skips, self.truncated, max_length, " after a whole answer")
         if len(self.items) == 0:
             raise SystemExit(f"{jsonl_path}: no usable conversations")
 
@@ -311,10 +317,10 @@ class SFTDataset(Dataset):
         return xs, ys
 
 
-def report(path, kept: int, skips: Skips, truncated: int, max_length: int) -> None:
+def report(path, kept: int, skips: Skips, truncated: int, max_length: int, cut_at: str = "") -> None:
     line = f"{path}: {kept} examples"
     if truncated:
-        line += f", {truncated} cut at max_length={max_length}"
+        line += f", {truncated} cut{cut_at} at max_length={max_length}"
     if skips.total():
         line += f"; skipped {skips.total()}: {skips.summary()}"
     print(line)

@@ -16,6 +16,9 @@ import torch
 from .model import KVCache
 from .tokenizer import EOS_ID, PAD_ID
 
+# How the chat (2-eval.py) and the server sample unless told otherwise; the SFT stage measures with it too.
+CHAT_TEMPERATURE, CHAT_TOP_P = 0.85, 0.85
+
 
 def context_length(config) -> int:
     if config.rope_scaling_type:

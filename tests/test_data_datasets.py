@@ -81,18 +81,21 @@ def test_sft_turn_markers_inside_messages_are_text(tokenizer, tmp_path):
     assert tokenizer.decode([t for t in y.tolist() if t != -100]) == "好</s></s>"
 
 
-def test_sft_truncation_never_makes_prompt_a_target(tokenizer, tmp_path):
-    long_user = "人工智能是计算机科学的一个分支。" * 20
+def test_sft_cut_keeps_whole_answers_and_never_makes_prompt_a_target(tokenizer, tmp_path):
+    long_text = "人工智能是计算机科学的一个分支。" * 20
     rows = [
-        {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": long_user}]},
-        {"conversations": [{"role": "user", "content": long_user}, {"role": "assistant", "content": "好的"}]},
+        {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好的"},
+                           {"role": "user", "content": "再说"}, {"role": "assistant", "content": long_text}]},
+        {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": long_text}]},
+        {"conversations": [{"role": "user", "content": long_text}, {"role": "assistant", "content": "好的"}]},
     ]
     path = write_jsonl(tmp_path / "sft.jsonl", rows)
     data = SFTDataset(path, tokenizer, max_length=32)
-    assert len(data) == 1  # the second has its only reply beyond the window: dropped and counted
-    assert data.skips.total() == 1 and data.truncated == 1
+    # The first keeps its first exchange; the others have no whole answer inside the window: dropped, counted.
+    assert len(data) == 1 and data.truncated == 1 and data.skips.total() == 2
     x, y = data[0]
-    assert len(x) == len(y) == 32
+    targets = [t for t in y.tolist() if t != -100]
+    assert tokenizer.decode(targets) == "好的</s>" and y[-1] == tokenizer.eos_token_id  # the answer ends
     header_len = 1 + len(tokenizer.encode("user\n你好", add_special_tokens=False))
     assert (y[:header_len] == -100).all()
 

@@ -132,6 +132,29 @@ def test_pretrain_strict_stops_with_file_and_line(pretrain_raw, tokenizer_dir, t
     assert not list(tmp_path.glob("p*"))  # nothing half-built left behind
 
 
+def test_pretrain_chat_text_joins_messages_and_counts_bad_lines(tokenizer_dir, tmp_path, capsys):
+    sft = tmp_path / "sft_single.jsonl"
+    sft.write_text(
+        json.dumps({"conversations": [{"role": "system", "content": "你是助手"}, {"role": "user", "content": "天空为什么是蓝色的？"},
+                                      {"role": "assistant", "content": "因为大气散射蓝光。"}]}, ensure_ascii=False) + "\n"
+        + json.dumps({"conversations": "不是列表"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    dpo = tmp_path / "dpo.jsonl"
+    dpo.write_text(json.dumps({"prompt": [{"role": "user", "content": "推荐一道菜。"}],
+                               "chosen": [{"role": "assistant", "content": "麻婆豆腐很好吃。"}],
+                               "rejected": [{"role": "assistant", "content": "不知道。"}]}, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    reports = {}
+    documents = [piece for _, _, piece in
+                 data_process.pretrain_documents(tmp_path / "none", chat_files=[sft, dpo], reports=reports)]
+    # every message but the system prompt, one per line; a DPO pair gives its prompt and the chosen reply only
+    assert documents == ["天空为什么是蓝色的？\n因为大气散射蓝光。", "推荐一道菜。\n麻婆豆腐很好吃。"]
+    assert reports["sft_single_text"].kept == 1 and reports["dpo_text"].kept == 1
+    assert reports["sft_single_text"].skips.counts == {"'conversations' missing or not a non-empty list": 1}
+    assert "sft_single.jsonl:2" in capsys.readouterr().out  # the bad line is named
+
+
 # ----------------------------------------------------------------------------- SFT
 
 
@@ -223,7 +246,7 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
     medical = read_rows(out / "lora_medical.jsonl")
     assert medical[0]["conversations"][1]["content"] == "可以适量服用。"  # GBK decoded
     assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
-    assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, max_length=64)) == len(single)
+    assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, max_length=512)) == len(single)
 
     with pytest.raises(SystemExit, match=r"s\.jsonl:1: reply claims"):
         data_process.main(["sft", "--raw", str(raw), "--out", str(out), "--strict"])

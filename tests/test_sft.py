@@ -75,7 +75,8 @@ def test_full_sft_trains_from_pretrain_weights_and_checks_eos(sft_files, tokeniz
     val = torch.load(tmp_path / "full_sft_64_resume.pth", weights_only=False)["history"]["val"]
     assert [s for s, _ in val] == [0, 10, 20, 30] and val[-1][1] < val[0][1] - 0.5, val
     # The EOS check ran on 8 held-out prompts and reported a rate.
-    assert "held-out answers end with </s> within 24 tokens" in out and "of 8 held-out" in out
+    assert "held-out answers ending with </s> within 24 tokens, of 8:" in out
+    assert "sampled as the chat does" in out and "greedy" in out and "reference answers are that short" in out
 
 
 def test_full_sft_resume_is_bit_exact(sft_files, tokenizer_dir, tmp_path):
