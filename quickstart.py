@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from model.checkpoint import atomic_write
 from model.LMConfig import LMConfig
 
 # How long each stage runs in the full quickstart (chosen by measurement; see README "Results"),
 # and in --fast mode, which only proves that every stage runs.
 FULL = dict(pretrain_steps=300, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
-            tokenizer_mb=8, pretrain_sources=[], generate_tokens=100, eval_batches=10, eos_check=50, save_interval=200)
+            tokenizer_mb=8, pretrain_sources=[], generate_tokens=100, eval_batches=10, eos_check=50, save_interval=50)
 FAST = dict(pretrain_steps=6, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
             tokenizer_mb=1, pretrain_sources=["cmrc2018_wiki", "csl_abstracts"], generate_tokens=12, eval_batches=2, eos_check=2,
             save_interval=2)
@@ -90,14 +91,24 @@ def main():
         command = [sys.executable, *argv]
         print(f"\n{header}\n$ {shlex.join(['python', *argv])}", flush=True)
         t0 = time.time()
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            print(f"\n{header} failed (exit {result.returncode}). Fix the cause above and run the quickstart again:"
+        stage = subprocess.Popen(command)
+        try:
+            returncode = stage.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the stage as well (same process group). A training stage finishes its step
+            # and saves its resume checkpoint before it exits, so wait for it instead of killing it.
+            print(f"\n{header} interrupted: letting it save its progress...", file=sys.stderr, flush=True)
+            stage.wait()
+            print("Stopped. Run the quickstart again to continue: finished stages are skipped and training"
+                  " resumes where it stopped.", file=sys.stderr)
+            sys.exit(130)
+        if returncode != 0:
+            print(f"\n{header} failed (exit {returncode}). Fix the cause above and run the quickstart again:"
                   f" finished stages are skipped and training resumes where it stopped.", file=sys.stderr)
-            sys.exit(result.returncode)
+            sys.exit(returncode)
         record[name] = {"done": True, "seconds": round(time.time() - t0, 1), "command": shlex.join(["python", *argv])}
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+        text = json.dumps(record, indent=2, ensure_ascii=False)
+        atomic_write(record_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     tag = LMConfig.from_preset(args.preset).tag()
     print(f"\nAll {len(plan)} stages done in {time.time() - started:.0f}s this run (stage times: {record_path}).")

@@ -288,7 +288,7 @@ class Block(nn.Module):
         return x + h, aux_loss
 
 
-def attention_mask_4d(attention_mask, q_len: int, kv_len: int):
+def attention_mask_4d(attention_mask, q_len: int, kv_len: int, device=None):
     """Boolean (B, 1, q_len, kv_len) mask from a (B, kv_len) padding mask: causal and not padding.
 
     Returns None when plain causal attention is exact (no padding, queries cover all keys or a single
@@ -299,10 +299,10 @@ def attention_mask_4d(attention_mask, q_len: int, kv_len: int):
             return None
         attention_mask = None
     offset = kv_len - q_len
-    causal = torch.ones(q_len, kv_len, dtype=torch.bool).tril(offset)
+    causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(offset)
     if attention_mask is None:
         return causal[None, None]
-    mask = causal.to(attention_mask.device)[None, None] & attention_mask[:, None, None, :].bool()
+    mask = causal[None, None] & attention_mask[:, None, None, :].bool()
     # A query at a padding position may see no key at all; let it see everything rather than
     # produce NaNs (its output is never used).
     return mask | ~mask.any(dim=-1, keepdim=True)
@@ -311,12 +311,20 @@ def attention_mask_4d(attention_mask, q_len: int, kv_len: int):
 class MiniMindModel(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
+        self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         inv_freq, self.rope_scale = rope_inverse_frequencies(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # `.to(torch.bfloat16)` casts every floating buffer; RoPE frequencies rounded to bf16 would turn
+        # positions into the wrong angles, so they are recomputed in fp32 on the new device.
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inverse_frequencies(self.config)[0].to(self.inv_freq.device)
+        return self
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         B, T = input_ids.shape
@@ -328,7 +336,7 @@ class MiniMindModel(nn.Module):
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
         cos, sin = rope_cos_sin(self.inv_freq, self.rope_scale, position_ids)
-        mask = attention_mask_4d(attention_mask, T, past + T)
+        mask = attention_mask_4d(attention_mask, T, past + T, input_ids.device)
         x = self.dropout(self.embed_tokens(input_ids))
         aux_loss = 0.0
         for layer in self.layers:

@@ -153,6 +153,15 @@ def test_moe_runs_in_bf16():
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
 
 
+def test_casting_to_bf16_keeps_rope_frequencies_fp32():
+    """A bf16 model must turn positions into the same angles as the fp32 model it came from."""
+    model = MiniMindForCausalLM(tiny_config())
+    fp32 = model.model.inv_freq.clone()
+    model.to(torch.bfloat16)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.inv_freq.dtype == torch.float32 and torch.equal(model.model.inv_freq, fp32)
+
+
 def test_labels_and_shift_labels_give_the_same_loss():
     model = MiniMindForCausalLM(tiny_config())
     x = torch.randint(0, 512, (2, 12))
