@@ -13,7 +13,11 @@ slows both alike; the tables report medians, the spread (min-max over rounds) an
             as the engine does; the reference on `labels`.
   generate  batch 1, a 32-token prompt, 256 new tokens, greedy, KV cache: ours through
             model/generate.py, the reference through its own `generate`. Time to first token is a
-            separate 1-token call (prefill + one step).
+            separate 1-token call (prefill + one step). In fp32 a third contender, ours with int8
+            weights (model/quantize.py), runs in the same rounds; its quality against ours in fp32 is
+            the number of its greedy tokens that equal fp32's before the first difference, and the
+            largest logit difference over the prompt. Random weights mostly repeat a token, so for
+            quality figures that mean something pass trained weights with --gen_ckpt.
   peak      a (2048 x 512) @ (512 x 1408) matmul, the shape of small-T's FFN, in fp32 and bf16, at
             the start and end of the run. MFU is measured against the higher of the two.
   memory    peak RSS of a fresh process doing one small-T training step at batch 8 x 512 (full mode).
@@ -51,10 +55,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.checkpoint import atomic_write
+from model.checkpoint import atomic_write, load_model
 from model.generate import generate
 from model.LMConfig import LMConfig
 from model.model import MiniMindForCausalLM
+from model.quantize import quantize_int8
 from model.trainer import param_groups
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -82,9 +87,11 @@ def reference_model(cfg: LMConfig) -> nn.Module:
         shared_expert_intermediate_size=cfg.hidden_dim * cfg.n_shared_experts, qkv_bias=False, **shared))
 
 
-def build_pair(preset: str) -> dict[str, nn.Module]:
-    cfg = LMConfig.from_preset(preset)
-    ours, ref = MiniMindForCausalLM(cfg), reference_model(cfg)
+def build_pair(preset: str, ckpt: str | None = None) -> dict[str, nn.Module]:
+    """Ours with random weights of `preset`, or with the trained weights of `ckpt`; the reference gets ours."""
+    ours = load_model(ckpt) if ckpt else MiniMindForCausalLM(LMConfig.from_preset(preset))
+    cfg = ours.config
+    ref = reference_model(cfg)
     if not cfg.use_moe:  # same weights -> same loss, which shows the two compute the same function
         missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
         assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
@@ -185,42 +192,57 @@ def bench_train(preset, dtype_name, mode, batch, seq, rounds, steps, optimizer, 
     return rows
 
 
-def bench_generate(preset, dtype_name, rounds, prompt_len, new_tokens, log) -> list[dict]:
-    cfg = LMConfig.from_preset(preset)
+def bench_generate(preset, dtype_name, rounds, prompt_len, new_tokens, log, ckpt=None) -> list[dict]:
     dtype = DTYPES[dtype_name]
-    models = {name: m.to(dtype).eval() for name, m in build_pair(preset).items()}
+    models = {name: m.to(dtype).eval() for name, m in build_pair(preset, ckpt).items()}
+    if dtype_name == "fp32":
+        models["ours_int8"] = quantize_int8(models["ours"])
+    cfg = models["ours"].config
+    label = Path(ckpt).stem if ckpt else preset
     prompt = torch.randint(3, cfg.vocab_size, (prompt_len,)).tolist()
 
     def run(name, n):
         model = models[name]
-        if name == "ours":
+        if name.startswith("ours"):
             out = generate(model, [prompt], max_new_tokens=n, eos_token_id=-1)[0]
         else:
             ids = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                  eos_token_id=None, pad_token_id=0)
             out = ids[0, prompt_len:].tolist()
         assert len(out) == n, (name, len(out))
+        return out
 
     for name in models:
         run(name, 4)  # warm up
     total, first = {n: [] for n in models}, {n: [] for n in models}
+    outputs = {}
     for _ in range(rounds):
         for name in models:
             start = time.perf_counter()
             run(name, 1)
             first[name].append(time.perf_counter() - start)
             start = time.perf_counter()
-            run(name, new_tokens)
+            outputs[name] = run(name, new_tokens)
             total[name].append(time.perf_counter() - start)
     rows = []
     for name in models:
         s, f = spread(total[name]), spread(first[name])
-        row = dict(kind="generate", preset=preset, dtype=dtype_name, contender=name, prompt=prompt_len,
+        row = dict(kind="generate", preset=label, dtype=dtype_name, contender=name, prompt=prompt_len,
                    new_tokens=new_tokens, total_s=s, ttft_s=f, tok_s=new_tokens / s["median"],
                    tok_s_min=new_tokens / s["max"], tok_s_max=new_tokens / s["min"])
+        quality = ""
+        if name == "ours_int8":
+            with torch.inference_mode():
+                x = torch.tensor([prompt])
+                exact, int8 = models["ours"](x).logits, models["ours_int8"](x).logits
+            same = [a == b for a, b in zip(outputs[name], outputs["ours"])]
+            row.update(greedy_agree=same.index(False) if False in same else len(same),
+                       max_logit_diff=(int8 - exact).abs().max().item(), max_abs_logit=exact.abs().max().item())
+            quality = (f"; first {row['greedy_agree']}/{new_tokens} tokens equal fp32's, logits within "
+                       f"{row['max_logit_diff']:.3f} (largest fp32 logit {row['max_abs_logit']:.2f})")
         rows.append(row)
-        log(f"  generate {preset:8s} {dtype_name} {name:9s} {row['tok_s']:7.1f} tok/s "
-            f"({s['min']:.2f}-{s['max']:.2f}s per {new_tokens}); first token {f['median'] * 1e3:.0f} ms")
+        log(f"  generate {label:8s} {dtype_name} {name:9s} {row['tok_s']:7.1f} tok/s "
+            f"({s['min']:.2f}-{s['max']:.2f}s per {new_tokens}); first token {f['median'] * 1e3:.0f} ms{quality}")
     return rows
 
 
@@ -283,17 +305,23 @@ def markdown(result: dict) -> str:
                 f"{mfu(ours):.0%} | {mfu(ref):.0%} | {ours['warmup_s']:.1f} / {ref['warmup_s']:.1f} |")
     gen = [r for r in result["rows"] if r["kind"] == "generate"]
     if gen:
-        lines += ["", "Generation, batch 1, greedy, KV cache (new tokens/s including prefill; first token = prefill + 1 step):", "",
-                  "| preset | dtype | prompt + new | ours tok/s | reference tok/s | ours/ref | ours first token | ref first token |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for ours in (r for r in gen if r["contender"] == "ours"):
+        lines += ["", "Generation, batch 1, greedy, KV cache (new tokens/s including prefill; first token = prefill + 1 step). "
+                  "int8: ours with int8 weights (model/quantize.py) in the same rounds, against the fp32 reference; "
+                  "its last column compares it with ours in fp32 (greedy tokens equal before the first difference; "
+                  "largest logit difference over the prompt):", "",
+                  "| preset | dtype | prompt + new | ours tok/s | reference tok/s | ours/ref | ours first token | ref first token | int8 vs fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for ours in (r for r in gen if r["contender"] in ("ours", "ours_int8")):
             ref = next(r for r in gen if r["contender"] == "reference" and
                        all(r[k] == ours[k] for k in ("preset", "dtype")))
+            int8 = ours["contender"] == "ours_int8"
+            quality = (f"{ours['greedy_agree']}/{ours['new_tokens']} tokens, logits ±{ours['max_logit_diff']:.3f} "
+                       f"(of {ours['max_abs_logit']:.2f})" if int8 else "")
             lines.append(
-                f"| {ours['preset']} | {ours['dtype']} | {ours['prompt']} + {ours['new_tokens']} | "
+                f"| {ours['preset']} | {'int8' if int8 else ours['dtype']} | {ours['prompt']} + {ours['new_tokens']} | "
                 f"{ours['tok_s']:.1f} ({ours['tok_s_min']:.1f}-{ours['tok_s_max']:.1f}) | "
                 f"{ref['tok_s']:.1f} ({ref['tok_s_min']:.1f}-{ref['tok_s_max']:.1f}) | {ours['tok_s'] / ref['tok_s']:.2f}x | "
-                f"{ours['ttft_s']['median'] * 1e3:.0f} ms | {ref['ttft_s']['median'] * 1e3:.0f} ms |")
+                f"{ours['ttft_s']['median'] * 1e3:.0f} ms | {ref['ttft_s']['median'] * 1e3:.0f} ms | {quality} |")
     if result.get("memory"):
         lines += ["", "| peak RSS, one training step, fp32 | batch x seq | MiB |", "|---|---|---|"]
         for m in result["memory"]:
@@ -335,6 +363,9 @@ def main():
     parser.add_argument("--steps", type=int, default=1, help="timed training steps per contender per round")
     parser.add_argument("--optimizer", choices=["fused", "foreach"], default="fused", help="AdamW implementation")
     parser.add_argument("--gen_preset", default="small-T", help="preset for the generation benchmark ('' to skip)")
+    parser.add_argument("--gen_ckpt", default=None,
+                        help="generate with these trained weights (a .pth with its .json) instead of random ones of "
+                             "--gen_preset: int8's agreement with fp32 then measures a real model")
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--heavy_presets", default="tiny",
@@ -392,7 +423,7 @@ def main():
         for dtype_name in dtypes:
             gen_rounds = rounds if not (dtype_name == "bf16" and bf16_slow) else 1
             result["rows"] += bench_generate(args.gen_preset, dtype_name, gen_rounds, args.prompt_len,
-                                             args.new_tokens, log)
+                                             args.new_tokens, log, args.gen_ckpt)
     if memory:
         for contender in ("ours", "reference"):
             result["memory"].append(peak_rss_of_training(contender, "small-T", 8, 512, args.optimizer))

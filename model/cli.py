@@ -16,6 +16,7 @@ The arguments it adds:
     --tokenizer DIR  model/minimind_tokenizer, or the HF folder's own tokenizer when --ckpt is one
     --device         auto picks cuda, then mps, then cpu
     --dtype          auto: bfloat16 on a GPU that supports it, float32 elsewhere
+    --quantize int8  CPU only: int8 weights (model/quantize.py) for faster generation; outputs differ slightly
 
 The config always comes from the checkpoint itself (the .json saved beside it), so a 640-dim
 checkpoint loads as 640-dim whatever the preset says; the preset only names the file to look for.
@@ -62,7 +63,8 @@ PRETRAIN_PROMPTS = [
 RUNTIME_FIELDS = ("max_seq_len", "rope_scaling_type", "rope_factor", "flash_attn")
 
 
-def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_sft") -> None:
+def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_sft", quantize: bool = True) -> None:
+    """quantize=False leaves out --quantize, for scripts that need the float weights themselves (export)."""
     add_config_args(parser)
     group = parser.add_argument_group("which model to load")
     group.add_argument("--weight", default=default_weight,
@@ -75,6 +77,10 @@ def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_
     group.add_argument("--tokenizer", default=None, help="tokenizer folder (default model/minimind_tokenizer)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    if quantize:
+        group.add_argument("--quantize", default="none", choices=["none", "int8"],
+                           help="int8: CPU only; int8 weights make generation faster, outputs differ slightly "
+                                "from the float32 model (default %(default)s)")
 
 
 def pick_device(name: str = "auto") -> str:
@@ -145,19 +151,29 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
 
 
 def load_from_args(args, verbose: bool = True):
-    """The model (eval mode, on the chosen device and dtype) and tokenizer that the arguments name."""
+    """The model (eval mode, on the chosen device and dtype; an int8-quantised copy with --quantize int8)
+    and tokenizer that the arguments name."""
     from model.checkpoint import load_model
     from model.LMConfig import describe
     from model.tokenizer import load_tokenizer
 
     path, adapter = resolve_checkpoint(args)
-    device = pick_device(args.device)
+    int8 = getattr(args, "quantize", "none") == "int8"  # absent where add_model_args(quantize=False)
+    device = "cpu" if int8 and args.device == "auto" else pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    if int8 and (device != "cpu" or dtype != torch.float32):
+        raise SystemExit(f"--quantize int8 runs on the CPU from float32 weights, not on {device} in "
+                         f"{str(dtype).removeprefix('torch.')}: use --device cpu and --dtype float32 (or auto)")
     overrides = {k: v for k, v in config_overrides(args).items() if k in RUNTIME_FIELDS}
     model = load_model(path, device="cpu", **overrides)
     if adapter is not None:
         model = merge_lora(model, adapter)
     model = model.to(device=device, dtype=dtype).eval()
+    described = f"{describe(model)}, {device}, {str(dtype).removeprefix('torch.')}"
+    if int8:
+        from model.quantize import quantize_int8
+        model = quantize_int8(model)
+        described += " with int8 Linear weights"
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None and path.is_dir() and (path / "tokenizer.json").exists():
         tokenizer_dir = path  # an exported folder carries its own tokenizer
@@ -167,7 +183,7 @@ def load_from_args(args, verbose: bool = True):
                          f"model only {model.config.vocab_size}: they were not trained together (pass --tokenizer)")
     if verbose:
         what = f"{path}" + (f" + LoRA {adapter}" if adapter else "")
-        print(f"loaded {what}: {describe(model)}, {device}, {str(dtype).removeprefix('torch.')}")
+        print(f"loaded {what}: {described}")
     return model, tokenizer
 
 
