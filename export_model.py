@@ -54,7 +54,7 @@ from model.generate import context_length
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    add_model_args(parser, default_weight="full_sft")
+    add_model_args(parser, default_weight="full_sft", quantize=False)
     parser.add_argument("--format", default="remote", choices=["remote", "native"],
                         help="remote: our classes with trust_remote_code; native: Llama (dense) or Qwen2-MoE (MoE)")
     parser.add_argument("--out", default=None, help="output folder (default out/hf/{weight}_{tag}[_{native class}])")
