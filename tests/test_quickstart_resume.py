@@ -62,7 +62,7 @@ def test_quickstart_killed_during_training_resumes(tmp_path):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     plan = quickstart.stages(argparse.Namespace(out=str(out), preset="tiny", fast=True, mirror=mirror), quickstart.FAST)
     names = [name for name, _ in plan]
-    before = names[: names.index(INTERRUPTED)]  # fetch, tokenizer, pretraining shards, SFT and DPO data
+    before = names[: names.index(INTERRUPTED)]  # fetch, tokenizer, SFT, DPO and pretraining data
     tag = quickstart.LMConfig.from_preset("tiny").tag()
     resume_file = out / f"{INTERRUPTED}_{tag}_resume.pth"
     record_path = out / "quickstart.json"

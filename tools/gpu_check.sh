@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# MiniMind on a lent GPU machine: one short run (under 5 minutes) that checks the CUDA path end to end.
+# MiniMind on a GPU machine: one short run (under 5 minutes) that checks the CUDA path end to end.
 #
-#   bash tools/device_check.sh                 # on the GPU machine; writes to $OUT (./device_out when unset)
-#   DEVICE=cpu bash tools/device_check.sh      # dry run on a CPU: the same commands with 2-4 steps, --threads 1,
+#   bash tools/gpu_check.sh                    # on the GPU machine; writes to $OUT (./gpu_check_out when unset)
+#   DEVICE=cpu bash tools/gpu_check.sh         # dry run on a CPU: the same commands with 2-4 steps, --threads 1,
 #                                              # float32, gloo instead of NCCL, bench.py only its matmul peaks
 #
-# Run it once, e.g. from the device tool with timeout_s 420: it stops starting parts after BUDGET_S (270 s)
-# and usually ends in 3-4 minutes.
+# It stops starting parts after BUDGET_S (270 s) and usually ends in 3-4 minutes.
 #
 # What it checks, in this order (the CPU bench runs beside the rest, pinned to its own two cores, to fit the
 # time; its log is merged in afterwards):
 #   1. facts: nvidia-smi -L, the CPU model and whether its flags include avx512_bf16 / amx_bf16, python,
 #      torch, transformers and peft versions, torch.backends.cpu.get_cpu_capability(), and whether the
-#      carried data is there (dataset/pretrain, dataset/*.jsonl, model/minimind_tokenizer);
+#      prepared data is there (dataset/pretrain, dataset/*.jsonl, model/minimind_tokenizer);
 #   2. the real stage scripts on CUDA in bf16, into a scratch folder: 1-pretrain.py (50 steps), 3-full_sft.py
 #      (30), 5-dpo_train.py (10), 4-lora_sft.py (10, --merge), 2-eval.py --auto on the DPO weights and on the
 #      LoRA adapter; --resume:
@@ -29,26 +28,26 @@
 #   4. bench.py on the CPU, two cores (bench.py has no GPU mode): tiny + small-T, fp32 + bf16, eager,
 #      2 rounds, small-T generation, into $OUT/bench_cpu.json and $OUT/bench_cpu.md (PERF.md is not touched).
 #
-# Needs, carried to the machine (git-ignored here): dataset/pretrain, dataset/sft_single.jsonl,
+# Needs, built by the quickstart or data_process.py (git-ignored): dataset/pretrain, dataset/sft_single.jsonl,
 # dataset/sft_multi.jsonl, dataset/sft_val.jsonl, dataset/dpo.jsonl, dataset/dpo_val.jsonl,
 # dataset/lora_identity.jsonl, model/minimind_tokenizer. A part whose inputs are missing is skipped and says so.
 #
 # Writes to $OUT: log.txt (every command and its output), summary.tsv and summary.json (one row per part:
 # exit status, seconds, note), cuda_checks.json, bench_cpu.json, bench_cpu.md. No part stops the others: each
 # has its own timeout, and a part that would start after BUDGET_S seconds (default 270) is skipped.
-# Environment: OUT, DEVICE (cuda|cpu), PYTHON (python3), BUDGET_S, SCRATCH (/tmp/minimind_device_check),
+# Environment: OUT, DEVICE (cuda|cpu), PYTHON (python3), BUDGET_S, SCRATCH (/tmp/minimind_gpu_check),
 # SERIAL=1 to run the bench and the tests after the rest instead of beside it (default on a CPU dry run).
 
 set -u -o pipefail  # deliberately no -e: one failing part must not stop the rest
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT=$PWD
-OUT=${OUT:-$ROOT/device_out}
+OUT=${OUT:-$ROOT/gpu_check_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-270}
-SCRATCH=${SCRATCH:-/tmp/minimind_device_check}
+SCRATCH=${SCRATCH:-/tmp/minimind_gpu_check}
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 export MPLBACKEND=Agg PY SCRATCH
 
@@ -113,8 +112,8 @@ needs() {
     shift
     for p in "$@"; do [[ -e $p ]] || missing+=("$p"); done
     ((${#missing[@]} == 0)) && return 0
-    echo -e "\n=== [$name] SKIPPED: missing ${missing[*]} (carry it)" >>"$LOG"
-    record "$name" skip 0 "not run: missing ${missing[*]} (carry it)"
+    echo -e "\n=== [$name] SKIPPED: missing ${missing[*]} (build it first)" >>"$LOG"
+    record "$name" skip 0 "not run: missing ${missing[*]} (build it first)"
     return 1
 }
 
@@ -512,10 +511,10 @@ EOF
 export -f facts
 part facts 60 "$LOG" bash -c facts
 
-# Carried data: list it, and say clearly what is missing.
+# Prepared data: list it, and say clearly what is missing.
 PT=dataset/pretrain/meta.json
 TOK=model/minimind_tokenizer/tokenizer.json
-carried() {
+prepared_data() {
     local missing=()
     for p in dataset/pretrain/meta.json dataset/pretrain/train_0000.bin dataset/pretrain/val_0000.bin \
              dataset/sft_single.jsonl dataset/sft_multi.jsonl dataset/sft_val.jsonl dataset/dpo.jsonl dataset/dpo_val.jsonl \
@@ -523,19 +522,19 @@ carried() {
         if [[ -e $p ]]; then
             echo "present  $p ($(du -h "$p" | cut -f1))"
         else
-            echo "MISSING  $p: not carried (pass it in carry)"
+            echo "MISSING  $p: not found (build it first)"
             missing+=("$p")
         fi
     done
     if ((${#missing[@]})); then
-        echo "MISSING, carry them: ${missing[*]}" >"$SCRATCH/note.carried_data"
+        echo "MISSING, build them first: ${missing[*]}" >"$SCRATCH/note.prepared_data"
         return 1
     fi
-    echo "all present" >"$SCRATCH/note.carried_data"
+    echo "all present" >"$SCRATCH/note.prepared_data"
 }
-printf '\n=== [carried_data]\n' >>"$LOG"
-carried >>"$LOG" 2>&1
-record carried_data $? 0 "$(cat "$SCRATCH/note.carried_data")"
+printf '\n=== [prepared_data]\n' >>"$LOG"
+prepared_data >>"$LOG" 2>&1
+record prepared_data $? 0 "$(cat "$SCRATCH/note.prepared_data")"
 
 # Pinning: the bench gets two cores of its own; everything else the cores that share none with them.
 BENCH_PIN=(); REST_PIN=()
