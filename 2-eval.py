@@ -7,6 +7,7 @@
     python 2-eval.py --history_turns 3            # remember the last 3 exchanges
     python 2-eval.py --weight pretrain            # a pretrained model continues raw text instead
                                                   # (so does any --ckpt named pretrain_*)
+    python 2-eval.py --weight pretrain --auto --demo_questions   # the demo questions as bare text, to compare
 
 Sampling: --temperature (0 = greedy), --top_p, --top_k, --repetition_penalty, --max_new_tokens, --seed.
 In interactive mode an empty line is ignored, /clear forgets the history, /exit or Ctrl-D quits;
@@ -31,6 +32,9 @@ def parse_args(argv=None):
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
     parser.add_argument("--auto", action="store_true", help="answer the demo questions, then exit")
+    parser.add_argument("--demo_questions", action="store_true",
+                        help="with --auto, a pretrained model gets the demo questions too (as bare text to continue) "
+                             "instead of its continuation prompts, to compare it with the chat model")
     parser.add_argument("--history_turns", type=int, default=0, help="earlier exchanges kept in the prompt (0 = none)")
     parser.add_argument("--system", default=None, help="system message put before the conversation")
     parser.add_argument("--max_new_tokens", type=int, default=512)
@@ -121,7 +125,7 @@ def main(argv=None):
     model, tokenizer = load_from_args(args)
     chat = Chat(model, tokenizer, args)
     if args.auto:
-        for question in PRETRAIN_PROMPTS if chat.raw_text else DEMO_QUESTIONS:
+        for question in PRETRAIN_PROMPTS if chat.raw_text and not args.demo_questions else DEMO_QUESTIONS:
             print(f"👶 {question}")
             chat.answer(question)
     else:

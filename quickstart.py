@@ -66,7 +66,11 @@ def stages(args, n):
                  "--max_steps", str(n["dpo_steps"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
-        ("chat: the demo questions", ["2-eval.py", *model, "--weight", "dpo", "--auto", "--max_new_tokens", str(n["generate_tokens"])]),
+        ("the demo questions, pretrain-only model (for comparison)",
+         ["2-eval.py", *model, "--weight", "pretrain", "--auto", "--demo_questions", "--seed", "1",
+          "--max_new_tokens", str(n["generate_tokens"])]),
+        ("chat: the demo questions", ["2-eval.py", *model, "--weight", "dpo", "--auto", "--seed", "1",
+                                      "--max_new_tokens", str(n["generate_tokens"])]),
     ]
 
 

@@ -244,3 +244,13 @@ def test_continuations_stream_after_each_prompt(out_dir, tokenizer_dir, capsys):
     printed = capsys.readouterr().out
     assert all(f"📝 {p}" in printed for p in PRETRAIN_PROMPTS)
     assert len(re.findall(r"\[\d+ tokens, [\d.]+ tokens/s\]", printed)) == len(PRETRAIN_PROMPTS)
+
+
+def test_pretrain_weight_gets_the_demo_questions_as_bare_text_when_asked(out_dir, tokenizer_dir, monkeypatch):
+    recorder = RecordingStream()
+    monkeypatch.setattr(chat_script, "stream_generate", recorder)
+    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--auto"))
+    assert recorder.prompts == [f"</s>{p}" for p in PRETRAIN_PROMPTS]
+    recorder.prompts.clear()
+    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--auto", "--demo_questions"))
+    assert recorder.prompts == [f"</s>{q}" for q in DEMO_QUESTIONS]  # same questions as the chat model, no template
