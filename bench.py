@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ from model.checkpoint import atomic_write, load_model
 from model.generate import generate
 from model.LMConfig import LMConfig
 from model.model import MiniMindForCausalLM
-from model.quantize import quantize_int8
+from model.quantize import INT8_THREADS, quantize_int8
 from model.trainer import param_groups
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -192,6 +193,16 @@ def bench_train(preset, dtype_name, mode, batch, seq, rounds, steps, optimizer, 
     return rows
 
 
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def bench_generate(preset, dtype_name, rounds, prompt_len, new_tokens, log, ckpt=None) -> list[dict]:
     dtype = DTYPES[dtype_name]
     models = {name: m.to(dtype).eval() for name, m in build_pair(preset, ckpt).items()}
@@ -203,7 +214,10 @@ def bench_generate(preset, dtype_name, rounds, prompt_len, new_tokens, log, ckpt
 
     def run(name, n):
         model = models[name]
-        if name.startswith("ours"):
+        if name == "ours_int8":
+            with torch_threads(INT8_THREADS):  # as load_from_args runs it (model/quantize.py says why)
+                out = generate(model, [prompt], max_new_tokens=n, eos_token_id=-1)[0]
+        elif name == "ours":
             out = generate(model, [prompt], max_new_tokens=n, eos_token_id=-1)[0]
         else:
             ids = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,

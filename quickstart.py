@@ -26,10 +26,10 @@ from model.LMConfig import LMConfig
 # Pretraining reads modern prose (Wikipedia paragraphs, scientific abstracts) and the text of the SFT and DPO
 # training conversations, as upstream MiniMind's pretrain_hq does: 20 minutes see about 1.2M tokens, and
 # spent on the history-heavy full corpus they left the SFT held-out loss 0.4 higher (README "Results").
-FULL = dict(pretrain_steps=300, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
+FULL = dict(pretrain_steps=600, pretrain_batch=8, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
             tokenizer_mb=8, tokenizer_sources=[], pretrain_sources=["cmrc2018_wiki", "csl_abstracts"],
             generate_tokens=100, eval_batches=10, eos_check=50, save_interval=50)
-FAST = dict(pretrain_steps=6, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
+FAST = dict(pretrain_steps=6, pretrain_batch=16, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
             tokenizer_mb=1, tokenizer_sources=["cmrc2018_wiki", "csl_abstracts"], pretrain_sources=["cmrc2018_wiki", "csl_abstracts"],
             generate_tokens=12, eval_batches=2, eos_check=2, save_interval=2)
 
@@ -53,12 +53,12 @@ def stages(args, n):
         ("build pretraining shards", ["data_process.py", "pretrain", "--tokenizer", tok, "--out", f"{data}/pretrain",
                                       "--sources", *n["pretrain_sources"], "--chat_jsonl", *chat_text]),
         ("pretrain", ["1-pretrain.py", *train, "--data_dir", f"{data}/pretrain", "--max_steps", str(n["pretrain_steps"]),
-                      "--batch_size", "16", "--learning_rate", "2e-3"]),
+                      "--batch_size", str(n["pretrain_batch"]), "--learning_rate", "2e-3"]),
         ("continue text with the pretrained model",
          ["0-eval_pretrain.py", *model, "--data_dir", f"{data}/pretrain", "--val", "--val_batches", str(n["eval_batches"]),
           "--max_new_tokens", str(n["generate_tokens"])]),
         ("full SFT", ["3-full_sft.py", *train, "--data", f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl",
-                      "--val_data", f"{data}/sft_val.jsonl", "--max_steps", str(n["sft_steps"]), "--learning_rate", "5e-4",
+                      "--val_data", f"{data}/sft_val.jsonl", "--max_steps", str(n["sft_steps"]), "--learning_rate", "1e-3",
                       "--eos_check", str(n["eos_check"]), "--eos_check_tokens", str(n["generate_tokens"])]),
         ("LoRA on the identity set", ["4-lora_sft.py", *train, "--data", f"{data}/lora_identity.jsonl", "--name", "identity",
                                       "--max_steps", str(n["lora_steps"])]),

@@ -171,9 +171,10 @@ def load_from_args(args, verbose: bool = True):
     model = model.to(device=device, dtype=dtype).eval()
     described = f"{describe(model)}, {device}, {str(dtype).removeprefix('torch.')}"
     if int8:
-        from model.quantize import quantize_int8
+        from model.quantize import INT8_THREADS, quantize_int8
         model = quantize_int8(model)
-        described += " with int8 Linear weights"
+        torch.set_num_threads(INT8_THREADS)
+        described += f" with int8 Linear weights, {INT8_THREADS} thread"
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None and path.is_dir() and (path / "tokenizer.json").exists():
         tokenizer_dir = path  # an exported folder carries its own tokenizer

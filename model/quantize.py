@@ -20,6 +20,11 @@ that runs fast in eager mode. Measured on the 2-core development machine: a smal
 matrix-vector product ~10x slower than fp32. torchao, the maintained successor, is not a dependency
 and is not needed: its CPU speed relies on torch.compile, which does not pay back on this CPU (PERF.md).
 The deprecation warnings are silenced for this one call only.
+
+Run it on one thread (INT8_THREADS): a quantised decode step is ~60 small kernels, and with idle
+OpenMP threads sleeping (OMP_WAIT_POLICY=PASSIVE, which the scripts set) waking a second thread for
+each costs more than it saves. small-T, 32 + 256 tokens, quiet 2-core machine: 85 tok/s on one thread,
+54 on two sleeping threads, 98 on two spinning ones (which a busy laptop cannot afford).
 """
 import copy
 import warnings
@@ -29,6 +34,8 @@ import torch.nn as nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
 from .model import MoEFeedForward
+
+INT8_THREADS = 1  # torch threads for generating with a quantised model (see above)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
