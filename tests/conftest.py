@@ -48,6 +48,16 @@ def load_script(filename: str):
     return module
 
 
+@torch.no_grad()
+def greedy_by_recompute(model, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens, reading the whole sequence again at every step (no cache): the reference that
+    cached generation must match."""
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
 def tiny_config(**overrides) -> LMConfig:
     """A model small enough that a forward/backward takes milliseconds."""
     fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config, tiny_moe_config
+from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
 from model.LMConfig import PRESETS, LMConfig, count_parameters
 from model.model import KVCache, MiniMindForCausalLM
 from model.generate import generate, sample_next, stream_generate
@@ -62,11 +62,7 @@ def test_greedy_generation_same_with_and_without_cache(make_config):
     model = MiniMindForCausalLM(make_config()).eval()
     prompt = torch.randint(3, 512, (9,)).tolist()
     cached = generate(model, [prompt], max_new_tokens=20, eos_token_id=-1)[0]
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(20):  # recompute everything from scratch at every step
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert cached == ids[len(prompt):]
+    assert cached == greedy_by_recompute(model, prompt, 20)
     # transformers' own generate (with its DynamicCache) drives the same forward
     hf = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None)
     assert hf[0, len(prompt):].tolist() == cached

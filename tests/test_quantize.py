@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
-from conftest import tiny_config, tiny_moe_config
+from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
 from model.checkpoint import save_weights
 from model.cli import add_model_args, load_from_args
 from model.generate import generate
@@ -53,11 +53,7 @@ def test_int8_greedy_generation_same_with_and_without_cache(trained):
     int8 = quantize_int8(model)
     prompt = seq[0, :9].tolist()
     cached = generate(int8, [prompt], max_new_tokens=40, eos_token_id=-1)[0]
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(40):  # recompute everything from scratch at every step
-            ids.append(int(int8(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert cached == ids[len(prompt):]
+    assert cached == greedy_by_recompute(int8, prompt, 40)
     assert len(set(cached)) > 8  # a real sequence, not one token repeated
 
 
