@@ -497,7 +497,7 @@ class Trainer:
                 step, epoch, offset, history, rng = self._load_resume(resume_file, raw, optimizer, scaler,
                                                                       samples_per_step, len(train_set))
             else:
-                self.print(f"warning: --resume given but {resume_file} does not exist; starting from step 0")
+                self.print(f"--resume: no checkpoint at {resume_file} yet, starting from step 0")
         if step >= total_steps:
             self.print(f"{resume_file} is already at step {step} of {total_steps}: nothing to train")
             return FitResult(raw.eval(), step, total_steps, True, None, self.weights_file)

@@ -126,7 +126,7 @@ def test_resume_is_bit_exact(tmp_path, moe):
 def test_resume_without_checkpoint_starts_fresh_and_resume_at_end_does_nothing(tmp_path, capsys):
     data = CountingData(16)
     train(tmp_path, data, max_steps=2, resume=True)
-    assert "does not exist; starting from step 0" in capsys.readouterr().out
+    assert "yet, starting from step 0" in capsys.readouterr().out
     result, _ = train(tmp_path, data, max_steps=2, resume=True)
     assert result.step == 2 and "nothing to train" in capsys.readouterr().out
 
