@@ -337,7 +337,8 @@ def plot_losses(history: dict, path: Path, title: str) -> None:
         ax.plot(*zip(*history["val"]), "o-", label="validation", markersize=3)
     ax.set(xlabel="step", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if history["train"] or history["val"]:  # a run shorter than one log interval has nothing to label
+        ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
