@@ -69,7 +69,7 @@ def sft_loss(model, batch):
     return out.loss, {}
 
 
-def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[list[int]]:
+def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[tuple[list[int], int]]:
     """Up to `count` (prompt, reference answer length) pairs from a chat jsonl: the prompt is each
     conversation up to its last assistant reply, then the generation prompt `<s>assistant\\n`, tokenized
     exactly as in training. Unusable lines are skipped."""
