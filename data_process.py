@@ -368,6 +368,21 @@ def content_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+class SeenBefore:
+    """Exact-duplicate check: `seen(item)` is True for an item (text, or JSON-able) met before, and
+    remembers it otherwise. It keeps 8-byte content hashes, so memory stays small."""
+
+    def __init__(self):
+        self.keys = set()
+
+    def __call__(self, item) -> bool:
+        key = content_hash(item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
+        if key in self.keys:
+            return True
+        self.keys.add(key)
+        return False
+
+
 def is_val(key: str, fraction: float) -> bool:
     """Held-out membership from a content hash: the same document always lands in the same split."""
     return content_hash("split:" + key) % 100_000 < fraction * 100_000
@@ -538,15 +553,12 @@ def pretrain_documents(
     for name, (pattern, converter) in PRETRAIN_SOURCES.items():
         if sources is None or name in sources:
             inputs.append((name, sorted(raw_dir.glob(pattern)), converter))
-    for path in jsonl_files:
+    files = [(path, "", text_jsonl) for path in jsonl_files] + [(path, "_text", chat_text) for path in chat_files]
+    for path, suffix, converter in files:
         if not Path(path).exists():
             raise SystemExit(f"{path}: no such file")
-        inputs.append((Path(path).stem, [Path(path)], text_jsonl))
-    for path in chat_files:
-        if not Path(path).exists():
-            raise SystemExit(f"{path}: no such file (build it with `data_process.py sft` / `dpo` first)")
-        inputs.append((Path(path).stem + "_text", [Path(path)], chat_text))
-    seen = set()
+        inputs.append((Path(path).stem + suffix, [Path(path)], converter))
+    seen = SeenBefore()
     reports = {} if reports is None else reports
     for name, paths, converter in inputs:
         report = reports.setdefault(name, Report(name, skips=Skips(strict)))
@@ -558,11 +570,9 @@ def pretrain_documents(
                 if len(text) < min_chars:
                     report.skips.add(str(path), f"shorter than {min_chars} characters")
                     continue
-                key = content_hash(text)
-                if key in seen:
+                if seen(text):
                     report.skips.add(str(path), "exact duplicate")
                     continue
-                seen.add(key)
                 report.kept += 1
                 for piece in chunk(text, chunk_chars):
                     yield name, text, piece
@@ -936,7 +946,7 @@ def cmd_sft(args) -> None:
     inputs += [(Path(p).stem, [Path(p)], deepctrl_items, "sft") for p in args.deepctrl]
     guard = ceval_guard(raw_dir, args.ceval)
     out = {split: [] for split in SFT_FILES}
-    seen, reports = set(), []
+    seen, reports = SeenBefore(), []
     start = time.time()
     for name, paths, reader, dest in inputs:
         report = Report(name, skips=Skips(args.strict))
@@ -958,13 +968,11 @@ def cmd_sft(args) -> None:
                     and guard.hit("\n".join(m["content"] for m in messages if m["role"] != "assistant"))
                 ):
                     reason = "question appears in C-Eval val"
-                key = content_hash(json.dumps(messages, ensure_ascii=False)) if not reason else None
-                if not reason and key in seen:
+                if not reason and seen(messages):
                     reason = "exact duplicate"
                 if reason:
                     report.skips.add(where, reason)
                     continue
-                seen.add(key)
                 report.kept += 1
                 report.chars += sum(len(m["content"]) for m in messages)
                 if dest != "sft":
@@ -1112,7 +1120,7 @@ def cmd_dpo(args) -> None:
     inputs = [(name, sorted(raw_dir.glob(pattern)), reader) for name, (pattern, reader) in DPO_SOURCES.items()]
     inputs += [(Path(p).stem, [Path(p)], messages_pairs) for p in args.jsonl]
     guard = ceval_guard(raw_dir, args.ceval)
-    train, val, seen, reports = [], [], set(), []
+    train, val, seen, reports = [], [], SeenBefore(), []
     start = time.time()
     for name, paths, reader in inputs:
         report = Report(name, skips=Skips(args.strict))
@@ -1124,13 +1132,11 @@ def cmd_dpo(args) -> None:
             for where, prompt, chosen, rejected in reader(path, report):
                 report.read += 1
                 row, reason = clean_pair(prompt, chosen, rejected, args.max_chars, guard)
-                key = content_hash(json.dumps(row, ensure_ascii=False)) if row else None
-                if row and key in seen:
+                if row and seen(row):
                     reason = "exact duplicate"
                 if reason:
                     report.skips.add(where, reason)
                     continue
-                seen.add(key)
                 report.kept += 1
                 (val if is_val(row["prompt"][-1]["content"], args.val_fraction) else train).append(row)
     out = Path(args.out)
