@@ -8,6 +8,13 @@
     python 2-eval.py --weight pretrain            # a pretrained model continues raw text instead
                                                   # (so does any --ckpt named pretrain_*)
     python 2-eval.py --weight pretrain --auto --demo_questions   # the demo questions as bare text, to compare
+    python 2-eval.py --weight dpo --auto --judge --questions dataset/sft_val.jsonl --limit 50
+                                                  # held-out questions, each answer judged on topic or not
+
+--auto answers its questions in batches (without history) and prints each answer when its batch is done.
+--judge marks each answer on topic when its first sentence contains a topic word of the question, and
+prints the share (the rule is in model/ontopic.py); a pretrained model is judged the same way on its
+continuation of the bare question.
 
 Sampling: --temperature (0 = greedy), --top_p, --top_k, --repetition_penalty, --max_new_tokens, --seed.
 In interactive mode an empty line is ignored, /clear forgets the history, /exit or Ctrl-D quits;
@@ -23,7 +30,9 @@ from pathlib import Path
 import torch
 
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
-from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, stream_generate
+from model.dataset import Skips, check_messages, read_jsonl
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, generate, stream_generate
+from model.ontopic import on_topic
 from model.tokenizer import EOS_ID
 
 
@@ -35,6 +44,14 @@ def parse_args(argv=None):
     parser.add_argument("--demo_questions", action="store_true",
                         help="with --auto, a pretrained model gets the demo questions too (as bare text to continue) "
                              "instead of its continuation prompts, to compare it with the chat model")
+    parser.add_argument("--questions", default=None,
+                        help="with --auto, ask these instead: a .txt file (one question a line) or a chat .jsonl "
+                             "(the first user message of each conversation)")
+    parser.add_argument("--limit", type=int, default=0, help="with --questions, ask only the first N (0 = all)")
+    parser.add_argument("--judge", action="store_true",
+                        help="with --auto, mark each answer on topic or not and print the share (model/ontopic.py)")
+    parser.add_argument("--quiet", action="store_true", help="with --auto, print only the summary lines")
+    parser.add_argument("--batch_size", type=int, default=16, help="questions answered at once by --auto")
     parser.add_argument("--history_turns", type=int, default=0, help="earlier exchanges kept in the prompt (0 = none)")
     parser.add_argument("--system", default=None, help="system message put before the conversation")
     parser.add_argument("--max_new_tokens", type=int, default=512)
@@ -46,6 +63,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.history_turns < 0 or args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         parser.error("need --history_turns >= 0, --max_new_tokens >= 1, --temperature >= 0 and 0 < --top_p <= 1")
+    if args.limit < 0 or args.batch_size < 1:
+        parser.error("need --limit >= 0 and --batch_size >= 1")
+    if (args.questions or args.judge or args.quiet) and not args.auto:
+        parser.error("--questions, --judge and --quiet go with --auto")
     return args
 
 
@@ -101,6 +122,59 @@ class Chat:
         return stream.text
 
 
+def read_questions(path, limit: int) -> list[str]:
+    """Questions from a .txt file (one a line) or a chat .jsonl (each conversation's first user message)."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"--questions: {path} not found")
+    questions, skips = [], Skips()
+    if path.suffix == ".jsonl":
+        for number, row in read_jsonl(path, skips):
+            messages = row.get("conversations") if isinstance(row, dict) else None
+            reason, detail = check_messages(messages, "conversations")
+            first = next((m["content"].strip() for m in messages if m["role"] == "user"), "") if not reason else ""
+            if reason or not first:
+                skips.add(f"{path}:{number}", reason or "no user message with text", detail)
+                continue
+            questions.append(first)
+    else:
+        try:
+            questions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as error:
+            raise SystemExit(f"--questions: {path} is not UTF-8 text (byte {error.start})")
+    if skips.total():
+        print(f"{path}: skipped {skips.total()} lines ({skips.summary()})")
+    if not questions:
+        raise SystemExit(f"--questions: {path} holds no questions")
+    return questions[:limit] if limit else questions
+
+
+def ask_all(chat: Chat, questions: list[str], judge: bool, quiet: bool = False) -> None:
+    """Answer every question, a batch at a time, print each answer (unless `quiet`) and, with `judge`,
+    whether it is on topic."""
+    a = chat.args
+    hits, tokens, start = 0, 0, time.perf_counter()
+    for first in range(0, len(questions), a.batch_size):
+        batch = questions[first:first + a.batch_size]
+        answers = generate(chat.model, [chat.prompt_ids(q) for q in batch], a.max_new_tokens, a.temperature, a.top_k,
+                           a.top_p, a.repetition_penalty, generator=chat.generator)
+        for question, ids in zip(batch, answers):
+            text = chat.tokenizer.decode(ids).rstrip("\ufffd")
+            tokens += len(ids)
+            notes = [f"{len(ids)} tokens", "stopped" if len(ids) < a.max_new_tokens else "max tokens reached"]
+            if judge:
+                word = on_topic(question, text)
+                hits += word is not None
+                notes.append(f"on topic: {word}" if word else "off topic")
+            if not quiet:
+                print(f"👶 {question}\n🤖 {text}\n[{', '.join(notes)}]\n", flush=True)
+    seconds = time.perf_counter() - start
+    print(f"{len(questions)} answers, {tokens} tokens in {seconds:.1f}s ({tokens / seconds:.0f} tokens/s)")
+    if judge:
+        print(f"on topic: {hits} of {len(questions)} ({100 * hits / len(questions):.0f}%): the first sentence of the "
+              f"answer contains a topic word of the question (model/ontopic.py)")
+
+
 def interactive(chat: Chat) -> None:
     print("type a message (/clear forgets the history, /exit quits)")
     while True:
@@ -125,9 +199,11 @@ def main(argv=None):
     model, tokenizer = load_from_args(args)
     chat = Chat(model, tokenizer, args)
     if args.auto:
-        for question in PRETRAIN_PROMPTS if chat.raw_text and not args.demo_questions else DEMO_QUESTIONS:
-            print(f"👶 {question}")
-            chat.answer(question)
+        if args.questions:
+            questions = read_questions(args.questions, args.limit)
+        else:
+            questions = PRETRAIN_PROMPTS if chat.raw_text and not args.demo_questions else DEMO_QUESTIONS
+        ask_all(chat, questions, args.judge, args.quiet)
     else:
         interactive(chat)
 

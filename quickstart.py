@@ -1,7 +1,7 @@
 """The whole MiniMind pipeline on a CPU, one stage after another, with the `tiny` preset and demo data.
 
     bash quickstart.sh                          # installs what is missing, then runs this
-    python quickstart.py                        # fetch -> tokenizer -> data -> pretrain -> SFT -> LoRA -> DPO -> C-Eval -> chat
+    python quickstart.py                        # fetch -> tokenizer -> data -> pretrain -> SFT -> LoRA -> DPO -> C-Eval -> chat -> on topic?
     python quickstart.py --mirror ../shared/data   # read the source files from a local copy (or MINIMIND_MIRROR=...)
     python quickstart.py --fast                 # every stage for a handful of steps, into out/fast/ (the CI end-to-end test)
 
@@ -28,10 +28,10 @@ from model.LMConfig import LMConfig
 # spent on the history-heavy full corpus they left the SFT held-out loss 0.4 higher (README "Results").
 FULL = dict(pretrain_steps=600, pretrain_batch=8, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
             tokenizer_mb=8, tokenizer_sources=[], pretrain_sources=["cmrc2018_wiki", "csl_abstracts"],
-            generate_tokens=100, eval_batches=10, eos_check=50, save_interval=50)
+            generate_tokens=100, eval_batches=10, eos_check=50, save_interval=50, judge_questions=0)
 FAST = dict(pretrain_steps=6, pretrain_batch=16, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
             tokenizer_mb=1, tokenizer_sources=["cmrc2018_wiki", "csl_abstracts"], pretrain_sources=["cmrc2018_wiki", "csl_abstracts"],
-            generate_tokens=12, eval_batches=2, eos_check=2, save_interval=2)
+            generate_tokens=12, eval_batches=2, eos_check=2, save_interval=2, judge_questions=4)
 
 
 def stages(args, n):
@@ -45,6 +45,8 @@ def stages(args, n):
     chat_text = [f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl", f"{data}/dpo.jsonl"]
     model = ["--preset", preset, "--out_dir", out, "--tokenizer", tok]
     train = model + ["--resume", "--eval_batches", str(n["eval_batches"]), "--save_interval", str(n["save_interval"])]
+    judged = ["--judge", "--seed", "1", "--max_new_tokens", str(n["generate_tokens"])]
+    held_out = ["--questions", f"{data}/sft_val.jsonl", "--limit", str(n["judge_questions"]), "--quiet"]
     return [
         ("fetch demo data", ["data_process.py", "fetch", "--set", "demo"] + (["--mirror", args.mirror] if args.mirror else [])),
         ("train tokenizer", ["train_tokenizer.py", "--out", tok, "--sample_mb", str(n["tokenizer_mb"]), *tokenizer_sources]),
@@ -66,11 +68,14 @@ def stages(args, n):
                  "--max_steps", str(n["dpo_steps"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
+        # The demo questions, then the held-out questions, for the pretrain-only model (given the bare question
+        # to continue) and the final model, each answer judged on topic or not by the same rule (model/ontopic.py).
         ("the demo questions, pretrain-only model (for comparison)",
-         ["2-eval.py", *model, "--weight", "pretrain", "--auto", "--demo_questions", "--seed", "1",
-          "--max_new_tokens", str(n["generate_tokens"])]),
-        ("chat: the demo questions", ["2-eval.py", *model, "--weight", "dpo", "--auto", "--seed", "1",
-                                      "--max_new_tokens", str(n["generate_tokens"])]),
+         ["2-eval.py", *model, "--weight", "pretrain", "--auto", "--demo_questions", *judged]),
+        ("chat: the demo questions", ["2-eval.py", *model, "--weight", "dpo", "--auto", *judged]),
+        ("on topic? held-out questions, pretrain-only model",
+         ["2-eval.py", *model, "--weight", "pretrain", "--auto", *judged, *held_out]),
+        ("on topic? held-out questions, final model", ["2-eval.py", *model, "--weight", "dpo", "--auto", *judged, *held_out]),
     ]
 
 

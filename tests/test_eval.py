@@ -14,7 +14,7 @@ from conftest import load_script, tiny_config
 from model.checkpoint import load_model, save_weights
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
 from model.model import MiniMindForCausalLM
-from model.tokenizer import tokenizer_hash
+from model.tokenizer import load_tokenizer, tokenizer_hash
 
 TINY = ["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]  # names the files *_64.pth
 
@@ -108,11 +108,51 @@ def chat_argv(out_dir, tokenizer_dir, *extra):
             "--temperature", "0", *extra]
 
 
-def test_auto_answers_every_demo_question_with_a_speed_line(out_dir, tokenizer_dir, capsys):
-    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto"))
+def test_auto_answers_every_demo_question_as_the_interactive_chat_does(out_dir, tokenizer_dir, monkeypatch, capsys):
+    # --auto answers in left-padded batches; greedy, each answer must equal the one streamed on its own.
+    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--max_new_tokens", "6"))
     printed = capsys.readouterr().out
-    assert all(f"👶 {q}" in printed for q in DEMO_QUESTIONS)
-    assert len(re.findall(r"\[\d+ tokens, [\d.]+ tokens/s", printed)) == len(DEMO_QUESTIONS)
+    batched = re.findall(r"🤖 (.*?)\n\[(\d+) tokens, (stopped|max tokens reached)\]", printed, re.DOTALL)
+    assert len(batched) == len(DEMO_QUESTIONS) and all(f"👶 {q}" in printed for q in DEMO_QUESTIONS)
+    assert f"{len(DEMO_QUESTIONS)} answers, " in printed
+    feed_input(monkeypatch, DEMO_QUESTIONS)
+    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--max_new_tokens", "6"))
+    streamed = re.findall(r"🤖 (.*?)\n\[(\d+) tokens", capsys.readouterr().out, re.DOTALL)
+    assert [(text, n) for text, n, _ in batched] == streamed
+
+
+def test_judge_marks_each_answer_and_counts_the_share(out_dir, tokenizer_dir, tmp_path, monkeypatch, capsys):
+    questions = tmp_path / "questions.jsonl"
+    rows = [{"conversations": [{"role": "user", "content": "为什么天空是蓝色的？"}, {"role": "assistant", "content": "x"}]},
+            {"conversations": [{"role": "system", "content": "s"}, {"role": "user", "content": "推荐中国美食。"}]},
+            {"conversations": "not a list"},
+            {"conversations": [{"role": "user", "content": "解释机器学习。"}]}]
+    questions.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{broken\n")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    answers = iter(["天空很蓝，因为散射。", "他推开门。", "机器学习是一种方法。"])
+
+    def fake_generate(model, prompts, *args, **kwargs):
+        return [tokenizer.encode(next(answers)) for _ in prompts]
+
+    monkeypatch.setattr(chat_script, "generate", fake_generate)
+    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--judge", "--questions", str(questions),
+                               "--batch_size", "2"))
+    printed = capsys.readouterr().out
+    assert "skipped 2 lines" in printed and ":3:" in printed and ":5:" in printed  # named, counted, not fatal
+    assert re.findall(r"\[\d+ tokens, [^,]+, (on topic: \S+|off topic)\]", printed) == [
+        "on topic: 天空", "off topic", "on topic: 机器"]
+    assert "on topic: 2 of 3 (67%)" in printed
+
+
+def test_questions_file_errors_are_clear(out_dir, tokenizer_dir, tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--questions", str(tmp_path / "none.txt")))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(SystemExit, match="holds no questions"):
+        chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--questions", str(empty)))
+    with pytest.raises(SystemExit):
+        chat_script.main(chat_argv(out_dir, tokenizer_dir, "--judge"))  # --judge without --auto
 
 
 class RecordingStream:
@@ -247,10 +287,17 @@ def test_continuations_stream_after_each_prompt(out_dir, tokenizer_dir, capsys):
 
 
 def test_pretrain_weight_gets_the_demo_questions_as_bare_text_when_asked(out_dir, tokenizer_dir, monkeypatch):
-    recorder = RecordingStream()
-    monkeypatch.setattr(chat_script, "stream_generate", recorder)
+    prompts = []
+
+    def recording_generate(model, batch, *args, **kwargs):
+        prompts.extend(batch)
+        return [[] for _ in batch]
+
+    monkeypatch.setattr(chat_script, "generate", recording_generate)
+    tokenizer = load_tokenizer(tokenizer_dir)
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--auto"))
-    assert recorder.prompts == [f"</s>{p}" for p in PRETRAIN_PROMPTS]
-    recorder.prompts.clear()
+    assert [tokenizer.decode(p) for p in prompts] == [f"</s>{p}" for p in PRETRAIN_PROMPTS]
+    prompts.clear()
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--auto", "--demo_questions"))
-    assert recorder.prompts == [f"</s>{q}" for q in DEMO_QUESTIONS]  # same questions as the chat model, no template
+    # the same questions as the chat model, without the template
+    assert [tokenizer.decode(p) for p in prompts] == [f"</s>{q}" for q in DEMO_QUESTIONS]
