@@ -1,7 +1,7 @@
 """The whole MiniMind pipeline on a CPU, one stage after another, with the `tiny` preset and demo data.
 
     bash quickstart.sh                          # installs what is missing, then runs this
-    python quickstart.py                        # fetch -> tokenizer -> data -> pretrain -> SFT -> LoRA -> DPO -> C-Eval -> chat -> on topic?
+    python quickstart.py                        # fetch -> tokenizer -> data -> pretrain -> SFT -> LoRA -> DPO -> C-Eval -> judged answers
     python quickstart.py --mirror ../shared/data   # read the source files from a local copy (or MINIMIND_MIRROR=...)
     python quickstart.py --fast                 # every stage for a handful of steps, into out/fast/ (the CI end-to-end test)
 
@@ -28,10 +28,10 @@ from model.LMConfig import LMConfig
 # held-out loss lower than on Wikipedia and abstracts as well (4.91 against 5.05), or on the history-heavy
 # full corpus (5.85) (README "Results").
 FULL = dict(pretrain_steps=600, pretrain_batch=8, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
-            tokenizer_mb=8, tokenizer_sources=[], pretrain_sources=[],
+            tokenizer_mb=8, tokenizer_sources=[],
             generate_tokens=100, eval_batches=10, eos_check=50, save_interval=50, judge_questions=0)
 FAST = dict(pretrain_steps=6, pretrain_batch=16, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
-            tokenizer_mb=1, tokenizer_sources=["cmrc2018_wiki", "csl_abstracts"], pretrain_sources=[],
+            tokenizer_mb=1, tokenizer_sources=["cmrc2018_wiki", "csl_abstracts"],
             generate_tokens=12, eval_batches=2, eos_check=2, save_interval=2, judge_questions=4)
 
 
@@ -54,7 +54,7 @@ def stages(args, n):
         ("build SFT conversations", ["data_process.py", "sft", "--out", data]),
         ("build DPO pairs", ["data_process.py", "dpo", "--out", data]),
         ("build pretraining shards", ["data_process.py", "pretrain", "--tokenizer", tok, "--out", f"{data}/pretrain",
-                                      "--sources", *n["pretrain_sources"], "--chat_jsonl", *chat_text]),
+                                      "--sources", "--chat_jsonl", *chat_text]),  # no built-in corpus, the chat text only
         ("pretrain", ["1-pretrain.py", *train, "--data_dir", f"{data}/pretrain", "--max_steps", str(n["pretrain_steps"]),
                       "--batch_size", str(n["pretrain_batch"]), "--learning_rate", "2e-3"]),
         ("continue text with the pretrained model",
