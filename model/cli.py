@@ -15,7 +15,7 @@ The arguments it adds:
     --out_dir DIR    where stage checkpoints live (out)
     --tokenizer DIR  model/minimind_tokenizer, or the HF folder's own tokenizer when --ckpt is one
     --device         auto picks cuda, then mps, then cpu
-    --dtype          auto: bfloat16 on a GPU that supports it, float32 elsewhere
+    --dtype          auto: the rule of model/runtime.py (bf16 on GPUs and CPUs with bf16 instructions)
     --quantize int8  CPU only: int8 weights (model/quantize.py) for faster generation; outputs differ slightly
 
 The config always comes from the checkpoint itself (the .json saved beside it), so a 640-dim
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from model.LMConfig import add_config_args, config_from_args, config_overrides
+from model.runtime import DeviceError, pick_device, pick_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,28 +82,6 @@ def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_
         group.add_argument("--quantize", default="none", choices=["none", "int8"],
                            help="int8: CPU only; int8 weights make generation faster, outputs differ slightly "
                                 "from the float32 model (default %(default)s)")
-
-
-def pick_device(name: str = "auto") -> str:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: torch sees no CUDA GPU (use --device cpu or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("--device mps: the Apple GPU backend is not available (use --device cpu or auto)")
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(name: str, device: str) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def resolve_checkpoint(args) -> tuple[Path, Path | None]:
@@ -159,9 +138,12 @@ def load_from_args(args, verbose: bool = True):
 
     path, adapter = resolve_checkpoint(args)
     int8 = getattr(args, "quantize", "none") == "int8"  # absent where add_model_args(quantize=False)
-    device = "cpu" if int8 and args.device == "auto" else pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    if int8 and (device != "cpu" or dtype != torch.float32):
+    try:
+        device = torch.device("cpu") if int8 and args.device == "auto" else pick_device(args.device)
+        dtype = torch.float32 if int8 and args.dtype == "auto" else pick_dtype(args.dtype, device)[0]
+    except DeviceError as error:
+        raise SystemExit(str(error))
+    if int8 and (device.type != "cpu" or dtype != torch.float32):
         raise SystemExit(f"--quantize int8 runs on the CPU from float32 weights, not on {device} in "
                          f"{str(dtype).removeprefix('torch.')}: use --device cpu and --dtype float32 (or auto)")
     overrides = {k: v for k, v in config_overrides(args).items() if k in RUNTIME_FIELDS}

@@ -55,6 +55,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from model.checkpoint import atomic_torch_save, atomic_write, clean_state_dict, save_weights
 from model.dataset import EpochSampler
+from model.runtime import DeviceError, dtype_name, pick_device, pick_dtype
 
 
 @dataclass
@@ -197,15 +198,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 # ----------------------------------------------------------------------------- device and precision
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)  # one GPU per torchrun process
-    return device
-
-
 def _time_matmul(device: torch.device, dtype: torch.dtype, n: int, budget_s: float = 0.1) -> float:
     """Seconds per (n x n) @ (n x n) matmul in `dtype`, best of a few."""
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG (and so exact resume) alone
@@ -223,24 +215,6 @@ def _time_matmul(device: torch.device, dtype: torch.dtype, n: int, budget_s: flo
         if spent > budget_s:
             break
     return best
-
-
-def cpu_bf16_is_faster(threshold: float = 1.5) -> bool:
-    """Whether bf16 matmuls beat fp32 on this CPU by `threshold`x. With AVX-512 BF16 / AMX they run
-    2-4x faster; on CPUs without bf16 instructions (AVX2 only) they are emulated and far slower."""
-    fp32 = _time_matmul(torch.device("cpu"), torch.float32, 256)
-    bf16 = _time_matmul(torch.device("cpu"), torch.bfloat16, 256)
-    return bf16 * threshold < fp32
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16_is_faster():
-        return torch.bfloat16
-    return torch.float32
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of common GPUs, for MFU.
@@ -309,7 +283,15 @@ def input_shapes(batch) -> list[tuple]:
 
 
 def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state as tensors and plain numbers, so the resume file loads with weights_only=True
+    (numpy's own state object would need unpickling arbitrary classes: a crafted file could run code)."""
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gauss)},
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -317,10 +299,30 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def prepare_out_dir(out_dir: Path, name: str) -> None:
+    """Make sure `out_dir` can be written before any work is done, and remove the temp files that
+    killed writes of this run's own outputs ({name}.pth, {name}_resume.pth, ...) left behind."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".{name}.write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"--out_dir {out_dir} cannot be written ({error.strerror or error}): pick another folder")
+    outputs = (".pth", ".json", "_resume.pth", "_loss.png")  # what fit() and save_weights write for `name`
+    stale = [p for suffix in outputs for p in out_dir.glob(f".{name}{suffix}.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print(f"removed {len(stale)} unfinished temp file(s) of {name} in {out_dir} (from an interrupted save)")
 
 
 def plot_losses(history: dict, path: Path, title: str) -> None:
@@ -395,7 +397,7 @@ class Trainer:
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.ddp = self.world_size > 1
         self.is_main = self.rank == 0
-        self.device = pick_device(config.device, self.local_rank)
+        self.device = pick_device(config.device, self.local_rank)  # raises DeviceError for a missing GPU
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores; weights stay fp32
@@ -406,16 +408,10 @@ class Trainer:
             torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0)) // local_world))
         if self.ddp and not dist.is_initialized():  # a script may build several Trainers in one process
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.dtype = pick_dtype(config.dtype, self.device)
-        if self.ddp and config.dtype == "auto" and self.device.type == "cpu":
-            # Every rank timed the CPU on its own; all must train in one precision: rank 0's choice.
-            choice = torch.tensor([self.dtype == torch.bfloat16], dtype=torch.int32)
-            dist.broadcast(choice, 0)
-            self.dtype = torch.bfloat16 if choice.item() else torch.float32
+        self.dtype, self.dtype_reason = pick_dtype(config.dtype, self.device)
         if self.dtype == torch.float16 and self.device.type != "cuda":
-            raise SystemExit("--dtype float16 needs a CUDA GPU (it relies on a gradient scaler); "
-                             "use bfloat16 or float32")
-        self.autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+            raise DeviceError("--dtype float16 needs a CUDA GPU (it relies on a gradient scaler); "
+                              "use bfloat16 or float32")
         # Same seed on every rank, so every rank builds the same initial model (DDP also broadcasts it).
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
@@ -429,11 +425,13 @@ class Trainer:
         if self.is_main:
             print(*args, **kwargs, flush=True)
 
+    @property
+    def autocast(self):
+        """Low-precision math inside, float32 master weights outside."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
     def describe(self) -> str:
-        dtype = str(self.dtype).replace("torch.", "")
-        if self.config.dtype == "auto" and self.device.type == "cpu":
-            dtype += " (bf16 matmuls measured faster on this CPU)" if self.dtype == torch.bfloat16 else \
-                " (bf16 matmuls measured slower on this CPU)"
+        dtype = f"{dtype_name(self.dtype)} ({self.dtype_reason})"
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
         ddp = f", DDP over {self.world_size} processes" if self.ddp else ""
         return f"device {self.device}, {dtype}{threads}{ddp}"
@@ -455,6 +453,8 @@ class Trainer:
         if val_set is not None and len(val_set) == 0:
             raise SystemExit(f"{name}: the validation set is empty")
         out_dir = Path(cfg.out_dir)
+        if self.is_main:
+            prepare_out_dir(out_dir, name)
         self.weights_file = out_dir / f"{name}.pth"
         resume_file = out_dir / f"{name}_resume.pth"
         plot_file = out_dir / f"{name}_loss.png"
@@ -524,7 +524,7 @@ class Trainer:
                              scaler=scaler.state_dict(), step=step, epoch=epoch, offset=offset, rng=rngs,
                              world_size=world, samples_per_step=samples_per_step, dataset_size=len(train_set),
                              history=history,
-                             train_config=asdict(cfg))
+                             train_config=asdict(cfg), dtype=dtype_name(self.dtype))
                 atomic_torch_save(state, resume_file)
                 plot_losses(history, plot_file, name)
                 self.print(f"saved {written} and {resume_file.name} at step {step}" + (" (final)" if final else ""))
@@ -657,7 +657,12 @@ class Trainer:
         return states
 
     def _load_resume(self, path: Path, raw, optimizer, scaler, samples_per_step: int, dataset_size: int):
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # weights_only: tensors and plain containers only; a crafted pickle cannot run code here
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise SystemExit(f"{path} is not a resume checkpoint this version can read "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                             f"delete it to start over, or run without --resume")
         # Settings that shape the run: changing them is allowed, but the result is no longer the run it was.
         before, now = state["train_config"], asdict(self.config)
         changed = [f"{k} {before[k]} -> {now[k]}" for k in RUN_SHAPING if k in before and before[k] != now[k]]
@@ -666,6 +671,11 @@ class Trainer:
         if changed:
             self.print(f"warning: resuming {path} with different settings ({'; '.join(changed)}): it continues, "
                        f"but will not match an uninterrupted run")
+        saved_dtype = state.get("dtype")
+        if saved_dtype and saved_dtype != dtype_name(self.dtype) and self.config.dtype == "auto":
+            # A resumed run computes as the run it continues, or it would not match an uninterrupted one.
+            self.dtype, self.dtype_reason = getattr(torch, saved_dtype), f"as the run being resumed"
+            self.print(f"resuming in {saved_dtype}, the precision {path.name} was trained in")
         try:
             raw.load_state_dict(state["model"])
         except RuntimeError as error:

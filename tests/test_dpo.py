@@ -135,7 +135,7 @@ def test_resume_is_exact(lora, dpo_files, tokenizer_dir, tmp_path):
     extra = ["--max_steps", "4"] + (["--lora"] if lora else [])
     run_dpo(tokenizer_dir, base, train, val, tmp_path / "straight", *extra)
     run_dpo(tokenizer_dir, base, train, val, tmp_path / "split", *extra, "--stop_step", "2")
-    stopped = torch.load(tmp_path / "split" / "dpo_64_resume.pth", weights_only=False)["step"]
+    stopped = torch.load(tmp_path / "split" / "dpo_64_resume.pth", weights_only=True)["step"]
     run_dpo(tokenizer_dir, base, train, val, tmp_path / "split", *extra, "--resume")
     assert stopped == 2
     a = torch.load(tmp_path / "straight" / "dpo_64.pth", weights_only=True)

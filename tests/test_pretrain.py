@@ -70,7 +70,7 @@ def test_pretrain_writes_weights_and_beats_the_unigram_entropy(shards, tokenizer
     assert (tmp_path / "pretrain_64_loss.png").exists() and (tmp_path / "pretrain_64_resume.pth").exists()
     assert load_model(tmp_path / "pretrain_64.pth").config.n_layers == 2
 
-    val = torch.load(tmp_path / "pretrain_64_resume.pth", weights_only=False)["history"]["val"]
+    val = torch.load(tmp_path / "pretrain_64_resume.pth", weights_only=True)["history"]["val"]
     entropy = unigram_entropy(train_tokens)
     assert [s for s, _ in val] == [0, 20, 40]
     assert val[-1][1] < val[0][1] and val[-1][1] < entropy - 0.5, (val, entropy)
@@ -99,7 +99,7 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(shards, tokenizer_dir, tmp_pat
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
-            if resume_file.exists() and torch.load(resume_file, weights_only=False)["step"] >= 3:
+            if resume_file.exists() and torch.load(resume_file, weights_only=True)["step"] >= 3:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -108,7 +108,7 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(shards, tokenizer_dir, tmp_pat
         proc.kill()
     assert returncode == -signal.SIGKILL, \
         f"the run was not killed mid-way (exit {returncode}): {proc.stderr.read()[-2000:]}"
-    stopped_at = torch.load(resume_file, weights_only=False)["step"]
+    stopped_at = torch.load(resume_file, weights_only=True)["step"]
     assert 3 <= stopped_at < 24
 
     pretrain.main(args_for(folder, tokenizer_dir, killed, *steps, "--resume"))

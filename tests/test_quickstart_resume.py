@@ -86,7 +86,7 @@ def test_quickstart_killed_during_training_resumes(tmp_path):
     record1 = json.loads(record_path.read_text())
     assert list(record1) == before, f"killed with these stages recorded: {list(record1)}\n{_tail(log1)}"
     assert all(entry["done"] for entry in record1.values())
-    step = torch.load(resume_file, map_location="cpu", weights_only=False)["step"]
+    step = torch.load(resume_file, map_location="cpu", weights_only=True)["step"]
     assert 0 < step < quickstart.FAST["pretrain_steps"], f"killed with the checkpoint at step {step}"
 
     # 2. The same command again, to the end.
@@ -116,4 +116,4 @@ def test_quickstart_killed_during_training_resumes(tmp_path):
     for artifact in (f"pretrain_{tag}.pth", f"full_sft_{tag}.pth", f"lora_identity_{tag}/adapter_model.safetensors",
                      f"dpo_{tag}.pth", f"ceval_dpo_{tag}/summary.json"):
         assert (out / artifact).is_file(), artifact
-    assert torch.load(resume_file, map_location="cpu", weights_only=False)["step"] == quickstart.FAST["pretrain_steps"]
+    assert torch.load(resume_file, map_location="cpu", weights_only=True)["step"] == quickstart.FAST["pretrain_steps"]

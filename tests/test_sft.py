@@ -72,7 +72,7 @@ def test_full_sft_trains_from_pretrain_weights_and_checks_eos(sft_files, tokeniz
     assert json.loads((tmp_path / "full_sft_64.json").read_text())["max_seq_len"] == 64
     start = torch.load(sft_files / "pretrain_64.pth", weights_only=True)
     assert not torch.equal(weights["model.norm.weight"], start["model.norm.weight"])
-    val = torch.load(tmp_path / "full_sft_64_resume.pth", weights_only=False)["history"]["val"]
+    val = torch.load(tmp_path / "full_sft_64_resume.pth", weights_only=True)["history"]["val"]
     assert [s for s, _ in val] == [0, 10, 20, 30] and val[-1][1] < val[0][1] - 0.5, val
     # The EOS check ran on 8 held-out prompts and reported a rate.
     assert "held-out answers ending with </s> within 24 tokens, of 8:" in out

@@ -100,7 +100,7 @@ def test_loss_goes_down_and_outputs_are_written(tmp_path):
 
 
 def result_history(out_dir):
-    history = torch.load(out_dir / "unit_resume.pth", weights_only=False)["history"]["train"]
+    history = torch.load(out_dir / "unit_resume.pth", weights_only=True)["history"]["train"]
     return history[0][1], history[-1][1]
 
 
@@ -119,7 +119,7 @@ def test_resume_is_bit_exact(tmp_path, moe):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     # ...and it really trained past the stop (the resumed run did not just reload step 4).
     assert not torch.equal(state(half.model)["model.norm.weight"], b["model.norm.weight"])
-    saved = torch.load(tmp_path / "split" / "unit_resume.pth", weights_only=False)
+    saved = torch.load(tmp_path / "split" / "unit_resume.pth", weights_only=True)
     assert saved["step"] == 8 and saved["epoch"] == 2 and saved["world_size"] == 1
 
 
@@ -182,23 +182,54 @@ def test_validation_runs_and_is_recorded(tmp_path):
                                   threads=1, eval_interval=3, eval_batches=2, learning_rate=3e-3))
     model = MiniMindForCausalLM(tiny_config(vocab_size=64))
     result = trainer.fit(model, CountingData(32), lm_loss, val_set=CountingData(8), name="val")
-    history = torch.load(tmp_path / "val_resume.pth", weights_only=False)["history"]["val"]
+    history = torch.load(tmp_path / "val_resume.pth", weights_only=True)["history"]["val"]
     assert [s for s, _ in history] == [0, 3, 6]
     assert abs(history[0][1] - math.log(64)) < 0.5  # step 0: the untrained baseline, near uniform
     assert history[2][1] < history[1][1] < history[0][1]
     assert result.val_metrics["loss"] == history[2][1]
 
 
-def test_cpu_dtype_auto_follows_the_measured_speed(monkeypatch):
-    import model.trainer as engine
+def test_cpu_dtype_auto_follows_the_cpu_flags():
+    from model.runtime import DeviceError, cpu_bf16_flags, pick_dtype
 
-    monkeypatch.setattr(engine, "cpu_bf16_is_faster", lambda: True)
-    assert engine.pick_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    monkeypatch.setattr(engine, "cpu_bf16_is_faster", lambda: False)
-    assert engine.pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert engine.pick_dtype("float16", torch.device("cpu")) == torch.float16
-    with pytest.raises(SystemExit, match="float16 needs a CUDA GPU"):
+    cpu = torch.device("cpu")
+    with_bf16 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16\n"
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16\n"
+    assert cpu_bf16_flags(with_bf16) == ["avx512_bf16", "amx_bf16"]
+    assert pick_dtype("auto", cpu, with_bf16)[0] == torch.bfloat16
+    assert pick_dtype("auto", cpu, avx2_only)[0] == torch.float32
+    assert pick_dtype("auto", cpu, arm)[0] == torch.bfloat16
+    assert pick_dtype("auto", cpu, "")[0] == torch.float32  # unreadable flags: the safe choice
+    assert pick_dtype("float16", cpu, avx2_only)[0] == torch.float16
+    with pytest.raises(DeviceError, match="float16 needs a CUDA GPU"):
         Trainer(TrainConfig(device="cpu", dtype="float16", threads=1))
+
+
+def test_resume_file_holds_no_pickled_objects_and_keeps_the_dtype(tmp_path):
+    """The resume checkpoint loads with weights_only=True (nothing but tensors and plain values), and
+    a run resumed with --dtype auto computes in the precision it was saved from."""
+    for dtype in ("float32", "bfloat16"):  # on any CPU, one of the two differs from what auto would pick
+        train(tmp_path / dtype, CountingData(64), max_steps=4, stop_step=2, dtype=dtype)
+        state = torch.load(tmp_path / dtype / "unit_resume.pth", weights_only=True)
+        assert state["dtype"] == dtype and state["step"] == 2
+        _, trainer = train(tmp_path / dtype, CountingData(64), max_steps=4, resume=True, dtype="auto")
+        assert trainer.dtype == getattr(torch, dtype)
+
+
+def test_a_crafted_resume_file_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "out").mkdir()
+    torch.save({"step": Payload()}, tmp_path / "out" / "unit_resume.pth")
+    with pytest.raises(SystemExit, match="not a resume checkpoint"):
+        train(tmp_path / "out", CountingData(64), max_steps=4, resume=True)
+    assert not marker.exists()
 
 
 def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
@@ -266,7 +297,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_nonzero(tmp_path):
     with pytest.raises(SystemExit) as stop:
         trainer.fit(MiniMindForCausalLM(tiny_config(vocab_size=64)), data, interrupted_loss, name="unit")
     assert stop.value.code == 128 + signal.SIGTERM
-    assert torch.load(tmp_path / "split" / "unit_resume.pth", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "split" / "unit_resume.pth", weights_only=True)["step"] == 3
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is removed again
     resumed, _ = train(tmp_path / "split", data, resume=True)
     a, b = state(full.model), state(resumed.model)
@@ -298,3 +329,22 @@ def test_report_to_a_missing_backend_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(SystemExit, match="pip install wandb"):
         train(tmp_path, CountingData(16), max_steps=1, report_to="wandb")
+
+
+def test_stale_temp_files_of_the_run_are_removed_and_others_kept(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = [out / ".unit.pth.abc123.tmp", out / ".unit_resume.pth.x9.tmp", out / ".unit.json.q.tmp"]
+    others = [out / ".unit_moe.pth.abc.tmp", out / ".other.pth.abc.tmp", out / "notes.tmp"]
+    for path in mine + others:
+        path.write_bytes(b"torn")
+    train(out, CountingData(64), max_steps=1)
+    assert [p.exists() for p in mine] == [False] * 3
+    assert [p.exists() for p in others] == [True] * 3
+
+
+def test_an_unwritable_out_dir_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot be written"):
+        train(blocker / "out", CountingData(64), max_steps=1)
