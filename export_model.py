@@ -1,4 +1,4 @@
-"""Export a trained MiniMind as a transformers folder, in our own architecture or a native one.
+"""Export a trained MiniMind as a transformers folder (our own architecture or a native one) or a GGUF file.
 
     python export_model.py --weight full_sft                    # out/hf/full_sft_512: our code, trust_remote_code
     python export_model.py --weight full_sft --format native     # out/hf/full_sft_512_llama: plain LlamaForCausalLM
@@ -6,11 +6,18 @@
     python export_model.py --ckpt out/dpo_512.pth --out my_model
     python export_model.py --weight lora_medical                # full_sft with the adapter merged in
     python export_model.py --weight dpo --dtype_out bfloat16     # half the size on disk
+    python export_model.py --weight full_sft --format gguf --outtype q8_0   # out/gguf/full_sft_512-q8_0.gguf
+    python export_model.py --weight lora_medical --format native --keep_adapter  # base + peft adapter, unmerged
+    python export_model.py --weight lora_medical --format gguf --keep_adapter    # base GGUF + LoRA adapter GGUF
 
-Every folder holds config.json, model.safetensors and the tokenizer with its chat template, is
-written atomically, and is checked after writing: it is loaded back and its logits are compared with
-the checkpoint's, with the weights rounded to --dtype_out the same way (--no_verify skips this).
-The conversion runs on the CPU in float32 whatever --device/--dtype say.
+Every folder holds config.json, model.safetensors, generation_config.json (the chat's sampling
+defaults, so transformers' generate and pipeline sample as our chat does instead of decoding greedily)
+and the tokenizer with its chat template, is written atomically and readable by everyone, and is
+checked after writing: it is loaded back and its logits are compared with the checkpoint's, with the
+weights rounded to --dtype_out the same way (--no_verify skips this). The conversion runs on the CPU in
+float32 whatever --device/--dtype say. The tokenizer files name PreTrainedTokenizerFast and the native
+config.json carries the legacy rope_theta/rope_scaling keys beside rope_parameters: the names and keys
+transformers 4.x reads (the folders are tested with 5.x).
 
 --format remote (default): MiniMind's own classes. The model code (model/model.py and
 model/LMConfig.py, which import each other relatively) is copied into the folder and config.json's
@@ -33,12 +40,26 @@ added unweighted. The export sets w = 0, so the gate is exactly 1/2, and doubles
 down projection (both exact in floating point); several shared experts become one of their combined
 width. Mixtral, OLMoE and Qwen3-MoE lack shared experts (and OLMoE/Qwen3 add q/k norms), DeepSeek-V2/V3
 use latent attention and other routing, so Qwen2-MoE is the one native class that matches.
+
+--format gguf: one file for llama.cpp, Ollama and LM Studio (model/gguf_export.py says what goes in),
+with --outtype f32, f16 or q8_0. Dense models are llama.cpp's `llama`; MoE models are its `qwen2moe`
+when llama.cpp computes the same thing (norm_topk_prob false, or top-1 routing), and are refused with
+the reason otherwise. The check loads the file with transformers (gguf_file=...), which undoes the
+format's Q/K row order and dequantizes, and compares its logits with the checkpoint's weights rounded
+the same way.
+
+--keep_adapter, with --weight lora_NAME: the base is exported unmerged and the adapter beside it, so
+peft applies it at load time: for remote/native the adapter goes to FOLDER/adapter/, its
+adapter_config.json naming the exported base by absolute path, so that
+`AutoPeftModelForCausalLM.from_pretrained(FOLDER/adapter)` loads the pair; for gguf it is written as a
+llama.cpp LoRA adapter, BASE-lora.gguf, for `--lora`.
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import copy
+import json
 import math
 import shutil
 import tempfile
@@ -47,19 +68,26 @@ from pathlib import Path
 
 import torch
 
-from model.cli import add_model_args, load_from_args, resolve_checkpoint
-from model.generate import context_length
+from model.cli import RUNTIME_FIELDS, add_model_args, load_from_args, resolve_checkpoint
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
+from model.gguf_export import OUTTYPES, share_readable
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft", quantize=False)
-    parser.add_argument("--format", default="remote", choices=["remote", "native"],
-                        help="remote: our classes with trust_remote_code; native: Llama (dense) or Qwen2-MoE (MoE)")
-    parser.add_argument("--out", default=None, help="output folder (default out/hf/{weight}_{tag}[_{native class}])")
+    parser.add_argument("--format", default="remote", choices=["remote", "native", "gguf"],
+                        help="remote: our classes with trust_remote_code; native: Llama (dense) or Qwen2-MoE (MoE); "
+                             "gguf: one file for llama.cpp / Ollama")
+    parser.add_argument("--out", default=None, help="output folder (default out/hf/{weight}_{tag}[_{native class}]), "
+                                                    "or for gguf the file (default out/gguf/{weight}_{tag}-{outtype}.gguf)")
     parser.add_argument("--dtype_out", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="dtype of the saved weights")
+                        help="dtype of the saved weights (remote and native)")
+    parser.add_argument("--outtype", default="f16", choices=list(OUTTYPES),
+                        help="GGUF weight type: f32, f16 or q8_0 (8-bit blocks); norm gains stay f32 (default %(default)s)")
+    parser.add_argument("--keep_adapter", action="store_true",
+                        help="with --weight lora_NAME: export the base unmerged plus the adapter (peft or GGUF LoRA)")
     parser.add_argument("--no_verify", action="store_true", help="skip loading the folder back to compare logits")
     return parser.parse_args(argv)
 
@@ -137,21 +165,77 @@ def to_qwen2_moe(model):
     return qwen
 
 
+# ----------------------------------------------------------------------------- files other tools read
+
+def legacy_rope_keys(cfg) -> dict:
+    """The rope_theta / rope_scaling keys transformers 4.x reads (5.x reads rope_parameters, and takes
+    rope_scaling, when present, as the same dict). Without them 4.x would run YaRN or linear scaling
+    as plain RoPE."""
+    rope, _ = rope_parameters(cfg)
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if rope["rope_type"] != "default" else None
+    return {"rope_theta": rope["rope_theta"], "rope_scaling": scaling}
+
+
+def update_json(path: Path, change) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def portable_files(folder: Path, cfg, native: bool) -> None:
+    """Make a freshly saved folder read the same in transformers 4.x and 5.x, and sample like our chat."""
+    from transformers import GenerationConfig
+
+    def tokenizer_config(data):
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"  # TokenizersBackend exists in 5.x only
+        for leaked in ("is_local", "local_files_only"):  # where the tokenizer was loaded from, not settings
+            data.pop(leaked, None)
+        data["model_max_length"] = context_length(cfg)
+
+    update_json(folder / "tokenizer_config.json", tokenizer_config)
+    if native:
+        update_json(folder / "config.json", lambda data: data.update(legacy_rope_keys(cfg)))
+    # generate() and pipeline() read this file: without it they decode greedily, and greedy answers of a
+    # small model fall into loops. The chat (2-eval.py) and the server sample with these values.
+    GenerationConfig(do_sample=True, temperature=CHAT_TEMPERATURE, top_p=CHAT_TOP_P, bos_token_id=cfg.bos_token_id,
+                     eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id).save_pretrained(str(folder))
+
+
+def write_adapter(adapter: Path, into: Path, base: Path, tokenizer) -> None:
+    """Copy a peft adapter into `into`, its config naming the exported base folder `base` (an absolute
+    path, so that AutoPeftModelForCausalLM finds it from anywhere on this machine). The tokenizer goes
+    along, as peft and AutoTokenizer look for one beside the adapter."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (adapter / name).exists():
+            shutil.copyfile(adapter / name, into / name)
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = str(base.resolve())
+    (into / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tokenizer.save_pretrained(str(into))
+
+
 # ----------------------------------------------------------------------------- writing and checking
 
-def save_folder(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
+def save_folder(model, tokenizer, out: Path, dtype: torch.dtype, native: bool = False, adapter: Path = None) -> None:
     """save_pretrained into a temporary sibling, then rename it over `out`: never a half-written folder.
-    Only an earlier export (a folder with config.json) is replaced, never an unrelated folder."""
+    Only an earlier export (a folder with config.json) is replaced, never an unrelated folder.
+    With `adapter`, that peft adapter is written to out/adapter/, naming `out` as its base."""
     if out.exists() and not (out / "config.json").is_file() and (out.is_file() or any(out.iterdir())):
         raise SystemExit(f"--out {out} exists and is not an exported model folder: choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         if dtype != torch.float32:
             model = copy.deepcopy(model).to(dtype)  # the caller's model stays in full precision
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))  # tokenizer.json plus the chat template
+        portable_files(tmp, model.config if not native else source_config(model), native)
+        if adapter is not None:
+            write_adapter(adapter, tmp / "adapter", out, tokenizer)
+            portable_files(tmp / "adapter", source_config(model), native=False)
+            (tmp / "adapter" / "generation_config.json").unlink()  # generation settings belong to the base
+        share_readable(tmp)  # mkdtemp makes the folder private and transformers writes weights 0600
         old = out.with_name(f".{out.name}.old")
         if out.exists():
             if old.exists():
@@ -165,12 +249,14 @@ def save_folder(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
             shutil.rmtree(tmp)
 
 
-@torch.no_grad()
-def max_logit_difference(reference, folder: Path, remote: bool, length: int = 128) -> float:
-    """Load `folder` as transformers would and compare its logits with `reference` on random tokens."""
-    from transformers import AutoModelForCausalLM
+def source_config(model):
+    """Our LMConfig behind a native model (to_llama / to_qwen2_moe keep it), else the model's own."""
+    return getattr(model, "minimind_config", model.config)
 
-    loaded = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=remote, dtype=torch.float32).eval()
+
+@torch.no_grad()
+def logit_difference(reference, loaded, length: int = 128) -> float:
+    """Largest |logit difference| between two models on the same random tokens."""
     generator = torch.Generator().manual_seed(0)
     length = min(length, context_length(reference.config))  # long enough for RoPE scaling to matter
     tokens = torch.randint(3, reference.config.vocab_size, (2, length), generator=generator)
@@ -178,31 +264,106 @@ def max_logit_difference(reference, folder: Path, remote: bool, length: int = 12
     return (loaded(tokens).logits - expected).abs().max().item()
 
 
+def max_logit_difference(reference, folder: Path, remote: bool, length: int = 128) -> float:
+    """Load `folder` as transformers would and compare its logits with `reference` on random tokens."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=remote, dtype=torch.float32).eval()
+    return logit_difference(reference, loaded, length)
+
+
+def load_gguf(path: Path, cfg):
+    """The GGUF file as transformers reads it (dequantized to float32). transformers' qwen2moe reader
+    takes neither the expert widths nor the absence of q/k/v biases from the file, so they are passed."""
+    from transformers import AutoModelForCausalLM
+
+    extra = {}
+    if cfg.use_moe:
+        from model.gguf_export import shared_expert_width
+        extra = dict(moe_intermediate_size=cfg.hidden_dim, shared_expert_intermediate_size=shared_expert_width(cfg),
+                     qkv_bias=False)
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                **extra).eval()
+
+
+def check(difference: float, what: Path, tolerance: float = 1e-4) -> None:
+    verdict = "OK" if difference <= tolerance else "MISMATCH"
+    print(f"reloaded with transformers: max |logit difference| {difference:.2e} ({verdict}, tolerance {tolerance:g})")
+    if difference > tolerance:
+        raise SystemExit(f"{what}: the exported model does not reproduce the checkpoint's logits")
+
+
+def export_gguf(args, model, base, adapter, tokenizer, name: str) -> Path:
+    """--format gguf: the model (or, with --keep_adapter, the base and a LoRA adapter GGUF beside it)."""
+    from model.gguf_export import rounded_like_gguf, write_gguf, write_lora_gguf
+
+    out = Path(args.out) if args.out else Path(args.out_dir) / "gguf" / f"{name}-{args.outtype}.gguf"
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a folder: with --format gguf it names the .gguf file to write")
+    written = write_gguf(base if base is not None else model, tokenizer, out, args.outtype, name=f"MiniMind {name}")
+    print(f"exported GGUF ({args.outtype}) to {written}")
+    if base is not None:
+        lora = write_lora_gguf(adapter, base.config, out.with_name(out.stem + "-lora.gguf"), args.outtype,
+                               name=f"MiniMind {name} LoRA")
+        print(f"exported the LoRA adapter as GGUF to {lora} (llama.cpp: -m {out.name} --lora {lora.name})")
+    if not args.no_verify:
+        # The reference holds the weights rounded as the file stores them: a difference can only come
+        # from the conversion (names, Q/K order, metadata), not from the precision chosen.
+        loaded = load_gguf(written, model.config)
+        reference = base if base is not None else model
+        check(logit_difference(rounded_like_gguf(reference, args.outtype), loaded), written)
+        if base is not None:
+            from model.gguf_export import apply_lora_gguf
+            apply_lora_gguf(loaded, out.with_name(out.stem + "-lora.gguf"), base.config)
+            check(logit_difference(rounded_like_gguf(model, args.outtype), loaded), lora,
+                  tolerance=1e-4 if args.outtype == "f32" else 5e-2)
+    return written
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     args.device, args.dtype = "cpu", "float32"  # export converts weights on the CPU, in full precision
-    model, tokenizer = load_from_args(args)
+    path, adapter = resolve_checkpoint(args)
+    if args.keep_adapter and adapter is None:
+        raise SystemExit("--keep_adapter exports a LoRA adapter beside its base: use it with --weight lora_NAME")
+    model, tokenizer = load_from_args(args)  # with a LoRA adapter: merged
+    base = None
+    if args.keep_adapter:
+        from model.checkpoint import load_model
+        overrides = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k, None) is not None}
+        base = load_model(path, device="cpu", **overrides)
+        if args.format == "native" and base.config.use_moe:
+            raise SystemExit("--keep_adapter with --format native: Qwen2MoeForCausalLM fuses the experts' "
+                             "projections, so an adapter on them cannot be applied; use --format remote")
+    stem = path.stem if args.ckpt else f"{args.weight}_{model.config.tag()}"
+    if args.format == "gguf":
+        return export_gguf(args, model, base, adapter, tokenizer, stem)
+    source = base if base is not None else model
     if args.format == "native":
-        native = to_qwen2_moe(model) if model.config.use_moe else to_llama(model)
-        suffix = "_qwen2_moe" if model.config.use_moe else "_llama"
+        native = to_qwen2_moe(source) if source.config.use_moe else to_llama(source)
+        native.minimind_config = source.config
+        suffix = "_qwen2_moe" if source.config.use_moe else "_llama"
     else:
         native, suffix = None, ""
-    path, _ = resolve_checkpoint(args)
-    name = path.stem if args.ckpt else f"{args.weight}_{model.config.tag()}"
-    out = Path(args.out) if args.out else Path(args.out_dir) / "hf" / f"{name}{suffix}"
+    out = Path(args.out) if args.out else Path(args.out_dir) / "hf" / f"{stem}{suffix}"
     dtype = getattr(torch, args.dtype_out)
-    save_folder(native if native is not None else model, tokenizer, out, dtype)
+    save_folder(native if native is not None else source, tokenizer, out, dtype, native=native is not None,
+                adapter=adapter if base is not None else None)
     kind = type(native).__name__ if native is not None else "MiniMindForCausalLM (trust_remote_code=True)"
-    print(f"exported {kind} to {out}/")
+    print(f"exported {kind} to {out}/" + (f", the LoRA adapter to {out}/adapter/" if base is not None else ""))
     if not args.no_verify:
         # The reference holds the same rounded weights, so a difference can only come from the export.
         reference = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype).float()
-        difference = max_logit_difference(reference, out, remote=native is None)
-        tolerance = 1e-4
-        verdict = "OK" if difference <= tolerance else "MISMATCH"
-        print(f"reloaded with transformers: max |logit difference| {difference:.2e} ({verdict}, tolerance {tolerance:g})")
-        if difference > tolerance:
-            raise SystemExit(f"{out}: the exported model does not reproduce the checkpoint's logits")
+        if base is not None and dtype != torch.float32:  # peft adds the adapter to the rounded base
+            from model.cli import merge_lora
+            reference = merge_lora(copy.deepcopy(base).to(dtype).float(), adapter)
+        if base is None:
+            check(max_logit_difference(reference, out, remote=native is None), out)
+        else:
+            from peft import AutoPeftModelForCausalLM
+            loaded = AutoPeftModelForCausalLM.from_pretrained(str(out / "adapter"), trust_remote_code=native is None,
+                                                              dtype=torch.float32).eval()
+            check(logit_difference(reference, loaded), out / "adapter")
     return out
 
 

@@ -1,14 +1,18 @@
-"""export_model.py: the remote-code folder, the plain Llama folder and the Qwen2-MoE folder reproduce our logits."""
+"""export_model.py: the remote-code, plain Llama and Qwen2-MoE folders reproduce our logits, and read the same in
+transformers 4 and 5, sample like our chat, carry a LoRA adapter peft loads, and are readable by everyone."""
 import ast
+import copy
 import importlib
 import json
+import math
+import stat
 
 import pytest
 import torch
 
 from conftest import tiny_config, tiny_moe_config
 from model.checkpoint import save_weights
-from model.generate import generate
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate
 from model.model import MiniMindForCausalLM
 
 export_model = importlib.import_module("export_model")
@@ -133,3 +137,119 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         export_model.main(["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2", "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="n_kv_heads"):
         export_model.main(["--dim", "64", "--n_heads", "4", "--out_dir", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------- what other tools read
+
+def test_folders_read_the_same_in_transformers_4_and_5(tmp_path, tokenizer_dir):
+    """The files that transformers 4.x reads differently: checked as written, then loaded by this 5.x."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, path = checkpoint(tmp_path, tiny_config(max_seq_len=32, rope_scaling_type="yarn", rope_factor=2.0))
+    out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
+                             "--out", str(tmp_path / "llama")])
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # TokenizersBackend is 5.x only
+    assert "is_local" not in tokenizer_config and "local_files_only" not in tokenizer_config
+    assert tokenizer_config["model_max_length"] == 64
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == 1e4  # 4.x reads these two, 5.x rope_parameters
+    assert config["rope_scaling"] == {"rope_type": "yarn", "factor": 2.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                      "original_max_position_embeddings": 32,
+                                      "attention_factor": pytest.approx(0.1 * math.log(2.0) + 1.0)}
+    assert config["rope_parameters"]["rope_type"] == "yarn"
+    loaded = AutoModelForCausalLM.from_pretrained(str(out))
+    x = tokens(model.config, 64)  # past the trained context: the scaled frequencies are what is compared
+    with torch.no_grad():
+        assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
+    chat = AutoTokenizer.from_pretrained(str(out)).apply_chat_template(
+        [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<s>user\n你好</s>\n<s>assistant\n"
+
+    plain, path = checkpoint(tmp_path, tiny_config(), name="plain")
+    out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
+                             "--out", str(tmp_path / "plain"), "--no_verify"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == 1e4 and config["rope_scaling"] is None
+
+
+@pytest.mark.parametrize("fmt", ["remote", "native"])
+def test_generation_config_samples_like_our_chat(tmp_path, tokenizer_dir, fmt):
+    from transformers import AutoModelForCausalLM
+
+    _, path = checkpoint(tmp_path, tiny_config())
+    out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", fmt,
+                             "--out", str(tmp_path / fmt), "--no_verify"])
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["do_sample"] is True
+    assert generation["temperature"] == CHAT_TEMPERATURE and generation["top_p"] == CHAT_TOP_P
+    assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (1, 2, 0)
+    loaded = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=fmt == "remote")
+    assert loaded.generation_config.do_sample and loaded.generation_config.top_p == CHAT_TOP_P
+    prompt = torch.tensor([[1, 40, 41, 42]])
+    runs = []
+    for seed in (0, 1):  # generate() with no sampling arguments now samples: two seeds, two continuations
+        torch.manual_seed(seed)
+        runs.append(loaded.generate(prompt, max_new_tokens=16, eos_token_id=None)[0].tolist())
+    assert runs[0] != runs[1]
+
+
+def modes(folder):
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+
+
+def lora_checkpoint(tmp_path):
+    """A base stage checkpoint in tmp_path and a trained-looking LoRA adapter on it, lora_demo_64/."""
+    from model.lora import LoraSettings, apply_lora, save_adapter
+
+    base, base_path = checkpoint(tmp_path, tiny_config())
+    peft_model = apply_lora(copy.deepcopy(base), LoraSettings(rank=4, alpha=8.0))  # wraps its argument in place
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)  # B is zero only before training
+    save_adapter(peft_model, tmp_path / "lora_demo_64", base_path=base_path)
+    return base, peft_model.merge_and_unload().eval()
+
+
+LORA_ARGS = ["--weight", "lora_demo", "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
+
+
+@pytest.mark.parametrize("fmt", ["remote", "native"])
+def test_lora_adapter_exported_with_its_base_loads_with_auto_peft(tmp_path, tokenizer_dir, monkeypatch, fmt):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    base, merged = lora_checkpoint(tmp_path)
+    out = export_model.main([*LORA_ARGS, "--out_dir", str(tmp_path), "--tokenizer", str(tokenizer_dir),
+                             "--format", fmt, "--keep_adapter", "--out", str(tmp_path / "hf")])  # verifies too
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(out.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the recorded base is found from any working folder
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(out / "adapter"), trust_remote_code=fmt == "remote")
+    x = tokens(base.config, 24)
+    with torch.no_grad():
+        assert (loaded(x).logits - merged(x).logits).abs().max() < 1e-4
+        assert (merged(x).logits - base(x).logits).abs().max() > 1e-3, "the adapter must change the model"
+        # the folder itself holds the base, unmerged
+        plain = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=fmt == "remote")
+        assert (plain(x).logits - base(x).logits).abs().max() < 1e-4
+    assert all(mode == (0o755 if (out / name).is_dir() else 0o644) for name, mode in modes(out).items())
+
+
+def test_keep_adapter_needs_an_adapter(tmp_path, tokenizer_dir):
+    _, path = checkpoint(tmp_path, tiny_config())
+    with pytest.raises(SystemExit, match="--weight lora_NAME"):
+        export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--keep_adapter"])
+
+
+@pytest.mark.parametrize("fmt,dtype", [("remote", "float32"), ("native", "bfloat16")])
+def test_exports_are_readable_by_everyone(tmp_path, tokenizer_dir, fmt, dtype):
+    _, path = checkpoint(tmp_path, tiny_config())
+    out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", fmt,
+                             "--dtype_out", dtype, "--out", str(tmp_path / "hf"), "--no_verify"])
+    found = modes(out)
+    assert found["model.safetensors"] == 0o644, "transformers writes weights 0600"
+    assert all(mode == (0o755 if (out / name).is_dir() else 0o644) for name, mode in found.items())
