@@ -3,7 +3,7 @@
     python my_openai_api.py &                  # in another terminal: the server
     python chat_openai_api.py                  # multi-turn, streaming, history kept
     python chat_openai_api.py --history 0 --temperature 0 --system "你是一个乐于助人的助手。"
-    python chat_openai_api.py --base_url http://127.0.0.1:8001/v1 --api_key s3cret
+    MINIMIND_API_KEY=s3cret python chat_openai_api.py --base_url http://127.0.0.1:8001/v1
 
 Type a message and press Enter. `/new` forgets the conversation, `/exit` or Ctrl-D quits, and Ctrl-C
 stops the reply being printed (at the prompt, it quits). Any OpenAI-compatible server
@@ -66,8 +66,10 @@ def error_message(err: openai.APIStatusError) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
-    parser.add_argument("--api_key", default=os.environ.get("OPENAI_API_KEY", "none"),
-                        help="sent as a Bearer token (default $OPENAI_API_KEY); only needed with a server --api_key")
+    key = os.environ.get("MINIMIND_API_KEY") or os.environ.get("OPENAI_API_KEY", "none")
+    parser.add_argument("--api_key", default=key,
+                        help="sent as a Bearer token (default $MINIMIND_API_KEY, the variable the server reads, "
+                             "else $OPENAI_API_KEY); only needed when the server has a key")
     parser.add_argument("--model", default=None, help="model id (default: the first one the server lists)")
     parser.add_argument("--system", default=None, help="a system message put before the conversation")
     parser.add_argument("--history", type=int, default=-1,

@@ -26,13 +26,19 @@ def context_length(config) -> int:
     return config.max_seq_len
 
 
-def sample_next(logits, seen, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, generator=None):
-    """Pick the next token for each row of logits (B, V). `seen` (B, V) marks tokens already in the row."""
+def sample_next(logits, seen, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, generator=None,
+                counts=None, presence_penalty=0.0, frequency_penalty=0.0):
+    """Pick the next token for each row of logits (B, V). `seen` (B, V) marks tokens already in the row.
+    `counts` (B, V), needed only for the presence and frequency penalties, says how often each token was
+    generated so far: OpenAI's penalties subtract presence_penalty once from every generated token's logit
+    and frequency_penalty once per time it was generated."""
     logits = logits.float()
     if repetition_penalty != 1.0:
         # Make seen tokens less likely whatever their sign: shrink positive logits, grow negative ones.
         penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = torch.where(seen, penalised, logits)
+    if counts is not None and (presence_penalty or frequency_penalty):
+        logits = logits - presence_penalty * (counts > 0).float() - frequency_penalty * counts
     if temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -50,9 +56,11 @@ def sample_next(logits, seen, temperature=0.0, top_k=0, top_p=1.0, repetition_pe
 
 @torch.inference_mode()
 def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature=0.0, top_k=0,
-                   top_p=1.0, repetition_penalty=1.0, eos_token_id=EOS_ID, generator=None) -> Iterator[torch.Tensor]:
+                   top_p=1.0, repetition_penalty=1.0, eos_token_id=EOS_ID, generator=None,
+                   presence_penalty=0.0, frequency_penalty=0.0) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, step by step, until every row has emitted EOS or
-    max_new_tokens steps have run. Prompts of different lengths are left-padded and masked."""
+    max_new_tokens steps have run. Prompts of different lengths are left-padded and masked.
+    The presence and frequency penalties (OpenAI's) count generated tokens only, not the prompt's."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     if width == 0:
@@ -64,6 +72,9 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
         mask[row, width - len(prompt):] = 1
     seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool, device=device)
     seen.scatter_(1, tokens, mask.bool())
+    counts = None
+    if presence_penalty or frequency_penalty:
+        counts = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.float32, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     window = context_length(model.config)
     # Without padding the mask says nothing causal attention does not; leaving it out spares the model
@@ -79,7 +90,8 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             cache, pending = KVCache(capacity=window), tokens
         logits = model(pending, attention_mask=mask if padded else None, past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
-        next_token = sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, generator)
+        next_token = sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, generator,
+                                 counts, presence_penalty, frequency_penalty)
         next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
         yield next_token
         finished |= next_token == eos_token_id
@@ -87,6 +99,8 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             return
         if repetition_penalty != 1.0:
             seen.scatter_(1, next_token[:, None], True)
+        if counts is not None:
+            counts.scatter_add_(1, next_token[:, None], torch.ones_like(counts[:, :1]))
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pending = next_token[:, None]
@@ -113,7 +127,7 @@ class TextStream:
     of one) and never show the beginning of a stop string that later completes."""
 
     def __init__(self, model, tokenizer, prompt_ids, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
-                 repetition_penalty=1.0, stop=(), generator=None):
+                 repetition_penalty=1.0, stop=(), generator=None, presence_penalty=0.0, frequency_penalty=0.0):
         self.tokenizer = tokenizer
         self.stop = [s for s in (stop or []) if s]
         self.prompt_tokens = len(prompt_ids)
@@ -121,7 +135,8 @@ class TextStream:
         self.text = ""
         self.finish_reason = None
         self._steps = generate_steps(model, [prompt_ids], max_new_tokens, temperature, top_k, top_p,
-                                     repetition_penalty, tokenizer.eos_token_id, generator)
+                                     repetition_penalty, tokenizer.eos_token_id, generator,
+                                     presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
         self._closed = False
 
     @property

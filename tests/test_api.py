@@ -1,4 +1,5 @@
-"""The OpenAI-compatible server, started as a real process and spoken to with the official `openai` client.
+"""The OpenAI-compatible server, started as a real process (waitress, the default) and spoken to with the
+official `openai` client.
 
 The model is tiny and random, with the EOS embedding zeroed: its logit is 0 while the others spread
 around it, so a greedy reply never ends on its own and runs to max_tokens or a stop string, which
@@ -7,6 +8,7 @@ concurrent outputs can be compared with the same request made alone.
 """
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from conftest import tiny_config
 from model.checkpoint import load_model, save_weights
 from model.model import MiniMindForCausalLM
 from model.tokenizer import BOS_ID, EOS_ID
-from my_openai_api import Defaults, build_prompt, create_app
+from my_openai_api import API_KEY_ENV, Defaults, Server, build_prompt, create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -32,11 +34,11 @@ CAP = 48  # the server's --max_tokens
 CONTEXT = 128  # the model's max_seq_len
 
 
-def start_server(args: list, log_path: Path, timeout: float = 180.0):
+def start_server(args: list, log_path: Path, timeout: float = 180.0, env: dict = None):
     """Run my_openai_api.py with --port 0; return (process, base url) once it prints its address."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "my_openai_api.py"), "--port", "0", *args],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = re.search(r"on (http://127\.0\.0\.1:\d+)", log_path.read_text())
@@ -63,9 +65,12 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(checkpoint, tokenizer_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    # --weight full_sft with --dim 64 names {out_dir}/full_sft_64.pth, as a user picks a stage checkpoint
+    # --weight full_sft with --dim 64 names {out_dir}/full_sft_64.pth, as a user picks a stage checkpoint;
+    # the key comes from the environment, where `ps` does not show it
     proc, url = start_server(["--out_dir", str(checkpoint.parent), "--weight", "full_sft", "--dim", "64",
-                              "--tokenizer", str(tokenizer_dir), "--api_key", KEY, "--max_tokens", str(CAP)], log_path)
+                              "--tokenizer", str(tokenizer_dir), "--max_tokens", str(CAP)], log_path,
+                             env={API_KEY_ENV: KEY})
+    assert "(waitress," in log_path.read_text()
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -177,7 +182,7 @@ BAD_REQUESTS = [
     (b'{"messages": [{"role": "user", "content": "hi"}], "seed": "x"}', "seed", "integer"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": 5}', "stream_options",
      "include_usage"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools", "Unrecognized"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools", "cannot call functions"),
 ]
 
 
@@ -289,16 +294,15 @@ def test_terminal_client_reports_errors_without_traceback(server, monkeypatch, c
         assert message in err, err
 
 
-def test_full_queue_answers_503_and_a_disconnect_frees_the_model(checkpoint, tokenizer, capfd):
+@pytest.mark.parametrize("dev", [False, True], ids=["waitress", "werkzeug"])
+def test_full_queue_answers_503_and_a_disconnect_frees_the_model(checkpoint, tokenizer, capfd, dev):
     """A reply allowed a million tokens would hold the model for hours: only stopping it at the
-    disconnect lets the next request in within the minute."""
-    from werkzeug.serving import make_server
-
+    disconnect lets the next request in within the minute. Both servers notice the disconnect."""
     endless = Defaults(max_tokens=1_000_000)
     app = create_app(load_model(checkpoint), tokenizer, "full_sft_64", endless, max_queue=0)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = Server(app, "127.0.0.1", 0, dev=dev, threads=4)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    local = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="none", max_retries=0)
+    local = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none", max_retries=0)
     try:
         running = ask(local, "你好", max_tokens=1_000_000, temperature=0, stream=True)
         chunks = iter(running)
@@ -320,3 +324,49 @@ def test_full_queue_answers_503_and_a_disconnect_frees_the_model(checkpoint, tok
         server.shutdown()
     stopped = re.search(r"(\d+) completion tokens, client disconnected, generation stopped", capfd.readouterr().err)
     assert stopped and int(stopped.group(1)) < 1_000_000
+
+
+def test_completions_with_the_official_client(client, tokenizer):
+    """POST /v1/completions: plain continuation of text, streamed or not, as a pretrained model is used."""
+    prompt = "长江是中国最长的河流，"
+    reply = client.completions.create(model="full_sft_64", prompt=prompt, max_tokens=6, temperature=0)
+    choice = reply.choices[0]
+    assert reply.object == "text_completion" and choice.index == 0 and choice.finish_reason == "length"
+    assert reply.usage.completion_tokens == 6
+    assert reply.usage.prompt_tokens == 1 + len(tokenizer.encode(prompt))  # </s> first
+    chunks = list(client.completions.create(model="full_sft_64", prompt=prompt, max_tokens=6,
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].usage.completion_tokens == 6
+    default = client.completions.create(model="full_sft_64", prompt="春天来了，", temperature=0)
+    assert default.usage.completion_tokens == 16  # OpenAI's default max_tokens for completions
+
+
+def test_front_end_fields_are_accepted(client):
+    """What OpenAI front-ends send by default is accepted; what cannot be honoured is refused."""
+    plain = ask(client, "你好", max_tokens=5, temperature=0)
+    extras = client.chat.completions.create(
+        model="full_sft_64", messages=[{"role": "user", "content": "你好", "name": "alice"}], max_tokens=5,
+        temperature=0, user="someone", logprobs=False, response_format={"type": "text"}, parallel_tool_calls=True,
+        presence_penalty=0, frequency_penalty=0)
+    assert extras.choices[0].message.content == plain.choices[0].message.content
+    said = {"role": "user", "content": "你好"}
+    as_system = client.chat.completions.create(
+        model="full_sft_64", messages=[{"role": "system", "content": "你是助手"}, said], max_tokens=5, temperature=0)
+    as_developer = client.chat.completions.create(
+        model="full_sft_64", messages=[{"role": "developer", "content": "你是助手"}, said], max_tokens=5, temperature=0)
+    assert as_developer.usage.prompt_tokens == as_system.usage.prompt_tokens
+    assert as_developer.choices[0].message.content == as_system.choices[0].message.content
+    for refused in ({"logprobs": True}, {"n": 2}, {"response_format": {"type": "json_object"}},
+                    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}):
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(client, "你好", max_tokens=2, **refused)
+        assert err.value.body["param"] == next(iter(refused))
+
+
+def test_port_out_of_range_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "my_openai_api.py"), "--port", "99999"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--port 99999 is not a TCP port" in result.stderr and "Traceback" not in result.stderr
