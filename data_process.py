@@ -6,8 +6,11 @@
     python data_process.py sft                                        # chat jsonl for 3-full_sft.py
     python data_process.py dpo                                        # preference jsonl for 5-dpo_train.py
 
-Every subcommand prints what it read, wrote and skipped per source with reasons. Malformed input is
-skipped and counted (the first few shown as file:line); `--strict` stops at the first problem instead.
+Every subcommand prints what it read, wrote and skipped per source with reasons: every record read is
+either kept or skipped and counted (read = kept + skipped), and the first few of each reason are shown
+as file:line (`--show_skips N` shows more); `--strict` stops at the first problem instead. Lines no
+reader can use (not UTF-8 or JSON, blank, nested too deeply, a number too long, a lone surrogate) are
+skipped like any other bad record: the jsonl reader is model/dataset.py's, shared with training.
 
 Files (all under dataset/, git-ignored; flags move each of them):
 
@@ -52,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.checkpoint import atomic_write
-from model.dataset import Skips, check_messages
+from model.dataset import Skips, check_messages, find_lone_surrogate, parse_json, read_jsonl
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, tokenizer_hash
 
 ROOT = Path(__file__).resolve().parent
@@ -243,11 +246,15 @@ class Report:
 
     name: str
     files: int = 0
-    read: int = 0
     kept: int = 0
     chars: int = 0
     tokens: int = 0
     skips: Skips = field(default_factory=Skips)
+
+    @property
+    def read(self) -> int:
+        """Records read: each one is either kept or skipped with a reason (and its file:line)."""
+        return self.kept + self.skips.total()
 
     def line(self) -> str:
         text = f"  {self.name:<22} {self.files:>5} files {self.read:>8} read {self.kept:>8} kept"
@@ -271,51 +278,49 @@ def read_text_file(path: Path, report: Report, encoding: str = "utf-8") -> str |
 
 
 def read_json_file(path: Path, report: Report):
-    """Parse a JSON file. A trailing comma before ] or } (one Alpaca file has one) is accepted with a warning."""
+    """Parse a JSON file. A trailing comma before ] or } (one Alpaca file has one) is accepted with a warning.
+    A file that cannot be parsed (bad syntax, nesting too deep, an over-long number) is one skip naming it;
+    lone surrogates are looked for per record (see `records`), so one bad string does not cost the file."""
     text = read_text_file(path, report)
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        fixed = re.sub(r",(\s*[\]}])", r"\1", text)
-        try:
-            data = json.loads(fixed)
-        except json.JSONDecodeError:
-            report.skips.add(f"{path}:{error.lineno}", "not valid JSON", f"{error.msg} at column {error.colno}")
-            return None
-        print(f"warning: {path}:{error.lineno}: trailing comma in JSON; read leniently")
-        return data
+    data, reason, detail = parse_json(text, surrogates=False)
+    if reason == "not valid JSON":
+        fixed, _, _ = parse_json(re.sub(r",(\s*[\]}])", r"\1", text), surrogates=False)
+        if fixed is not None:
+            print(f"warning: {path}: trailing comma in JSON ({detail}); read leniently")
+            return fixed
+    if reason:
+        report.skips.add(str(path), reason, detail)
+        return None
+    return data
 
 
 def read_jsonl_file(path: Path, report: Report):
-    """Yield (where, object) per line; a gzip file (.gz) is read transparently."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                report.skips.add(where, "not valid UTF-8")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as error:
-                report.skips.add(where, "not valid JSON", f"{error.msg} at column {error.colno}")
+    """Yield (where, object) per usable line (model/dataset.py's reader: a .gz file is read transparently).
+    Every other line is a skip named by file:line, so lines in = lines yielded + skips."""
+    for number, row in read_jsonl(path, report.skips):
+        yield f"{path}:{number}", row
 
 
 def records(data, path: Path, report: Report):
-    """(where, item) for each element of a parsed JSON array (None: already reported unreadable)."""
+    """(where, item) for each element of a parsed JSON array (None: already reported unreadable). An item
+    holding a lone surrogate is skipped here, named by its index."""
     if data is None:
         return
     if not isinstance(data, list):
         report.skips.add(str(path), "expected a JSON array at the top level")
         return
     for i, item in enumerate(data):
+        at = find_lone_surrogate(item)
+        if at:
+            report.skips.add(f"{path}[{i}]", "lone UTF-16 surrogate in a string", f"at {at}")
+            continue
         yield f"{path}[{i}]", item
+
+
+def has_lone_surrogate(text: str) -> bool:
+    return find_lone_surrogate(text) is not None
 
 
 _TRADITIONAL = None
@@ -400,6 +405,10 @@ def write_jsonl(path, rows) -> None:
 # ============================================================================= pretraining corpus
 
 
+# Each pretraining converter yields (where, document): where names the file, and the line or record
+# inside it, so a short or duplicate document is reported at its place.
+
+
 def niutrans_chapter(path: Path, report: Report):
     """A NiuTrans target.txt (modern translation) or a novel chapter: one sentence per line -> one document.
     Lines are joined without a separator: they are sentences of one running text."""
@@ -407,9 +416,9 @@ def niutrans_chapter(path: Path, report: Report):
     if text is not None:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if path.name == "text.txt" and len(lines) > 1:  # novel chapter: the first line is its title
-            yield lines[0] + "\n" + "".join(lines[1:])
+            yield str(path), lines[0] + "\n" + "".join(lines[1:])
         else:
-            yield "".join(lines)
+            yield str(path), "".join(lines)
 
 
 def cmrc_contexts(path: Path, report: Report):
@@ -419,13 +428,17 @@ def cmrc_contexts(path: Path, report: Report):
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         report.skips.add(str(path), "expected SQuAD JSON with a 'data' list")
         return
-    for article in data["data"]:
-        for paragraph in article.get("paragraphs", []) if isinstance(article, dict) else []:
+    for i, article in enumerate(data["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            report.skips.add(f"{path}: data[{i}]", "article without a 'paragraphs' list")
+            continue
+        for j, paragraph in enumerate(paragraphs):
             context = paragraph.get("context") if isinstance(paragraph, dict) else None
             if isinstance(context, str):
-                yield context
+                yield f"{path}: data[{i}].paragraphs[{j}]", context
             else:
-                report.skips.add(str(path), "paragraph without a 'context' string")
+                report.skips.add(f"{path}: data[{i}].paragraphs[{j}]", "paragraph without a 'context' string")
 
 
 def csl_abstracts(path: Path, report: Report):
@@ -436,7 +449,7 @@ def csl_abstracts(path: Path, report: Report):
         if len(fields) != 3:
             report.skips.add(f"{path}:{number}", "expected 3 tab-separated fields")
             continue
-        yield fields[2].strip() + "\n" + fields[1].strip()
+        yield f"{path}:{number}", fields[2].strip() + "\n" + fields[1].strip()
 
 
 def poetry(path: Path, report: Report):
@@ -453,32 +466,44 @@ def poetry(path: Path, report: Report):
             continue
         body = item.get("paragraphs") or item.get("content") or item.get("para")
         if isinstance(body, list) and body and isinstance(body[0], dict):  # nested chapters
-            body = sum((c.get("paragraphs") or c.get("content") or [] for c in body if isinstance(c, dict)), [])
+            parts = [c.get("paragraphs") or c.get("content") or [] for c in body if isinstance(c, dict)]
+            body = [line for part in parts for line in (part if isinstance(part, list) else [part])]
         if isinstance(body, str):
             body = [body]
         bio = item.get("description") or item.get("desc")  # author biographies and book introductions
         if not body and isinstance(bio, str):
             name = item.get("name") or item.get("title") or ""
-            yield (name + "\n" if isinstance(name, str) and name else "") + bio
+            yield where, (name + "\n" if isinstance(name, str) and name else "") + bio
             continue
         if not isinstance(body, list) or not all(isinstance(b, str) for b in body) or not body:
             report.skips.add(where, "no 'paragraphs' text")
             continue
         title = item.get("title") or item.get("rhythmic") or item.get("chapter") or ""
         author = item.get("author") or ""
-        head = "".join(x for x in (title, f"（{author}）" if author else "") if isinstance(x, str))
-        yield (head + "\n" if head else "") + "\n".join(body)
+        head = "".join(x for x in (title, f"（{author}）" if isinstance(author, str) and author else "")
+                       if isinstance(x, str))
+        yield where, (head + "\n" if head else "") + "\n".join(body)
+
+
+def csv_rows(text: str | None, path: Path, report: Report):
+    """(where, row) for each row of CSV text with a header line. A row the csv module cannot read (a
+    field over its size limit, a NUL byte) ends the file with one skip naming the line it reached."""
+    rows = csv.DictReader(io.StringIO(text or ""))
+    try:
+        for number, row in enumerate(rows, 2):
+            yield f"{path}:{number}", row
+    except csv.Error as error:
+        report.skips.add(f"{path}:{rows.reader.line_num}", "unreadable CSV; the rest of the file is skipped",
+                         str(error))
 
 
 def reviews(path: Path, report: Report):
-    text = read_text_file(path, report)
-    rows = csv.DictReader(io.StringIO(text or ""))
-    for number, row in enumerate(rows, 2):
+    for where, row in csv_rows(read_text_file(path, report), path, report):
         review = row.get("review")
-        if review:
-            yield review
+        if isinstance(review, str) and review:
+            yield where, review
         else:
-            report.skips.add(f"{path}:{number}", "no 'review' field")
+            report.skips.add(where, "no 'review' field")
 
 
 def text_jsonl(path: Path, report: Report):
@@ -489,10 +514,12 @@ def text_jsonl(path: Path, report: Report):
         if not isinstance(text, str):
             report.skips.add(where, "no 'text' string")
             continue
-        for piece in text.split("</s>"):
-            piece = piece.replace("<s>", "")
-            if piece.strip():
-                yield piece
+        pieces = [piece.replace("<s>", "") for piece in text.split("</s>")]
+        pieces = [piece for piece in pieces if piece.strip()]
+        if not pieces:
+            report.skips.add(where, "no text (empty, or only <s>/</s> markers)")
+        for piece in pieces:
+            yield where, piece
 
 
 def chat_text(path: Path, report: Report):
@@ -511,7 +538,7 @@ def chat_text(path: Path, report: Report):
         if reason:
             report.skips.add(where, reason, detail)
             continue
-        yield "\n".join(m["content"] for m in messages if m["role"] != "system")
+        yield where, "\n".join(m["content"] for m in messages if m["role"] != "system")
 
 
 # name -> (glob under the raw folder, converter)
@@ -541,7 +568,8 @@ def chunk(text: str, limit: int) -> list[str]:
 
 
 def pretrain_documents(
-    raw_dir, jsonl_files=(), sources=None, strict=False, min_chars=10, chunk_chars=2048, reports=None, chat_files=()
+    raw_dir, jsonl_files=(), sources=None, strict=False, min_chars=10, chunk_chars=2048, reports=None, chat_files=(),
+    show_skips=3,
 ):
     """Yield (source, split_key, text) for every cleaned, deduplicated, chunked document.
 
@@ -561,17 +589,19 @@ def pretrain_documents(
     seen = SeenBefore()
     reports = {} if reports is None else reports
     for name, paths, converter in inputs:
-        report = reports.setdefault(name, Report(name, skips=Skips(strict)))
+        report = reports.setdefault(name, Report(name, skips=Skips(strict, show_skips)))
         for path in paths:
             report.files += 1
-            for doc in converter(path, report):
-                report.read += 1
+            for where, doc in converter(path, report):
+                if has_lone_surrogate(doc):
+                    report.skips.add(where, "lone UTF-16 surrogate in a string")
+                    continue
                 text = normalize(doc)
                 if len(text) < min_chars:
-                    report.skips.add(str(path), f"shorter than {min_chars} characters")
+                    report.skips.add(where, f"shorter than {min_chars} characters")
                     continue
                 if seen(text):
-                    report.skips.add(str(path), "exact duplicate")
+                    report.skips.add(where, "exact duplicate")
                     continue
                 report.kept += 1
                 for piece in chunk(text, chunk_chars):
@@ -610,7 +640,8 @@ def tokenize_into_shards(args, tokenizer, folder: Path, dtype):
     writers = {split: ShardWriter(folder, split, args.shard_tokens, dtype) for split in ("train", "val")}
     reports, tokens = {}, {"train": 0, "val": 0}
     documents = pretrain_documents(
-        args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports, args.chat_jsonl
+        args.raw, args.jsonl, args.sources, args.strict, args.min_chars, args.chunk_chars, reports, args.chat_jsonl,
+        args.show_skips,
     )
     progress = tqdm(unit="doc", desc="tokenize", disable=None)
     while batch := [doc for _, doc in zip(range(args.batch_docs), documents)]:
@@ -727,9 +758,14 @@ def alpaca_items(path: Path, report: Report, fill=None):
             "\n" + item["input"] if isinstance(item.get("input"), str) and item["input"].strip() else ""
         )
         messages = []
-        for turn in item.get("history") or []:
-            if isinstance(turn, list) and len(turn) == 2:
-                messages += [message("user", turn[0]), message("assistant", turn[1])]
+        history = item.get("history") or []
+        if not isinstance(history, list) or not all(
+            isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn) for turn in history
+        ):
+            report.skips.add(where, "'history' is not a list of [question, answer] strings")
+            continue
+        for turn in history:
+            messages += [message("user", turn[0]), message("assistant", turn[1])]
         messages += [message("user", prompt), message("assistant", item["output"])]
         if fill:
             for m in messages:
@@ -742,7 +778,8 @@ def identity_items(path: Path, report: Report, name="MiniMind", author="MiniMind
     yield from alpaca_items(path, report, fill={"name": name, "author": author})
 
 
-def sharegpt_conversations(turns, where, report):
+def sharegpt_conversations(turns) -> tuple[list[dict] | None, str, str]:
+    """ShareGPT turns [{"from", "value"}] (or {"role", "content"}) -> (messages, '', '') or (None, reason, detail)."""
     roles = {
         "human": "user",
         "user": "user",
@@ -753,17 +790,18 @@ def sharegpt_conversations(turns, where, report):
         "system": "system",
     }
     if not isinstance(turns, list):
-        report.skips.add(where, "'conversations' is not a list")
-        return None
+        return None, "'conversations' is not a list", ""
+    if not turns:
+        return None, "'conversations' is empty", ""
     messages = []
     for i, turn in enumerate(turns):
-        role = roles.get(str(turn.get("from", turn.get("role", ""))).lower()) if isinstance(turn, dict) else None
+        speaker = turn.get("from", turn.get("role", "")) if isinstance(turn, dict) else None
+        role = roles.get(speaker.lower()) if isinstance(speaker, str) else None
         content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
         if role is None or not isinstance(content, str):
-            report.skips.add(where, "a turn lacks a known 'from' or a string 'value'", f"turn {i}")
-            return None
+            return None, "a turn lacks a known 'from' or a string 'value'", f"turn {i}"
         messages.append(message(role, content))
-    return messages
+    return messages, "", ""
 
 
 def sharegpt_items(path: Path, report: Report):
@@ -774,9 +812,11 @@ def sharegpt_items(path: Path, report: Report):
         else records(read_json_file(path, report), path, report)
     )
     for where, row in rows:
-        messages = sharegpt_conversations(row.get("conversations") if isinstance(row, dict) else None, where, report)
-        if messages:
-            yield where, messages
+        messages, reason, detail = sharegpt_conversations(row.get("conversations") if isinstance(row, dict) else None)
+        if reason:
+            report.skips.add(where, reason, detail)
+            continue
+        yield where, messages
 
 
 def kdconv_items(path: Path, report: Report):
@@ -795,14 +835,14 @@ def kdconv_items(path: Path, report: Report):
 def medical_items(path: Path, report: Report):
     """The medical dialogue CSV (GBK): department,title,ask,answer -> patient asks, doctor answers."""
     text = read_text_file(path, report, encoding="gb18030")
-    for number, row in enumerate(csv.DictReader(io.StringIO(text or "")), 2):
-        ask, answer = row.get("ask"), row.get("answer")
-        if not ask or not answer:
-            report.skips.add(f"{path}:{number}", "missing 'ask' or 'answer'")
+    for where, row in csv_rows(text, path, report):
+        ask, answer, title = (row.get(key) for key in ("ask", "answer", "title"))
+        if not isinstance(ask, str) or not ask or not isinstance(answer, str) or not answer:
+            report.skips.add(where, "missing 'ask' or 'answer'")
             continue
-        title = (row.get("title") or "").strip()
+        title = title.strip() if isinstance(title, str) else ""
         prompt = ask if not title or title in ask else f"{title}\n{ask}"
-        yield f"{path}:{number}", [message("user", prompt), message("assistant", answer)]
+        yield where, [message("user", prompt), message("assistant", answer)]
 
 
 def gaokao_items(path: Path, report: Report):
@@ -816,8 +856,9 @@ def gaokao_items(path: Path, report: Report):
             report.skips.add(where, "missing 'question'")
             continue
         answer = item.get("answer")
-        answer = "".join(answer) if isinstance(answer, list) else answer
-        analysis = (item.get("analysis") or "").strip()
+        answer = "".join(answer) if isinstance(answer, list) and all(isinstance(a, str) for a in answer) else answer
+        analysis = item.get("analysis")
+        analysis = analysis.strip() if isinstance(analysis, str) else ""
         if not isinstance(answer, str) or not answer.strip() or not analysis:
             report.skips.add(where, "missing 'answer' or 'analysis'")
             continue
@@ -831,12 +872,14 @@ def agieval_items(path: Path, report: Report):
             report.skips.add(where, "missing 'question'")
             continue
         label = row.get("label") or row.get("answer")
-        label = "".join(label) if isinstance(label, list) else label
+        label = "".join(label) if isinstance(label, list) and all(isinstance(x, str) for x in label) else label
         if not isinstance(label, str) or not label.strip():
             report.skips.add(where, "missing 'label'")
             continue
-        options = "\n".join(o for o in row.get("options") or [] if isinstance(o, str))
-        prompt = "\n".join(p for p in (row.get("passage") or "", row["question"], options) if p)
+        options = row.get("options")
+        options = "\n".join(o for o in options if isinstance(o, str)) if isinstance(options, list) else ""
+        passage = row.get("passage") if isinstance(row.get("passage"), str) else ""
+        prompt = "\n".join(p for p in (passage, row["question"], options) if p)
         yield where, [message("user", prompt), message("assistant", f"答案：{label.strip()}")]
 
 
@@ -849,9 +892,14 @@ def deepctrl_items(path: Path, report: Report):
             report.skips.add(where, "missing 'q'/'input' or 'a'/'output'")
             continue
         messages = []
-        for turn in row.get("history") or []:
-            if isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn):
-                messages += [message("user", turn[0]), message("assistant", turn[1])]
+        history = row.get("history") or []
+        if not isinstance(history, list) or not all(
+            isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn) for turn in history
+        ):
+            report.skips.add(where, "'history' is not a list of [question, answer] strings")
+            continue
+        for turn in history:
+            messages += [message("user", turn[0]), message("assistant", turn[1])]
         yield where, messages + [message("user", question), message("assistant", answer)]
 
 
@@ -917,6 +965,8 @@ class CevalGuard:
 def clean_messages(messages: list[dict], max_chars: int) -> tuple[list[dict] | None, str]:
     """Normalise every message and keep the longest prefix of whole exchanges (ending with an assistant
     reply) within max_chars. Returns (messages, '') or (None, reason)."""
+    if any(has_lone_surrogate(m["content"]) for m in messages):
+        return None, "lone UTF-16 surrogate in a string"
     messages = [message(m["role"], normalize(m["content"], prose=False)) for m in messages]
     if any(not m["content"] for m in messages):
         return None, "empty message"
@@ -949,7 +999,7 @@ def cmd_sft(args) -> None:
     seen, reports = SeenBefore(), []
     start = time.time()
     for name, paths, reader, dest in inputs:
-        report = Report(name, skips=Skips(args.strict))
+        report = Report(name, skips=Skips(args.strict, args.show_skips))
         reports.append(report)
         extra = {"name": args.bot_name, "author": args.bot_author} if reader is identity_items else {}
         for path in tqdm(paths, desc=name, unit="file", disable=None, leave=False):
@@ -957,7 +1007,6 @@ def cmd_sft(args) -> None:
                 raise SystemExit(f"{path}: no such file")
             report.files += 1
             for where, messages in reader(path, report, **extra):
-                report.read += 1
                 messages, reason = clean_messages(messages, args.max_chars)
                 replies = [m["content"] for m in messages or [] if m["role"] == "assistant"]
                 if not reason and reader is not identity_items and any(VENDOR_CLAIM.search(r) for r in replies):
@@ -1003,16 +1052,19 @@ def ceval_guard(raw_dir: Path, ceval_dir) -> CevalGuard | None:
 # ============================================================================= preference pairs (DPO)
 
 
-def reply(value, where, report) -> list[dict] | None:
-    """A chosen/rejected answer given as a string, a {from, value} turn, or a list of messages."""
+def reply(value, key: str) -> tuple[list[dict] | None, str, str]:
+    """A chosen/rejected answer given as a string, a {from, value} turn, or a list of messages:
+    (messages, '', '') or (None, reason, detail)."""
     if isinstance(value, str):
-        return [message("assistant", value)]
+        return [message("assistant", value)], "", ""
     if isinstance(value, dict):
         value = [value]
-    messages = sharegpt_conversations(value, where, report) if isinstance(value, list) else None
-    if messages is None and not isinstance(value, list):
-        report.skips.add(where, "chosen/rejected is not a string, turn or list")
-    return messages
+    if not isinstance(value, list):
+        return None, f"'{key}' is not a string, turn or list", ""
+    if not value:
+        return None, f"'{key}' is empty", ""
+    messages, reason, detail = sharegpt_conversations(value)
+    return messages, reason and f"'{key}': {reason}", detail
 
 
 def conversation_pairs(path: Path, report: Report):
@@ -1026,10 +1078,17 @@ def conversation_pairs(path: Path, report: Report):
         if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
             report.skips.add(where, "missing 'chosen' or 'rejected'")
             continue
-        prompt = sharegpt_conversations(row.get("conversations"), where, report)
-        chosen, rejected = reply(row["chosen"], where, report), reply(row["rejected"], where, report)
-        if prompt and chosen and rejected:
-            yield where, prompt, chosen, rejected
+        prompt, reason, detail = sharegpt_conversations(row.get("conversations"))
+        reason = reason and f"'conversations': {reason}"
+        parts = [prompt]
+        for key in ("chosen", "rejected"):
+            if not reason:
+                messages, reason, detail = reply(row[key], key)
+                parts.append(messages)
+        if reason:  # one skip per record, for its first problem
+            report.skips.add(where, reason, detail)
+            continue
+        yield where, *parts
 
 
 def hh_transcript(text: str) -> list[dict] | None:
@@ -1098,6 +1157,8 @@ def clean_pair(prompt, chosen, rejected, max_chars: int, guard) -> tuple[dict | 
     """Normalise a preference pair and check it. Returns (row, '') or (None, reason)."""
     if not prompt or prompt[-1]["role"] != "user" or any(m["role"] != "assistant" for m in chosen + rejected):
         return None, "prompt must end with a user turn and the answers be assistant turns"
+    if any(has_lone_surrogate(m["content"]) for m in prompt + chosen + rejected):
+        return None, "lone UTF-16 surrogate in a string"
     prompt, chosen, rejected = (
         [message(m["role"], normalize(m["content"], prose=False)) for m in part] for part in (prompt, chosen, rejected)
     )
@@ -1123,14 +1184,13 @@ def cmd_dpo(args) -> None:
     train, val, seen, reports = [], [], SeenBefore(), []
     start = time.time()
     for name, paths, reader in inputs:
-        report = Report(name, skips=Skips(args.strict))
+        report = Report(name, skips=Skips(args.strict, args.show_skips))
         reports.append(report)
         for path in paths:
             if not path.exists():
                 raise SystemExit(f"{path}: no such file")
             report.files += 1
             for where, prompt, chosen, rejected in reader(path, report):
-                report.read += 1
                 row, reason = clean_pair(prompt, chosen, rejected, args.max_chars, guard)
                 if row and seen(row):
                     reason = "exact duplicate"
@@ -1161,6 +1221,8 @@ def main(argv=None) -> None:
         sub.add_argument(
             "--strict", action="store_true", help="stop at the first malformed record instead of skipping it"
         )
+        sub.add_argument("--show_skips", type=int, default=3, metavar="N",
+                         help="print the first N skipped records of each reason with their file:line (default 3)")
         return sub
 
     sub = command("fetch", "download the pinned source files, verifying each sha256")

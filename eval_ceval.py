@@ -37,6 +37,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import json
+import reprlib
 import sys
 import unicodedata
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import atomic_write
-from model.cli import ROOT, add_model_args, load_from_args
+from model.cli import ROOT, add_model_args, load_from_args, read_json_object
 from model.generate import context_length
 from model.tokenizer import PAD_ID
 
@@ -121,8 +122,8 @@ def read_questions(path: Path, subject: str) -> tuple[list[Question], int]:
     """The well-formed questions of one CSV, and how many rows were skipped (each one reported)."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise SystemExit(f"{path}: not a readable UTF-8 CSV ({error})")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as error:
+        raise SystemExit(f"{path}: not a readable UTF-8 CSV ({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})")
     columns = {str(c).strip().lower(): c for c in frame.columns}
     missing = [c for c in ("question", "a", "b", "c", "d", "answer") if c not in columns]
     if missing:
@@ -147,10 +148,8 @@ def read_questions(path: Path, subject: str) -> tuple[list[Question], int]:
 
 def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=None) -> list[Subject]:
     mapping_file = data_dir / "subject_mapping.json"
-    try:
-        mapping = json.loads(mapping_file.read_text(encoding="utf-8")) if mapping_file.exists() else {}
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{mapping_file}: not valid JSON ({error})")
+    # read_json_object names the file for anything unusable: not UTF-8, not JSON, too deep, not an object
+    mapping = read_json_object(mapping_file) if mapping_file.exists() else {}
     files = subject_files(data_dir, split)
     if only:
         unknown = sorted(set(only) - set(files))
@@ -162,8 +161,9 @@ def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=N
     for name, path in files.items():
         questions, skipped = read_questions(path, name)
         entry = mapping.get(name, [name, name.replace("_", " "), "Other"])
-        if not (isinstance(entry, list) and len(entry) == 3):
-            raise SystemExit(f"{mapping_file}: {name!r} must map to [English name, Chinese name, category], got {entry!r}")
+        if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(x, str) for x in entry)):
+            raise SystemExit(f"{mapping_file}: {name!r} must map to [English name, Chinese name, category], "
+                             f"got {reprlib.repr(entry)}")
         _, title, category = entry
         subject = Subject(name, title, category, questions, skipped=skipped)
         if shots:

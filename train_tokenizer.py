@@ -172,6 +172,14 @@ def main(argv=None) -> None:
     parser.add_argument("--eval_only", action="store_true", help="evaluate the tokenizer in --out, do not train")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    for path in args.jsonl:
+        if not Path(path).is_file():
+            raise SystemExit(f"--jsonl {path}: no such file")
+    if not args.eval_only and args.vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise SystemExit(f"--vocab_size {args.vocab_size}: needs at least {256 + len(SPECIAL_TOKENS)} "
+                         f"(every byte plus the special tokens)")
+    if args.eval_only and not (out / "tokenizer.json").is_file():
+        raise SystemExit(f"--eval_only: no tokenizer at {out} (train one first, or pass --out)")
 
     start = time.time()
     sample, held_out = split_texts(args)

@@ -9,8 +9,12 @@ Every stage script calls `add_config_args(parser)` and `config_from_args(args)`,
 every checkpoint (see model/checkpoint.py).
 """
 import argparse
+import math
+import reprlib
 
 from transformers import PretrainedConfig
+
+from model.errors import MiniMindError
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -62,6 +66,16 @@ class LMConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
+        # Sizes first, so a wrong one is named here instead of failing as arithmetic below.
+        sizes = dict(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab_size,
+                     multiple_of=multiple_of, max_seq_len=max_seq_len)
+        if hidden_dim is not None:
+            sizes["hidden_dim"] = hidden_dim
+        if use_moe:
+            sizes.update(n_routed_experts=n_routed_experts, num_experts_per_tok=num_experts_per_tok)
+        for name, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise MiniMindError(f"'{name}' must be a positive integer, got {reprlib.repr(value)}")
         self.dim = dim
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -85,11 +99,11 @@ class LMConfig(PretrainedConfig):
         self.seq_aux = seq_aux
         self.norm_topk_prob = norm_topk_prob
         if dim % n_heads or n_heads % n_kv_heads:
-            raise ValueError(f"dim ({dim}) must divide by n_heads ({n_heads}), and n_heads by n_kv_heads ({n_kv_heads})")
+            raise MiniMindError(f"dim ({dim}) must divide by n_heads ({n_heads}), and n_heads by n_kv_heads ({n_kv_heads})")
         if use_moe and not 1 <= num_experts_per_tok <= n_routed_experts:
-            raise ValueError(f"num_experts_per_tok ({num_experts_per_tok}) must be in 1..n_routed_experts ({n_routed_experts})")
+            raise MiniMindError(f"num_experts_per_tok ({num_experts_per_tok}) must be in 1..n_routed_experts ({n_routed_experts})")
         if rope_scaling_type not in (None, "linear", "ntk", "yarn"):
-            raise ValueError(f"rope_scaling_type must be linear, ntk or yarn, got {rope_scaling_type!r}")
+            raise MiniMindError(f"rope_scaling_type must be linear, ntk or yarn, got {reprlib.repr(rope_scaling_type)}")
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -105,7 +119,7 @@ class LMConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LMConfig":
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+            raise MiniMindError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def tag(self) -> str:
@@ -174,4 +188,31 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> LMConfig:
-    return LMConfig.from_preset(args.preset, **config_overrides(args))
+    """The config that --preset and the field flags describe; a MiniMindError naming the flags if they disagree."""
+    overrides = config_overrides(args)
+    try:
+        return LMConfig.from_preset(args.preset, **overrides)
+    except ValueError as error:
+        flags = " ".join([f"--preset {args.preset}"] + [f"--{name} {value}" for name, value in overrides.items()])
+        raise MiniMindError(f"model config {flags}: {error}") from None
+
+
+def check_field_types(fields: dict, source) -> None:
+    """Raise a MiniMindError naming `source` (a config file) and the field when a known config field has
+    the wrong type ("dim": "abc") or a float is not finite. Unknown fields are left to the config."""
+    nullable = ("hidden_dim", "rope_scaling_type")
+    for name, kind in _FIELDS.items():
+        if name not in fields or (fields[name] is None and name in nullable):
+            continue
+        value = fields[name]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            want = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[kind]
+            raise MiniMindError(f"{source}: '{name}' must be {want}, found {reprlib.repr(value)}")

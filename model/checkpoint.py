@@ -5,15 +5,24 @@
 
 Every stage writes with `save_weights` and every consumer reads with `load_model`, so a checkpoint
 always comes back with the shape it was trained with, whatever preset the reader was started with.
+
+Checkpoints may come from anywhere, so reading one never runs code (`weights_only=True`: a pickle that
+names anything but tensors and plain containers is refused) and every problem with the pair of files
+(missing, empty, truncated, not a state dict, a config that is not JSON or has a wrong field, weights
+whose names or shapes do not fit the config) raises a MiniMindError naming the file, before any
+model-sized memory is allocated. Scripts that do not catch it exit with that one line.
 """
 import json
 import os
+import re
+import reprlib
 import tempfile
 from pathlib import Path
 
 import torch
 
-from model.LMConfig import LMConfig
+from model.errors import MiniMindError, first_line
+from model.LMConfig import LMConfig, check_field_types
 
 STAGES = ("pretrain", "full_sft", "dpo")
 _UMASK = os.umask(0)
@@ -59,7 +68,7 @@ def previous_stage_weights(init_from, out_dir, stage: str, config: LMConfig, pre
     """`init_from` if given, else out/{stage}_{tag}.pth; exits with the command to run when it is missing."""
     path = Path(init_from) if init_from else weights_path(out_dir, stage, config)
     if not path.exists():
-        raise SystemExit(f"{path} does not exist: run `python {_MADE_BY.get(stage, stage)} --preset {preset}` "
+        raise MiniMindError(f"{path} does not exist: run `python {_MADE_BY.get(stage, stage)} --preset {preset}` "
                          f"first, or pass --init_from")
     return path
 
@@ -84,12 +93,75 @@ def save_weights(model, path) -> None:
 
 
 def load_config(path) -> LMConfig:
+    """The LMConfig saved beside the weights `path` (its .json), checked field by field."""
+    from model.dataset import parse_json
+
     cfg_file = config_path(path)
-    if not cfg_file.exists():
-        raise SystemExit(f"{path}: no config file {cfg_file.name} beside the weights")
-    fields = json.loads(cfg_file.read_text(encoding="utf-8"))
+    if not cfg_file.is_file():
+        raise MiniMindError(f"{path}: no config file {cfg_file.name} beside the weights")
+    try:
+        text = cfg_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MiniMindError(f"{cfg_file}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
+    fields, reason, detail = parse_json(text)
+    if reason:
+        raise MiniMindError(f"{cfg_file}: {reason}{f' ({detail})' if detail else ''}: not a model config")
+    if not isinstance(fields, dict):
+        raise MiniMindError(f"{cfg_file}: expected a JSON object of config fields, found {type(fields).__name__}")
     fields.pop("model_type", None)
-    return LMConfig(**fields)
+    check_field_types(fields, cfg_file)
+    try:
+        return LMConfig(**fields)
+    except (ValueError, TypeError) as error:
+        raise MiniMindError(f"{cfg_file}: {first_line(error)}") from None
+
+
+def read_state_dict(path) -> dict:
+    """The tensors in a .pth, read without running code. Raises a MiniMindError naming the file when it is
+    unreadable, truncated, refused as unsafe, or not a dict of name -> tensor."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as error:  # torch reports bad files as several exception types
+        text = str(error)
+        code = re.search(r"GLOBAL ([\w.]+)", text)
+        if code:  # the pickle names a Python callable: the weights-only reader stopped before calling it
+            raise MiniMindError(
+                f"{path}: refused to load: its pickle would call {code.group(1)}, and a checkpoint holds only "
+                f"tensors (a crafted or foreign file?); nothing in it was run"
+            ) from None
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        what = "an empty file" if size == 0 else f"{size} bytes that are not a complete checkpoint"
+        detail = re.search(r"Unsupported operand \d+|[^\n]*[Uu]nsupported [^\n]*", text) if "Weights only" in text else None
+        detail = detail.group(0).strip() if detail else first_line(error, 160)
+        raise MiniMindError(f"{path}: cannot read the weights: {what} ({detail})") from None
+    if not isinstance(state, dict):
+        raise MiniMindError(f"{path}: expected a state dict (parameter name -> tensor), found {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise MiniMindError(f"{path}: entry {reprlib.repr(key)} is not a named tensor: not a state dict")
+    return clean_state_dict(state)
+
+
+def check_shapes(path, config, state: dict) -> None:
+    """Compare the state dict's names and shapes with what `config` builds, on the meta device (no memory),
+    so a config and weights that do not belong together are refused before the model is allocated."""
+    from model.model import MiniMindForCausalLM
+
+    with torch.device("meta"):
+        expected = MiniMindForCausalLM(config)
+    tied = set(expected.tied_weight_names())
+    shapes = {key: tuple(value.shape) for key, value in expected.state_dict().items()}
+    missing = [k for k in shapes if k not in state and k not in tied]
+    unexpected = [k for k in state if k not in shapes]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {shapes[k]}" for k in shapes if k in state
+             and tuple(state[k].shape) != shapes[k]]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
+        raise MiniMindError(f"{path}: the weights do not match the config in {config_path(path).name} "
+                            f"({'; '.join(parts)})")
 
 
 def load_model(path, device="cpu", dtype=None, **config_overrides):
@@ -98,18 +170,29 @@ def load_model(path, device="cpu", dtype=None, **config_overrides):
 
     path = Path(path)
     if path.is_dir():
-        model = MiniMindForCausalLM.from_pretrained(str(path), **config_overrides)
+        try:
+            model = MiniMindForCausalLM.from_pretrained(str(path), **config_overrides)
+        except MiniMindError:
+            raise
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
+            raise MiniMindError(f"{path}: cannot load the model folder ({first_line(error, 200)})") from None
     else:
         if not path.exists():
-            raise SystemExit(f"checkpoint {path} does not exist: train that stage first, or pass --weight/--ckpt")
+            raise MiniMindError(f"checkpoint {path} does not exist: train that stage first, or pass --weight/--ckpt")
+        if not path.is_file():
+            raise MiniMindError(f"checkpoint {path} is not a file")
         config = load_config(path)
         for key, value in config_overrides.items():
             setattr(config, key, value)
+        state = read_state_dict(path)
+        check_shapes(path, config, state)
         model = MiniMindForCausalLM(config)
-        state = clean_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise MiniMindError(f"{path}: the weights do not fit the model ({first_line(error, 200)})") from None
         missing = [k for k in missing if k not in model.tied_weight_names()]
         if missing or unexpected:
-            raise SystemExit(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise MiniMindError(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from model.errors import MiniMindError, first_line
 from model.LMConfig import add_config_args, config_from_args, config_overrides
 from model.runtime import DeviceError, pick_device, pick_dtype
 
@@ -94,16 +95,13 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
             config_file = path / "config.json"
             if not config_file.exists():
                 raise SystemExit(f"--ckpt {path}: a folder without config.json (expected an export_model.py folder)")
-            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+            model_type = read_json_object(config_file).get("model_type")
             if model_type != "minimind":
                 raise SystemExit(f"--ckpt {path} holds a {model_type!r} model: these scripts load MiniMind folders "
                                  f"(export_model.py --format remote) or .pth checkpoints; load native exports "
                                  f"with transformers' AutoModelForCausalLM")
         return path, None
-    try:
-        tag = config_from_args(args).tag()
-    except ValueError as error:  # inconsistent --preset/field overrides
-        raise SystemExit(f"model config: {error}")
+    tag = config_from_args(args).tag()  # a MiniMindError naming the flags when they disagree
     out_dir = Path(args.out_dir)
     adapter = None
     stage = args.weight
@@ -112,11 +110,11 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
         if not (adapter / "adapter_config.json").exists():
             raise SystemExit(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
                              f"stage first, or check --weight and --preset")
-        adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        adapter_config = read_json_object(adapter / "adapter_config.json")
         recorded = adapter_config.get("base_model_name_or_path")
         if args.lora_base is None and recorded:
             # As recorded (relative to where training ran), or the file of that name in --out_dir.
-            for base in (Path(recorded), out_dir / Path(recorded).name):
+            for base in (Path(recorded), out_dir / Path(recorded).name) if isinstance(recorded, str) else ():
                 if base.suffix == ".pth" and base.is_file():
                     return base, adapter
         stage = args.lora_base or "full_sft"
@@ -160,7 +158,13 @@ def load_from_args(args, verbose: bool = True):
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None and path.is_dir() and (path / "tokenizer.json").exists():
         tokenizer_dir = path  # an exported folder carries its own tokenizer
-    tokenizer = load_tokenizer(tokenizer_dir)
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    except SystemExit:
+        raise
+    except Exception as error:  # a tokenizer.json that is not one
+        raise MiniMindError(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'}: cannot load it "
+                            f"({first_line(error, 200)})") from None
     if len(tokenizer) > model.config.vocab_size:
         raise SystemExit(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'} has {len(tokenizer)} tokens but the "
                          f"model only {model.config.vocab_size}: they were not trained together (pass --tokenizer)")
@@ -174,10 +178,29 @@ def merge_lora(model, adapter_dir: Path):
     """Apply a peft LoRA adapter and fold it into the base weights, so inference costs nothing extra."""
     from peft import PeftModel
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json_object(adapter_dir / "adapter_config.json")
     if config.get("peft_type", "LORA") != "LORA":
-        raise SystemExit(f"{adapter_dir}: peft_type {config.get('peft_type')!r} is not a LoRA adapter")
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        raise MiniMindError(f"{adapter_dir}: peft_type {config.get('peft_type')!r} is not a LoRA adapter")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except Exception as error:  # missing or unreadable adapter weights, shapes of another base model
+        raise MiniMindError(f"{adapter_dir}: cannot apply the LoRA adapter ({first_line(error, 200)})") from None
+
+
+def read_json_object(path: Path) -> dict:
+    """A small JSON config file (config.json, adapter_config.json) as a dict, or a MiniMindError naming it."""
+    from model.dataset import parse_json
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MiniMindError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
+    value, reason, detail = parse_json(text)
+    if reason:
+        raise MiniMindError(f"{path}: {reason}{f' ({detail})' if detail else ''}")
+    if not isinstance(value, dict):
+        raise MiniMindError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def render_chat(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:

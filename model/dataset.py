@@ -23,13 +23,17 @@ model must predict after reading x[: i + 1], and -100 marks positions without a 
     DPODataset       dict     chosen_x/chosen_y/rejected_x/rejected_y, y = -100 outside the final reply
 """
 
+import gzip
 import json
+import re
+import reprlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from model.errors import MiniMindError, first_line
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 IGNORE = -100  # target value that cross_entropy(ignore_index=-100) skips
@@ -37,6 +41,38 @@ ROLES = ("system", "user", "assistant")
 
 
 # ----------------------------------------------------------------------------- pretraining
+
+
+def read_meta(meta_path) -> dict:
+    """The pretraining sidecar meta.json, checked: a dict with a token dtype data_process.py writes and a
+    `shards` dict of {"train_NNNN.bin" | "val_NNNN.bin": {"tokens": count}}. Anything else raises a
+    MiniMindError naming the file and the field."""
+    meta_path = Path(meta_path)
+    try:
+        text = meta_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MiniMindError(f"{meta_path}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
+    meta, reason, detail = parse_json(text)
+    if reason:
+        raise MiniMindError(f"{meta_path}: {reason}{f' ({detail})' if detail else ''}; rebuild it with "
+                            f"`python data_process.py pretrain`")
+    if not isinstance(meta, dict):
+        raise MiniMindError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
+    if meta.get("dtype") not in ("uint16", "uint32"):
+        raise MiniMindError(f"{meta_path}: 'dtype' must be \"uint16\" or \"uint32\", found {reprlib.repr(meta.get('dtype'))}")
+    shards = meta.get("shards")
+    if not isinstance(shards, dict):
+        raise MiniMindError(f"{meta_path}: 'shards' must be an object of shard name -> {{\"tokens\": count}}")
+    for name, info in shards.items():
+        if not re.fullmatch(r"(train|val)_\d{4,}\.bin", name):
+            raise MiniMindError(f"{meta_path}: shard name {reprlib.repr(name)} is not train_NNNN.bin or val_NNNN.bin")
+        tokens = info.get("tokens") if isinstance(info, dict) else None
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise MiniMindError(f"{meta_path}: shards.{name}.tokens must be a token count, found {reprlib.repr(tokens)}")
+    vocab = meta.get("vocab_size")
+    if vocab is not None and (not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1):
+        raise MiniMindError(f"{meta_path}: 'vocab_size' must be a positive integer, found {reprlib.repr(vocab)}")
+    return meta
 
 
 class PretrainDataset(Dataset):
@@ -58,10 +94,10 @@ class PretrainDataset(Dataset):
         self.seq_len = seq_len
         meta_path = self.data_dir / "meta.json"
         if not meta_path.exists():
-            raise SystemExit(f"{meta_path} not found: build the corpus with `python data_process.py pretrain` first")
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            raise MiniMindError(f"{meta_path} not found: build the corpus with `python data_process.py pretrain` first")
+        self.meta = read_meta(meta_path)
         if tokenizer_hash and self.meta.get("tokenizer_hash") != tokenizer_hash:
-            raise SystemExit(
+            raise MiniMindError(
                 f"{self.data_dir} was tokenized with tokenizer {self.meta.get('tokenizer_hash')}, but the current one is "
                 f"{tokenizer_hash}: rebuild it with `python data_process.py pretrain`"
             )
@@ -72,18 +108,18 @@ class PretrainDataset(Dataset):
                 continue
             path = self.data_dir / name
             expected = info["tokens"] * self.dtype.itemsize
-            if not path.exists() or path.stat().st_size != expected:
-                found = path.stat().st_size if path.exists() else "no file"
-                raise SystemExit(
+            if not path.is_file() or path.stat().st_size != expected:
+                found = f"{path.stat().st_size} bytes" if path.is_file() else "no file"
+                raise MiniMindError(
                     f"{path}: expected {expected} bytes ({info['tokens']} tokens) per meta.json, found {found}"
                 )
             self.paths.append(path)
             starts.append(starts[-1] + max(0, (info["tokens"] - 1) // seq_len))
         if not self.paths:
-            raise SystemExit(f"{self.data_dir}: no {split}_*.bin shards listed in meta.json")
+            raise MiniMindError(f"{self.data_dir}: no {split}_*.bin shards listed in meta.json")
         self.starts = np.array(starts)
         if len(self) == 0:
-            raise SystemExit(f"{self.data_dir}: the {split} split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+            raise MiniMindError(f"{self.data_dir}: the {split} split has fewer than seq_len + 1 = {seq_len + 1} tokens")
         self._maps = None  # opened on first use in each process, so DataLoader workers never pickle the data
 
     def __getstate__(self):
@@ -149,7 +185,7 @@ class Skips:
     def add(self, where: str, reason: str, detail: str = "") -> None:
         message = f"{where}: {reason}" + (f" ({detail})" if detail else "")
         if self.strict:
-            raise SystemExit(f"error: {message} [--strict stops at the first problem]")
+            raise MiniMindError(f"error: {message} [--strict stops at the first problem]")
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if self.counts[reason] <= self.show:
             print(f"warning: {message}; skipped")
@@ -161,24 +197,81 @@ class Skips:
         return ", ".join(f"{n} {why}" for why, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into valid UTF-8 JSON
+
+
+def find_lone_surrogate(value, where: str = "") -> str | None:
+    """Where (e.g. `conversations[0].content`) a string or key inside a parsed JSON value holds a lone UTF-16
+    surrogate (JSON's `"\\ud800"`), or None. Python keeps such a string, but encoding it (the tokenizer, a
+    UTF-8 file) fails, so readers refuse it up front. Walks without recursion: any depth is safe."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return at or "the value"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _SURROGATE.search(key):
+                    return f"{at}.{key!a}" if at else f"key {key!a}"
+                stack.append((child, f"{at}.{key}" if at else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{at}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def parse_json(text: str, surrogates: bool = True) -> tuple[object, str, str]:
+    """(value, '', '') for JSON text, or (None, reason, detail) when it cannot be used: a syntax error,
+    nesting deeper than Python's recursion limit, an integer longer than Python reads (4300 digits), or
+    (with surrogates=True) a lone surrogate in a string. Never raises for any text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        at = f"line {error.lineno} column {error.colno}" if error.lineno > 1 else f"column {error.colno}"
+        return None, "not valid JSON", f"{error.msg} at {at}"
+    except RecursionError:
+        return None, "JSON nested too deeply", ""
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        return None, "unreadable JSON value", first_line(error, 160).split(";")[0]
+    if surrogates and _SURROGATE_ESCAPE.search(text):
+        at = find_lone_surrogate(value)
+        if at:
+            return None, "lone UTF-16 surrogate in a string", f"at {at}"
+    return value, "", ""
+
+
 def read_jsonl(path, skips: Skips):
-    """Yield (line_number, object) for each non-blank line of a jsonl file; bad lines go to `skips`."""
+    """Yield (line_number, object) for each usable line of a jsonl file (a .gz file is read through gzip).
+    Every other line goes to `skips` with its file:line: blank, not UTF-8, not JSON, nested too deeply, a
+    number too long, a lone surrogate. So lines in the file = lines yielded + skips added."""
     path = Path(path)
     if not path.exists():
-        raise SystemExit(f"{path} not found: build it with `python data_process.py` (see dataset/README.md)")
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                skips.add(f"{path}:{number}", "not valid UTF-8", f"byte {error.start}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                skips.add(f"{path}:{number}", "not valid JSON", f"{error.msg} at column {error.colno}")
+        raise MiniMindError(f"{path} not found: build it with `python data_process.py` (see dataset/README.md)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        f = opener(path, "rb")
+    except OSError as error:
+        raise MiniMindError(f"{path}: cannot read it ({error.strerror or first_line(error)})")
+    with f:
+        try:
+            for number, raw in enumerate(f, 1):
+                where = f"{path}:{number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    skips.add(where, "not valid UTF-8", f"byte {error.start}")
+                    continue
+                if not line.strip():
+                    skips.add(where, "blank line")
+                    continue
+                row, reason, detail = parse_json(line)
+                if reason:
+                    skips.add(where, reason, detail)
+                    continue
+                yield number, row
+        except (OSError, EOFError) as error:  # a directory, a truncated or corrupt .gz
+            raise MiniMindError(f"{path}: cannot read it ({first_line(error)})")
 
 
 def check_messages(messages, field: str) -> tuple[str, str]:
@@ -189,7 +282,7 @@ def check_messages(messages, field: str) -> tuple[str, str]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             return f"a message in '{field}' has no string 'content'", f"{field}[{i}]"
         if message.get("role") not in ROLES:
-            return f"a message in '{field}' has an unknown role", f"{field}[{i}].role = {message.get('role')!r}"
+            return f"a message in '{field}' has an unknown role", f"{field}[{i}].role = {reprlib.repr(message.get('role'))}"
     return "", ""
 
 
@@ -267,11 +360,12 @@ class SFTDataset(Dataset):
     `SFTDataset.collate` pads a batch to its longest row (x with <unk>=0, y with -100).
     """
 
-    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True):
+    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True,
+                 show_skips: int = 3):
         self.max_length = max_length
         encoder = ChatEncoder(tokenizer)
         self.items = _PackedTokens()
-        self.skips = Skips(strict)
+        self.skips = Skips(strict, show_skips)  # show_skips: how many skips of each reason to print
         self.truncated = 0
         for number, row in read_jsonl(jsonl_path, self.skips):
             messages = row.get("conversations") if isinstance(row, dict) else None
@@ -296,7 +390,7 @@ class SFTDataset(Dataset):
         if verbose:
             report(jsonl_path, len(self.items), self.skips, self.truncated, max_length, " after a whole answer")
         if len(self.items) == 0:
-            raise SystemExit(f"{jsonl_path}: no usable conversations")
+            raise MiniMindError(f"{jsonl_path}: no usable conversations")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -339,11 +433,12 @@ class DPODataset(Dataset):
     one forward pass.
     """
 
-    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True):
+    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True,
+                 show_skips: int = 3):
         self.max_length = max_length
         encoder = ChatEncoder(tokenizer)
         self.chosen, self.rejected = _PackedTokens(), _PackedTokens()
-        self.skips = Skips(strict)
+        self.skips = Skips(strict, show_skips)  # show_skips: how many skips of each reason to print
         self.truncated = 0
         for number, row in read_jsonl(jsonl_path, self.skips):
             reason, detail = ("line is not a JSON object", "") if not isinstance(row, dict) else ("", "")
@@ -371,7 +466,7 @@ class DPODataset(Dataset):
         if verbose:
             report(jsonl_path, len(self.chosen), self.skips, self.truncated, max_length)
         if len(self.chosen) == 0:
-            raise SystemExit(f"{jsonl_path}: no usable preference pairs")
+            raise MiniMindError(f"{jsonl_path}: no usable preference pairs")
 
     def __len__(self) -> int:
         return len(self.chosen)
