@@ -40,11 +40,30 @@ def parse_args(argv=None):
     group.add_argument("--seq_len", type=int, default=None, help="tokens per training window (default: max_seq_len)")
     group.add_argument("--max_tokens", type=float, default=0,
                        help="train on this many tokens (sets --max_steps from the global batch; e.g. 2e6)")
+    group.add_argument("--chat_data", nargs="+", default=None,
+                       help="instead of token shards: chat jsonl files whose conversations, in the chat template, "
+                            "are learned token by token (every token a target), packed into windows")
+    group.add_argument("--chat_val", default=None, help="held-out chat jsonl for validation with --chat_data")
     group.add_argument("--init_from", default=None, help="start from these weights (a stage .pth) instead of random")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR),
                        help="the tokenizer the shards must have been made with (checked by its hash, when present)")
     add_train_args(parser, learning_rate=5e-4, batch_size=32, eval_interval=100, eval_batches=10, save_interval=200)
     return parser.parse_args(argv)
+
+
+def chat_text(args, seq_len: int, verbose: bool):
+    """(train, validation) sets of whole conversations in the chat template, packed into windows, every
+    token a target: the text of the conversations, laid out exactly as the chat will show it to the model."""
+    from model.dataset import PackedChatDataset, SFTDataset
+    from model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    read = [SFTDataset(path, tokenizer, seq_len, verbose=verbose) for path in args.chat_data]
+    train_set = PackedChatDataset(read, seq_len, targets="all")
+    val_set = None
+    if args.chat_val:
+        val_set = PackedChatDataset([SFTDataset(args.chat_val, tokenizer, seq_len, verbose=verbose)], seq_len, "all")
+    return train_set, val_set
 
 
 def pretrain_loss(model, batch):
@@ -77,11 +96,15 @@ def main(argv=None):
     if seq_len > config.max_seq_len:
         raise SystemExit(f"--seq_len {seq_len} is longer than the model's max_seq_len {config.max_seq_len}")
 
-    tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
-    expected_hash = tokenizer_hash(args.tokenizer) if tokenizer_file.exists() else None
-    train_set = PretrainDataset(args.data_dir, seq_len, "train", tokenizer_hash=expected_hash)
-    val_set = PretrainDataset(args.data_dir, seq_len, "val", tokenizer_hash=expected_hash)
-    shard_vocab = train_set.meta.get("vocab_size")
+    if args.chat_data:
+        train_set, val_set = chat_text(args, seq_len, verbose=trainer.is_main)
+        shard_vocab = None
+    else:
+        tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
+        expected_hash = tokenizer_hash(args.tokenizer) if tokenizer_file.exists() else None
+        train_set = PretrainDataset(args.data_dir, seq_len, "train", tokenizer_hash=expected_hash)
+        val_set = PretrainDataset(args.data_dir, seq_len, "val", tokenizer_hash=expected_hash)
+        shard_vocab = train_set.meta.get("vocab_size")
     if shard_vocab and shard_vocab > config.vocab_size:
         raise SystemExit(f"{args.data_dir} was tokenized with a {shard_vocab}-token vocabulary, but the model has "
                          f"vocab_size {config.vocab_size}: pick a preset with a matching vocabulary or --vocab_size")
@@ -89,11 +112,13 @@ def main(argv=None):
     if args.max_tokens:
         tokens_per_step = seq_len * train_config.batch_size * train_config.accumulation_steps * trainer.world_size
         trainer.config.max_steps = max(1, math.ceil(args.max_tokens / tokens_per_step))
+    tokens = train_set.tokens if args.chat_data else len(train_set) * seq_len
     trainer.print(f"MiniMind {config.tag()}: {describe(model)}; windows of {seq_len} tokens, "
-                  f"{len(train_set) * seq_len / 1e6:.1f}M training tokens per epoch")
+                  f"{tokens / 1e6:.2f}M training tokens per epoch")
 
     loss_fn = moe_pretrain_loss if config.use_moe else pretrain_loss
-    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, name=f"pretrain_{config.tag()}")
+    collate = train_set.collate if args.chat_data else None  # packed rows can end short of a full window
+    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=collate, name=f"pretrain_{config.tag()}")
     if result.finished and result.val_metrics:
         loss = result.val_metrics["loss"]
         trainer.print(f"done: {result.weights_file}, validation loss {loss:.4f} (perplexity {math.exp(loss):.1f})")

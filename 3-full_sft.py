@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from model.checkpoint import load_model, previous_stage_weights
-from model.dataset import ChatEncoder, SFTDataset, Skips, check_messages, read_jsonl
+from model.dataset import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer
@@ -53,6 +53,8 @@ def parse_args(argv=None):
     group.add_argument("--init_from", default=None, help="starting weights (default out_dir/pretrain_{tag}.pth)")
     group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
+    group.add_argument("--pack", action="store_true",
+                       help="pack whole conversations into rows of --max_length tokens: no compute spent on padding")
     group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     group.add_argument("--eos_check", type=int, default=50,
                        help="after training, answer this many held-out prompts and report how many end with </s>")
@@ -125,8 +127,11 @@ def main(argv=None):
     if not data_files:
         raise SystemExit(f"no SFT data: build {DEFAULT_DATA[0].name} with `python data_process.py sft`, or pass --data")
     verbose = trainer.is_main
-    train_set = ConcatDataset([SFTDataset(f, tokenizer, max_length, strict=args.strict, verbose=verbose)
-                               for f in data_files])
+    read = [SFTDataset(f, tokenizer, max_length, strict=args.strict, verbose=verbose) for f in data_files]
+    train_set = PackedChatDataset(read, max_length) if args.pack else ConcatDataset(read)
+    if args.pack:
+        trainer.print(f"packed {train_set.conversations:,} conversations into {len(train_set):,} rows of up to "
+                      f"{max_length} tokens ({train_set.tokens / (len(train_set) * (max_length + 1)):.0%} full)")
     val_file = args.val_data or (DEFAULT_VAL if DEFAULT_VAL.exists() else None)
     val_set = SFTDataset(val_file, tokenizer, max_length, strict=args.strict, verbose=verbose) if val_file else None
     if val_set is None:

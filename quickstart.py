@@ -1,13 +1,21 @@
-"""The whole MiniMind pipeline on a CPU, one stage after another, with the `tiny` preset and demo data.
+"""The whole MiniMind pipeline, one stage after another: fetch -> chat data -> tokenizer -> pretrain -> SFT ->
+LoRA -> DPO -> C-Eval -> scoreboards of the pretrain-only and the final model, with a few answers printed.
 
     bash quickstart.sh                          # installs what is missing, then runs this
-    python quickstart.py                        # fetch -> tokenizer -> data -> pretrain -> SFT -> LoRA -> DPO -> C-Eval -> judged answers
+    python quickstart.py                        # about 20 minutes on 2 CPU cores: the `tiny` model
+    python quickstart.py --long                 # about 2 hours on 2 CPU cores: a larger model, longer
+    python quickstart.py --gpu                  # the 26.88M `small-T` model on one GPU, about 10 minutes
     python quickstart.py --mirror ../shared/data   # read the source files from a local copy (or MINIMIND_MIRROR=...)
     python quickstart.py --fast                 # every stage for a handful of steps, into out/fast/ (the CI end-to-end test)
 
 Each stage is one of the numbered scripts, run as a subprocess with the flags printed before it runs,
 so anything here can be repeated by hand. A stage that finished is recorded in `{out}/quickstart.json`
 and skipped next time; a training stage that was interrupted continues from its resume checkpoint.
+
+The recipe (chosen by measurement; docs/LOG.md): the tokenizer is trained on the chat text itself (1.54
+characters per token on held-out conversations, against 1.14 for one trained on prose); pretraining
+learns the full set's training conversations token by token in the chat template, packed into windows;
+SFT packs whole conversations into rows; both use Muon for the weight matrices and AdamW for the rest.
 """
 import argparse
 import json
@@ -21,62 +29,78 @@ from pathlib import Path
 from model.checkpoint import atomic_write
 from model.LMConfig import LMConfig
 
-# How long each stage runs in the full quickstart (chosen by measurement; see README "Results"),
-# and in --fast mode, which only proves that every stage runs.
-# Pretraining reads the text of the SFT and DPO training conversations (question, then answer), as upstream
-# MiniMind's pretrain_hq is made: 20 minutes see about 1.2M tokens, and spent on that text they left the SFT
-# held-out loss lower than on Wikipedia and abstracts as well (4.91 against 5.05), or on the history-heavy
-# full corpus (5.85) (README "Results").
-FULL = dict(pretrain_steps=600, pretrain_batch=8, sft_steps=200, lora_steps=40, dpo_steps=60, ceval_limit=0,
-            tokenizer_mb=8, tokenizer_sources=[],
-            generate_tokens=100, eval_batches=10, eos_check=50, save_interval=50, judge_questions=0)
-FAST = dict(pretrain_steps=6, pretrain_batch=16, sft_steps=4, lora_steps=3, dpo_steps=3, ceval_limit=1,
-            tokenizer_mb=1, tokenizer_sources=["cmrc2018_wiki", "csl_abstracts"],
-            generate_tokens=12, eval_batches=2, eos_check=2, save_interval=2, judge_questions=4)
+# The budgets. Steps are for a CPU with bf16 instructions (AVX512_BF16 or AMX); on a CPU without them the
+# model trains in float32, about half as fast, and the CPU recipes scale their training steps by
+# FP32_STEP_SHARE so that the wall time stays about the same.
+FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=500, pretrain_batch=16, pretrain_lr=2e-3,
+            muon_lr=0.02, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=20, dpo_steps=30,
+            ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True)
+LONG = dict(FULL, preset="tiny", pretrain_steps=3000, sft_steps=1500, lora_steps=40, dpo_steps=60, score_limit=0,
+            save_interval=100)
+GPU = dict(FULL, preset="small-T", pretrain_steps=1200, pretrain_batch=64, sft_steps=600, sft_batch=64,
+           lora_steps=60, dpo_steps=100, score_limit=0, save_interval=200, scale_steps=False)
+FAST = dict(FULL, data="demo", tokenizer_mb=1, pretrain_steps=6, pretrain_batch=16, sft_steps=4, sft_batch=16,
+            lora_steps=3, dpo_steps=3, ceval_limit=1, score_limit=4, generate_tokens=12, eval_batches=2,
+            save_interval=2, scale_steps=False)
+RECIPES = {"full": FULL, "long": LONG, "gpu": GPU, "fast": FAST}
+FP32_STEP_SHARE = 0.5
+
+
+def for_this_machine(recipe: dict) -> dict:
+    """The recipe with its training steps scaled down on a CPU that trains in float32 (no bf16 instructions)."""
+    import torch
+
+    from model.runtime import pick_dtype
+
+    if not recipe["scale_steps"] or pick_dtype("auto", torch.device("cpu"))[0] == torch.bfloat16:
+        return recipe
+    scaled = dict(recipe)
+    for key in ("pretrain_steps", "sft_steps"):
+        scaled[key] = max(1, round(recipe[key] * FP32_STEP_SHARE))
+    return scaled
 
 
 def stages(args, n):
-    """(name, argv) for every stage, in order. `n` holds the stage lengths (FULL or FAST)."""
-    out, preset = args.out, args.preset
+    """(name, argv) for every stage, in order. `n` is the recipe (FULL, LONG, GPU or FAST)."""
+    out = args.out
+    preset = getattr(args, "preset", None) or n["preset"]
     tag = LMConfig.from_preset(preset).tag()
     # --fast keeps its tokenizer and data under out/fast/, so it never touches a real run's files.
     data = f"{out}/dataset" if args.fast else "dataset"
     tok = f"{out}/tokenizer" if args.fast else "model/minimind_tokenizer"
-    tokenizer_sources = ["--sources", *n["tokenizer_sources"]] if n["tokenizer_sources"] else []
-    chat_text = [f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl", f"{data}/dpo.jsonl"]
+    chat = [f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl"]
     model = ["--preset", preset, "--out_dir", out, "--tokenizer", tok]
     train = model + ["--resume", "--eval_batches", str(n["eval_batches"]), "--save_interval", str(n["save_interval"])]
-    judged = ["--judge", "--seed", "1", "--max_new_tokens", str(n["generate_tokens"])]
-    held_out = ["--questions", f"{data}/sft_val.jsonl", "--limit", str(n["judge_questions"]), "--quiet"]
+    muon = ["--optimizer", "muon"]
+    scored = ["score.py", *model, "--val_data", f"{data}/sft_val.jsonl", "--limit", str(n["score_limit"]),
+              "--max_new_tokens", str(n["generate_tokens"]), "--seed", "1", "--show", "2"]
     return [
-        ("fetch demo data", ["data_process.py", "fetch", "--set", "demo"] + (["--mirror", args.mirror] if args.mirror else [])),
-        ("train tokenizer", ["train_tokenizer.py", "--out", tok, "--sample_mb", str(n["tokenizer_mb"]), *tokenizer_sources]),
+        (f"fetch the {n['data']} data",
+         ["data_process.py", "fetch", "--set", n["data"]] + (["--mirror", args.mirror] if args.mirror else [])),
         ("build SFT conversations", ["data_process.py", "sft", "--out", data]),
         ("build DPO pairs", ["data_process.py", "dpo", "--out", data]),
-        ("build pretraining shards", ["data_process.py", "pretrain", "--tokenizer", tok, "--out", f"{data}/pretrain",
-                                      "--sources", "--chat_jsonl", *chat_text]),  # no built-in corpus, the chat text only
-        ("pretrain", ["1-pretrain.py", *train, "--data_dir", f"{data}/pretrain", "--max_steps", str(n["pretrain_steps"]),
-                      "--batch_size", str(n["pretrain_batch"]), "--learning_rate", "2e-3"]),
+        ("train the tokenizer on the chat text",
+         ["train_tokenizer.py", "--out", tok, "--sample_mb", str(n["tokenizer_mb"]), "--sources",
+          "--chat_jsonl", *chat, f"{data}/dpo.jsonl"]),
+        ("pretrain", ["1-pretrain.py", *train, *muon, "--chat_data", *chat, "--chat_val", f"{data}/sft_val.jsonl",
+                      "--max_steps", str(n["pretrain_steps"]), "--batch_size", str(n["pretrain_batch"]),
+                      "--learning_rate", str(n["pretrain_lr"]), "--muon_lr", str(n["muon_lr"])]),
         ("continue text with the pretrained model",
-         ["0-eval_pretrain.py", *model, "--data_dir", f"{data}/pretrain", "--val", "--val_batches", str(n["eval_batches"]),
-          "--max_new_tokens", str(n["generate_tokens"])]),
-        ("full SFT", ["3-full_sft.py", *train, "--data", f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl",
-                      "--val_data", f"{data}/sft_val.jsonl", "--max_steps", str(n["sft_steps"]), "--learning_rate", "1e-3",
-                      "--eos_check", str(n["eos_check"]), "--eos_check_tokens", str(n["generate_tokens"])]),
+         ["0-eval_pretrain.py", *model, "--max_new_tokens", str(n["generate_tokens"])]),
+        ("full SFT", ["3-full_sft.py", *train, *muon, "--pack", "--data", *chat, "--val_data", f"{data}/sft_val.jsonl",
+                      "--max_steps", str(n["sft_steps"]), "--batch_size", str(n["sft_batch"]),
+                      "--learning_rate", str(n["sft_lr"]), "--muon_lr", str(n["sft_muon_lr"]),
+                      "--eos_check", "0"]),
         ("LoRA on the identity set", ["4-lora_sft.py", *train, "--data", f"{data}/lora_identity.jsonl", "--name", "identity",
                                       "--max_steps", str(n["lora_steps"])]),
         ("DPO", ["5-dpo_train.py", *train, "--data", f"{data}/dpo.jsonl", "--val_data", f"{data}/dpo_val.jsonl",
                  "--max_steps", str(n["dpo_steps"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
-        # The demo questions, then the held-out questions, for the pretrain-only model (given the bare question
-        # to continue) and the final model, each answer judged on topic or not by the same rule (model/ontopic.py).
-        ("the demo questions, pretrain-only model (for comparison)",
-         ["2-eval.py", *model, "--weight", "pretrain", "--auto", "--demo_questions", *judged]),
-        ("chat: the demo questions", ["2-eval.py", *model, "--weight", "dpo", "--auto", *judged]),
-        ("on topic? held-out questions, pretrain-only model",
-         ["2-eval.py", *model, "--weight", "pretrain", "--auto", *judged, *held_out]),
-        ("on topic? held-out questions, final model", ["2-eval.py", *model, "--weight", "dpo", "--auto", *judged, *held_out]),
+        # The same questions for the pretrain-only model (given the bare question to continue) and the final
+        # model, every answer judged by the same rule (model/scoreboard.py).
+        ("scoreboard: pretrain-only model", [*scored, "--weight", "pretrain", "--json", f"{out}/score_pretrain_{tag}.json"]),
+        ("scoreboard: final model", [*scored, "--weight", "dpo", "--json", f"{out}/score_dpo_{tag}.json"]),
     ]
 
 
@@ -84,12 +108,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mirror", default=os.environ.get("MINIMIND_MIRROR"),
                         help="local folder laid out like the source URLs (default: $MINIMIND_MIRROR, else download)")
-    parser.add_argument("--fast", action="store_true", help="a few steps per stage, into out/fast/")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--out", default=None, help="output folder (default out/, or out/fast/ with --fast)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--long", action="store_true", help="the 2-hour CPU recipe, into out/long/")
+    budget.add_argument("--gpu", action="store_true", help="the small-T recipe for one GPU, into out/gpu/")
+    budget.add_argument("--fast", action="store_true", help="a few steps per stage, into out/fast/")
+    parser.add_argument("--preset", default=None, help="model preset (default: the recipe's)")
+    parser.add_argument("--out", default=None, help="output folder (default out/, out/long/, out/gpu/ or out/fast/)")
     parser.add_argument("--redo", action="store_true", help="run every stage again, even those recorded as done")
     args = parser.parse_args()
-    args.out = args.out or ("out/fast" if args.fast else "out")
+    name = "fast" if args.fast else "long" if args.long else "gpu" if args.gpu else "full"
+    args.out = args.out or ("out" if name == "full" else f"out/{name}")
     os.chdir(Path(__file__).resolve().parent)
     # Idle OpenMP threads sleep instead of spinning: on a laptop with other work going on, spinning
     # threads made training steps up to 6x slower (PERF.md). It must be set before torch starts.
@@ -97,7 +125,10 @@ def main():
 
     record_path = Path(args.out) / "quickstart.json"
     record = {} if args.redo or not record_path.exists() else json.loads(record_path.read_text())
-    plan = stages(args, FAST if args.fast else FULL)
+    recipe = for_this_machine(RECIPES[name])
+    if recipe is not RECIPES[name]:
+        print(f"this CPU has no bf16 instructions: training in float32 with {FP32_STEP_SHARE:.0%} of the steps")
+    plan = stages(args, recipe)
     started = time.time()
     for number, (name, argv) in enumerate(plan, 1):
         header = f"[{number}/{len(plan)}] {name}"
@@ -126,11 +157,13 @@ def main():
         text = json.dumps(record, indent=2, ensure_ascii=False)
         atomic_write(record_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
-    tag = LMConfig.from_preset(args.preset).tag()
+    preset = args.preset or recipe["preset"]
+    tag = LMConfig.from_preset(preset).tag()
     print(f"\nAll {len(plan)} stages done in {time.time() - started:.0f}s this run (stage times: {record_path}).")
     print(f"Checkpoints: {args.out}/pretrain_{tag}.pth, full_sft_{tag}.pth, lora_identity_{tag}/, dpo_{tag}.pth")
-    print(f"Chat:   python 2-eval.py --preset {args.preset} --out_dir {args.out} --weight dpo")
-    print(f"Serve:  python my_openai_api.py --preset {args.preset} --out_dir {args.out} --weight dpo"
+    print(f"Scores: {args.out}/score_pretrain_{tag}.json, {args.out}/score_dpo_{tag}.json")
+    print(f"Chat:   python 2-eval.py --preset {preset} --out_dir {args.out} --weight dpo")
+    print(f"Serve:  python my_openai_api.py --preset {preset} --out_dir {args.out} --weight dpo"
           f"   then open http://127.0.0.1:8000/")
 
 

@@ -42,7 +42,7 @@ def split_texts(args):
         if args.sources is None or name in args.sources
         for p in Path(args.raw).glob(pattern)
     )
-    raw_bytes += sum(Path(p).stat().st_size for p in args.jsonl)
+    raw_bytes += sum(Path(p).stat().st_size for p in args.jsonl + args.chat_jsonl)
     if raw_bytes == 0:
         raise SystemExit(
             f"no pretraining text under {args.raw}: run `python data_process.py fetch` first (or pass --jsonl)"
@@ -50,7 +50,8 @@ def split_texts(args):
     budget = int(args.sample_mb * 1e6)
     keep = min(1.0, budget / raw_bytes)
     sample, held_out, size = [], [], 0
-    for _, whole, piece in pretrain_documents(args.raw, args.jsonl, args.sources, min_chars=1):
+    for _, whole, piece in pretrain_documents(args.raw, args.jsonl, args.sources, min_chars=1,
+                                              chat_files=args.chat_jsonl):
         if is_val(whole, args.val_fraction):
             held_out.append(piece)
         elif size < budget and content_hash("sample:" + whole) % 10_000 < keep * 10_000:
@@ -159,6 +160,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(DEFAULT_TOKENIZER_DIR))
     parser.add_argument("--raw", default=str(DATASET / "raw"), help="fetched source files (data_process.py fetch)")
     parser.add_argument("--jsonl", nargs="*", default=[], help='extra {"text"} jsonl files')
+    parser.add_argument("--chat_jsonl", nargs="*", default=[],
+                        help="chat jsonl files (sft_single.jsonl, dpo.jsonl, ...) whose messages are training text: "
+                             "a tokenizer for the text the chat model will read and write")
     parser.add_argument(
         "--sources",
         nargs="*",
@@ -172,9 +176,9 @@ def main(argv=None) -> None:
     parser.add_argument("--eval_only", action="store_true", help="evaluate the tokenizer in --out, do not train")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    for path in args.jsonl:
+    for path in args.jsonl + args.chat_jsonl:
         if not Path(path).is_file():
-            raise SystemExit(f"--jsonl {path}: no such file")
+            raise SystemExit(f"{path}: no such file (--jsonl / --chat_jsonl)")
     if not args.eval_only and args.vocab_size < 256 + len(SPECIAL_TOKENS):
         raise SystemExit(f"--vocab_size {args.vocab_size}: needs at least {256 + len(SPECIAL_TOKENS)} "
                          f"(every byte plus the special tokens)")

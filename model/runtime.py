@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from model.errors import MiniMindError
 
-class DeviceError(ValueError):
+
+class DeviceError(MiniMindError):
     """A device or precision that this machine cannot provide."""
 
 

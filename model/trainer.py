@@ -70,8 +70,13 @@ class TrainConfig:
     # batch_size * accumulation_steps * world_size rows
     batch_size: int = 32
     accumulation_steps: int = 1
-    # AdamW, linear warmup from 0 then cosine down to min_lr
+    # AdamW (optionally with Muon for the weight matrices), linear warmup from 0, then cosine down to
+    # min_lr, or warmup-stable-decay: the peak until the last decay_fraction of the run, then linear to min_lr
+    optimizer: str = "adamw"
     learning_rate: float = 5e-4
+    muon_lr: float = 0.02
+    schedule: str = "cosine"
+    decay_fraction: float = 0.4
     min_lr: float = None  # None: learning_rate / 10
     warmup_steps: int = None  # None: 2% of the run
     weight_decay: float = 0.1
@@ -105,6 +110,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (value <= 0 if name in positive else value < 0):
                 raise SystemExit(f"--{name} must be {'positive' if name in positive else 'at least 0'}, got {value}")
+        if self.optimizer not in ("adamw", "muon") or self.schedule not in ("cosine", "wsd"):
+            raise SystemExit(f"--optimizer is adamw or muon and --schedule cosine or wsd, got {self.optimizer}, "
+                             f"{self.schedule}")
+        if not (0 < self.muon_lr and 0 < self.decay_fraction <= 1):
+            raise SystemExit(f"need --muon_lr > 0 and 0 < --decay_fraction <= 1")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise SystemExit(f"AdamW betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
 
@@ -116,7 +126,11 @@ _HELP = {
     "stop_step": "end this invocation after this step with a resume checkpoint; continue with --resume",
     "batch_size": "rows per process per micro-step",
     "accumulation_steps": "micro-steps per optimizer step",
-    "learning_rate": "peak learning rate",
+    "optimizer": "adamw, or muon: Muon for the weight matrices, AdamW for embeddings and norms",
+    "learning_rate": "peak learning rate (AdamW)",
+    "muon_lr": "peak learning rate of Muon's matrices (with --optimizer muon)",
+    "schedule": "cosine, or wsd: warmup, stable at the peak, linear decay over the last --decay_fraction",
+    "decay_fraction": "share of the run spent decaying with --schedule wsd",
     "min_lr": "final learning rate of the cosine (default learning_rate / 10)",
     "warmup_steps": "linear warmup steps (default 2%% of the run)",
     "weight_decay": "AdamW decoupled weight decay (never on norms, biases, embeddings)",
@@ -158,6 +172,9 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults) -> None:
             group.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, metavar="BOOL", **kwargs)
         elif f.name == "dtype":
             group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], **kwargs)
+        elif f.name in ("optimizer", "schedule"):
+            group.add_argument(f"--{f.name}", choices={"optimizer": ["adamw", "muon"],
+                                                       "schedule": ["cosine", "wsd"]}[f.name], **kwargs)
         elif f.name == "report_to":
             group.add_argument("--report_to", choices=["none", "tensorboard", "wandb"], **kwargs)
         else:
@@ -167,12 +184,39 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults) -> None:
 # ----------------------------------------------------------------------------- schedule and optimizer
 
 
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup to `lr`, then cosine to `min_lr`."""
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule: str = "cosine",
+          decay_fraction: float = 0.4) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup to `lr`, then either cosine to
+    `min_lr`, or (wsd) `lr` held until the last `decay_fraction` of the run and a straight line to `min_lr`."""
     if step < warmup:
         return lr * (step + 1) / warmup
+    if schedule == "wsd":
+        decay_start = max(warmup, total - round(decay_fraction * total))
+        progress = min(1.0, max(0, step + 1 - decay_start) / max(1, total - decay_start))
+        return lr - (lr - min_lr) * progress
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizers(model: nn.Module, cfg: "TrainConfig", device: torch.device, dtype: torch.dtype) -> list:
+    """AdamW over every trainable parameter; with --optimizer muon, Muon takes the hidden weight matrices
+    out of AdamW's decayed group. Each group keeps its peak rate in "peak_lr" for the schedule to scale."""
+    groups = param_groups(model, cfg.weight_decay)
+    optimizers = []
+    if cfg.optimizer == "muon":
+        from model.muon import Muon, split_for_muon
+
+        matrices, groups[0]["params"] = split_for_muon(model, groups[0]["params"])
+        if matrices:
+            ns_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+            optimizers.append(Muon(matrices, lr=cfg.muon_lr, weight_decay=0.0, ns_dtype=ns_dtype))
+    groups = [g for g in groups if g["params"]]
+    optimizers.insert(0, torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                                           fused=device.type in ("cuda", "cpu")))  # fused: ~6x faster on CPU too
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -193,6 +237,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def describe_optimizer(optimizer) -> str:
+    counts = [sum(p.numel() for p in g["params"]) for g in optimizer.param_groups]
+    if isinstance(optimizer, torch.optim.AdamW):
+        parts = [f"{n:,} with weight decay {g['weight_decay']}" for n, g in zip(counts, optimizer.param_groups)]
+        return "AdamW: " + ", ".join(parts)
+    return f"{type(optimizer).__name__}: {sum(counts):,} in weight matrices"
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -482,20 +534,16 @@ class Trainer:
         if any(p.is_floating_point() and p.dtype != torch.float32 for p in raw.parameters()):
             raw.float()
         raw.train()
-        groups = param_groups(raw, cfg.weight_decay)
-        trainable = [p for g in groups for p in g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                                      fused=self.device.type in ("cuda", "cpu"))  # fused: ~6x faster step on CPU too
+        optimizers = build_optimizers(raw, cfg, self.device, self.dtype)
+        trainable = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        n_decay, n_plain = (sum(p.numel() for p in g["params"]) for g in groups)
-        self.print(f"{self.describe()}; AdamW: {n_decay:,} parameters with weight decay {cfg.weight_decay}, "
-                   f"{n_plain:,} without (norms, biases, embeddings)")
+        self.print(f"{self.describe()}; " + "; ".join(describe_optimizer(opt) for opt in optimizers))
 
         step, epoch, offset = 0, 0, 0  # offset: samples this rank has consumed in the current epoch
         history, rng = {"train": [], "val": []}, None
         if cfg.resume:
             if resume_file.exists():
-                step, epoch, offset, history, rng = self._load_resume(resume_file, raw, optimizer, scaler,
+                step, epoch, offset, history, rng = self._load_resume(resume_file, raw, optimizers, scaler,
                                                                       samples_per_step, len(train_set))
             else:
                 self.print(f"--resume: no checkpoint at {resume_file} yet, starting from step 0")
@@ -520,7 +568,8 @@ class Trainer:
             written = None
             if self.is_main:
                 written = save_fn(raw)
-                state = dict(model=clean_state_dict(raw.state_dict()), optimizer=optimizer.state_dict(),
+                state = dict(model=clean_state_dict(raw.state_dict()),
+                             optimizers=[opt.state_dict() for opt in optimizers],
                              scaler=scaler.state_dict(), step=step, epoch=epoch, offset=offset, rng=rngs,
                              world_size=world, samples_per_step=samples_per_step, dataset_size=len(train_set),
                              history=history,
@@ -560,9 +609,10 @@ class Trainer:
                                     generator=torch.Generator().manual_seed(cfg.seed + epoch), **loader_kwargs)
                 batches = iter(loader)
                 while step < total_steps and offset < steps_per_epoch * samples_per_step:
-                    lr = lr_at(step, total_steps, warmup, cfg.learning_rate, min_lr)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
+                    lr = lr_at(step, total_steps, warmup, cfg.learning_rate, min_lr, cfg.schedule, cfg.decay_fraction)
+                    for opt in optimizers:  # every group follows the schedule, relative to its own peak
+                        for group in opt.param_groups:
+                            group["lr"] = group["peak_lr"] * lr / cfg.learning_rate
                     for micro in range(accum):
                         batch = to_device(next(batches), self.device)
                         sync = not self.ddp or micro == accum - 1  # all-reduce the gradients once per step
@@ -571,11 +621,14 @@ class Trainer:
                         scaler.scale(loss / accum).backward()
                         window.add(loss, metrics, input_shapes(batch), flops)
                     if cfg.grad_clip > 0:
-                        scaler.unscale_(optimizer)
+                        for opt in optimizers:
+                            scaler.unscale_(opt)
                         window.add_norm(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
-                    scaler.step(optimizer)
+                    for opt in optimizers:
+                        scaler.step(opt)
                     scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    for opt in optimizers:
+                        opt.zero_grad(set_to_none=True)
                     step, offset = step + 1, offset + samples_per_step
                     progress.update(1)
                     last = step == total_steps
@@ -656,7 +709,7 @@ class Trainer:
         dist.all_gather_object(states, state)
         return states
 
-    def _load_resume(self, path: Path, raw, optimizer, scaler, samples_per_step: int, dataset_size: int):
+    def _load_resume(self, path: Path, raw, optimizers, scaler, samples_per_step: int, dataset_size: int):
         try:  # weights_only: tensors and plain containers only; a crafted pickle cannot run code here
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
@@ -681,7 +734,13 @@ class Trainer:
         except RuntimeError as error:
             raise SystemExit(f"{path} was saved from a different model ({str(error).splitlines()[0]}); "
                              f"start over without --resume or use the settings of that run")
-        optimizer.load_state_dict(state["optimizer"])
+        if not isinstance(state.get("optimizers"), list):
+            raise SystemExit(f"{path} was written by an older version (no optimizer list): start over without --resume")
+        if len(state["optimizers"]) != len(optimizers):
+            raise SystemExit(f"{path} was saved with {len(state['optimizers'])} optimizer(s), this run has "
+                             f"{len(optimizers)}: resume with the --optimizer it was trained with")
+        for opt, saved in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
         scaler.load_state_dict(state["scaler"])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
         rng = state["rng"][self.rank] if state["world_size"] == self.world_size else state["rng"][0]
@@ -725,7 +784,8 @@ class Trainer:
 
 
 # TrainConfig fields that define what an uninterrupted run would have computed.
-RUN_SHAPING = ("epochs", "max_steps", "batch_size", "accumulation_steps", "learning_rate", "min_lr", "warmup_steps",
+RUN_SHAPING = ("epochs", "max_steps", "batch_size", "accumulation_steps", "optimizer", "learning_rate", "muon_lr",
+               "schedule", "decay_fraction", "min_lr", "warmup_steps",
                "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "seed")
 
 

@@ -1,0 +1,89 @@
+"""The scoreboard of one checkpoint: held-out bits per character, then on-topic, ended, distinct-2 and
+looped shares of its sampled answers to the held-out questions and to the demo questions.
+
+    python score.py --preset tiny --weight full_sft                   # prints the board
+    python score.py --preset tiny --weight pretrain --json out/score_pretrain.json
+    python score.py --ckpt out/dpo_256.pth --val_data dataset/sft_val.jsonl --limit 50 --show 3
+
+A pretrained model (--weight pretrain, or a --ckpt named pretrain_*) is given the bare question to
+continue, as 2-eval.py does. The rules behind every figure are in model/scoreboard.py and model/ontopic.py.
+"""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from model.checkpoint import atomic_write
+from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, load_from_args
+from model.dataset import MiniMindError
+from model.scoreboard import first_question, read_conversations, score
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    add_model_args(parser, default_weight="full_sft")
+    parser.add_argument("--val_data", default=str(ROOT / "dataset" / "sft_val.jsonl"),
+                        help="held-out chat jsonl: its answers give bits per character, its first questions are asked")
+    parser.add_argument("--limit", type=int, default=0, help="ask only the first N held-out questions (0 = all)")
+    parser.add_argument("--max_new_tokens", type=int, default=100, help="token budget per answer")
+    parser.add_argument("--seed", type=int, default=1, help="sampling seed (temperature and top-p of the chat)")
+    parser.add_argument("--json", default=None, help="also write the board, answers included, to this file")
+    parser.add_argument("--show", type=int, default=0, help="print the first N answers of each question set")
+    args = parser.parse_args(argv)
+    if args.limit < 0 or args.max_new_tokens < 1 or args.show < 0:
+        parser.error("need --limit >= 0, --max_new_tokens >= 1 and --show >= 0")
+    return args
+
+
+def print_board(board: dict, name: str) -> None:
+    loss = board["loss"]
+    print(f"{name}: held-out answers {loss['bits_per_char']:.3f} bits per character "
+          f"({loss['nats_per_token']:.3f} nats per token, {loss['conversations']} conversations"
+          + (f", {loss['left_out']} longer than the context left out" if loss["left_out"] else "") + ")")
+    for kind in ("held_out", "demo"):
+        s = board[kind]
+        print(f"  {kind:<8} on topic {100 * s['on_topic']:5.1f}% ({s['on_topic_count']} of {s['questions']}) | "
+              f"echo {100 * s['echo']:4.1f}% | ended {100 * s['ended']:5.1f}% | distinct-2 {s['distinct_2']:.3f} | "
+              f"looped {100 * s['looped']:4.1f}% | {s['mean_tokens']:.0f} tokens per answer")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model, tokenizer = load_from_args(args)
+    raw_text = Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
+    val_path = Path(args.val_data)
+    if not val_path.exists():
+        raise SystemExit(f"--val_data {val_path} not found: build it with `python data_process.py sft`")
+    conversations, skips = read_conversations(val_path)
+    if skips.total():
+        print(f"{val_path}: skipped {skips.total()} lines ({skips.summary()})")
+    if not conversations:
+        raise SystemExit(f"--val_data {val_path} holds no usable conversations")
+    asked = conversations[:args.limit] if args.limit else conversations
+    question_sets = {"held_out": [first_question(m) for m in asked], "demo": list(DEMO_QUESTIONS)}
+    start = time.perf_counter()
+    board = score(model, tokenizer, conversations, question_sets, raw_text, args.max_new_tokens, args.seed)
+    name = args.ckpt or args.weight
+    board.update(checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                 val_data=str(val_path), seconds=round(time.perf_counter() - start, 1))
+    print_board(board, name)
+    for kind in ("held_out", "demo"):
+        for item in board["answers"][kind][:args.show]:
+            word = f" ({item['topic_word']})" if item["topic_word"] else ""
+            print(f"  👶 {item['question']}\n  🤖 {item['answer']}\n  [{item['verdict']}{word}]")
+    if args.json:
+        text = json.dumps(board, ensure_ascii=False, indent=1)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except MiniMindError as error:
+        sys.exit(f"error: {error}")
