@@ -14,7 +14,18 @@ import reprlib
 
 from transformers import PretrainedConfig
 
-from model.errors import MiniMindError
+
+class MiniMindError(ValueError, SystemExit):
+    """A bad checkpoint, config, data file or setting, described in one line (see model/errors.py, which
+    exports it). Defined here because this file is copied alone into exported model folders, where it may
+    import nothing from the repository."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = message  # what the interpreter prints (and exits 1 with) when nothing catches it
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _round_up(x: int, multiple: int) -> int:

@@ -13,15 +13,10 @@ stderr, exit status 1, no traceback.
 """
 
 
-class MiniMindError(ValueError, SystemExit):
-    """A bad checkpoint, config, data file or setting, described in one line."""
+# Defined in model/LMConfig.py, which must stay importable on its own inside exported model folders.
+from model.LMConfig import MiniMindError  # noqa: E402  (re-exported: import it from here)
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.code = message  # what the interpreter prints (and exits 1 with) when nothing catches it
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+__all__ = ["MiniMindError", "first_line"]
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
