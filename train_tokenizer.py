@@ -6,8 +6,8 @@
     python train_tokenizer.py --kind sentencepiece --vocab_size 32000 --out model/minimind_tokenizer_32k
     python train_tokenizer.py --jsonl pretrain_hq.jsonl --sources   # upstream {"text"} files only
 
-The text comes from `data_process.py`'s pretraining converters over dataset/raw (run `data_process.py
-fetch` first), cleaned and deduplicated exactly as the corpus will be. Training uses a bounded,
+The text comes from model/data/pretrain.py's converters over dataset/raw (run `data_process.py fetch`
+first), cleaned and deduplicated exactly as the corpus will be. Training uses a bounded,
 deterministic sample (--sample_mb) of the training split only; the held-out split (the same documents
 that go into val_*.bin) is what --eval measures. Same input, same tokenizer.
 
@@ -20,7 +20,9 @@ import json
 import time
 from pathlib import Path
 
-from data_process import DATASET, PRETRAIN_SOURCES, content_hash, is_val, pretrain_documents
+from model.data import DATASET
+from model.data.clean import content_hash, is_val
+from model.data.pretrain import PRETRAIN_SOURCES, pretrain_documents
 from model.tokenizer import (
     BOS_ID,
     DEFAULT_TOKENIZER_DIR,

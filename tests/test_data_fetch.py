@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import data_process
+from model.data.fetch import MANIFEST, in_demo, read_manifest, sha256_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -126,9 +127,9 @@ def test_local_mirror_folder(tmp_path):
 
 
 def test_manifest_is_safe_and_demo_is_a_subset(tmp_path):
-    sources = data_process.read_manifest(data_process.MANIFEST)
+    sources = read_manifest(MANIFEST)
     assert len({s.local_path for s in sources}) == len(sources)
-    demo = [s for s in sources if data_process.in_demo(s.local_path)]
+    demo = [s for s in sources if in_demo(s.local_path)]
     demo_mb = sum(s.bytes for s in demo) / 1e6
     assert 20 < demo_mb < 60, demo_mb  # "a few tens of MB"
     assert any(s.local_path.startswith("ceval/val/") for s in demo)
@@ -136,7 +137,7 @@ def test_manifest_is_safe_and_demo_is_a_subset(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("local_path\turl\tsha256\tbytes\n../etc/passwd\thttp://x\tab\t1\n")
     with pytest.raises(SystemExit, match="inside the raw folder"):
-        data_process.read_manifest(bad)
+        read_manifest(bad)
 
 
 @pytest.mark.skipif(
@@ -146,8 +147,8 @@ def test_demo_fetch_from_shared_mirror(tmp_path):
     """Integration: the ~40 MB demo set copies from the shared mirror and every checksum verifies."""
     raw = tmp_path / "raw"
     fetch("--set", "demo", "--mirror", str(SHARED), "--raw", str(raw))
-    sample = next(s for s in data_process.read_manifest(data_process.MANIFEST) if data_process.in_demo(s.local_path))
-    assert data_process.sha256_file(raw / sample.local_path) == sample.sha256
+    sample = next(s for s in read_manifest(MANIFEST) if in_demo(s.local_path))
+    assert sha256_file(raw / sample.local_path) == sample.sha256
 
 
 def test_unreachable_source_stops_early_with_a_clear_message(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from conftest import synthetic_corpus
 
 import data_process
+from model.data.pretrain import pretrain_documents
 from model.dataset import DPODataset, PretrainDataset, SFTDataset
 from model.tokenizer import EOS_ID, load_tokenizer
 
@@ -82,7 +83,7 @@ def test_pretrain_counts_split_and_round_trip(pretrain_raw, tokenizer_dir, tmp_p
 
     # token counts in = token counts written: tokenize the cleaned documents independently
     tokenizer = load_tokenizer(tokenizer_dir)
-    documents = list(data_process.pretrain_documents(raw, [jsonl]))
+    documents = list(pretrain_documents(raw, [jsonl]))
     expected = sum(len(tokenizer.encode(piece, add_special_tokens=False)) + 1 for _, _, piece in documents)
     assert expected == sum(sizes.values())
 
@@ -147,7 +148,7 @@ def test_pretrain_chat_text_joins_messages_and_counts_bad_lines(tokenizer_dir, t
                    encoding="utf-8")
     reports = {}
     documents = [piece for _, _, piece in
-                 data_process.pretrain_documents(tmp_path / "none", chat_files=[sft, dpo], reports=reports)]
+                 pretrain_documents(tmp_path / "none", chat_files=[sft, dpo], reports=reports)]
     # every message but the system prompt, one per line; a DPO pair gives its prompt and the chosen reply only
     assert documents == ["天空为什么是蓝色的？\n因为大气散射蓝光。", "推荐一道菜。\n麻婆豆腐很好吃。"]
     assert reports["sft_single_text"].kept == 1 and reports["dpo_text"].kept == 1

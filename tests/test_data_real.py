@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import data_process
+from model.data.pretrain import pretrain_documents
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(
@@ -46,7 +47,7 @@ def link_raw(tmp_path, files) -> Path:
 def test_pretrain_converters_read_every_real_format(tmp_path):
     raw = link_raw(tmp_path, PRETRAIN_FILES)
     reports = {}
-    docs = list(data_process.pretrain_documents(raw, reports=reports))
+    docs = list(pretrain_documents(raw, reports=reports))
     for name, report in reports.items():
         assert report.files == 0 or report.kept > 0, name
         format_problems = {

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import data_process
+from model.data.sft import SFT_FILES
 from model.dataset import DPODataset, SFTDataset, Skips, parse_json, read_jsonl
 
 # Lines every jsonl reader must skip and name, whatever its format.
@@ -162,7 +163,7 @@ def run(tmp_path, capsys, command: str, *argv) -> str:
 
 
 def sft_kept(tmp_path) -> int:
-    return count_rows(*(tmp_path / "out" / name for name in data_process.SFT_FILES.values()))
+    return count_rows(*(tmp_path / "out" / name for name in SFT_FILES.values()))
 
 
 def dpo_kept(tmp_path) -> int:
