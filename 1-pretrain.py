@@ -100,8 +100,10 @@ def main(argv=None):
         train_set, val_set = chat_text(args, seq_len, verbose=trainer.is_main)
         shard_vocab = None
     else:
-        tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
-        expected_hash = tokenizer_hash(args.tokenizer) if tokenizer_file.exists() else None
+        if not (Path(args.tokenizer) / "tokenizer.json").is_file():
+            raise SystemExit(f"--tokenizer {args.tokenizer}: no tokenizer.json there (train one with "
+                             f"`python train_tokenizer.py`): the shards are checked against it")
+        expected_hash = tokenizer_hash(args.tokenizer)
         train_set = PretrainDataset(args.data_dir, seq_len, "train", tokenizer_hash=expected_hash)
         val_set = PretrainDataset(args.data_dir, seq_len, "val", tokenizer_hash=expected_hash)
         shard_vocab = train_set.meta.get("vocab_size")
@@ -109,16 +111,15 @@ def main(argv=None):
         raise SystemExit(f"{args.data_dir} was tokenized with a {shard_vocab}-token vocabulary, but the model has "
                          f"vocab_size {config.vocab_size}: pick a preset with a matching vocabulary or --vocab_size")
 
-    if args.max_tokens:
-        tokens_per_step = seq_len * train_config.batch_size * train_config.accumulation_steps * trainer.world_size
-        trainer.config.max_steps = max(1, math.ceil(args.max_tokens / tokens_per_step))
+    max_steps = trainer.steps_for_tokens(args.max_tokens, seq_len) if args.max_tokens else None
     tokens = train_set.tokens if args.chat_data else len(train_set) * seq_len
     trainer.print(f"MiniMind {config.tag()}: {describe(model)}; windows of {seq_len} tokens, "
                   f"{tokens / 1e6:.2f}M training tokens per epoch")
 
     loss_fn = moe_pretrain_loss if config.use_moe else pretrain_loss
     collate = train_set.collate if args.chat_data else None  # packed rows can end short of a full window
-    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=collate, name=f"pretrain_{config.tag()}")
+    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=collate, name=f"pretrain_{config.tag()}",
+                         max_steps=max_steps)
     if result.finished and result.val_metrics:
         loss = result.val_metrics["loss"]
         trainer.print(f"done: {result.weights_file}, validation loss {loss:.4f} (perplexity {math.exp(loss):.1f})")

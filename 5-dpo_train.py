@@ -33,7 +33,6 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
 
 from model.checkpoint import load_model, previous_stage_weights, weights_path
 from model.dataset import DPODataset
@@ -41,7 +40,7 @@ from model.dpo import DPOLoss
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import add_lora_args, apply_lora, lora_settings_from_args, save_merged, trainable_summary
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
-from model.trainer import TrainConfig, Trainer, add_train_args, to_device
+from model.trainer import TrainConfig, Trainer, add_train_args
 
 ROOT = Path(__file__).resolve().parent
 
@@ -72,24 +71,12 @@ def parse_args(argv=None):
 
 
 def check_start(trainer: Trainer, model, loss_fn: DPOLoss, dataset: DPODataset) -> None:
-    """Score the pairs the engine validates on before the first step: the loss must be ln 2, since the
-    policy is the reference; logp_margin is the baseline that training should raise. The engine reads the
-    first eval_batches batches of every rank's share, together the first batch_size * eval_batches *
-    world_size pairs in order; every rank scores all of them here (once, so the repetition is cheap)."""
-    cfg = trainer.config
-    n = min(len(dataset), cfg.batch_size * max(1, cfg.eval_batches) * trainer.world_size)
-    sums = {}
-    model.to(trainer.device).eval()
-    with torch.no_grad(), trainer.autocast:
-        for start in range(0, n, cfg.batch_size):
-            batch = DPODataset.collate([dataset[i] for i in range(start, min(n, start + cfg.batch_size))])
-            loss, metrics = loss_fn(model, to_device(batch, trainer.device))
-            metrics["dpo_loss"] = loss - metrics.get("aux_loss", 0.0)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value.item()
-    batches = -(-n // cfg.batch_size)
-    loss, logp_margin = sums["dpo_loss"] / batches, sums["logp_margin"] / batches
-    trainer.print(f"step 0 | {n} pairs | DPO loss {loss:.6f} (ln 2 = {math.log(2):.6f}) | logp_margin {logp_margin:.3f}")
+    """Score the pairs the engine validates on (trainer.evaluate) before the first step: the loss must be
+    ln 2, since the policy is the reference; logp_margin is the baseline that training should raise."""
+    model.to(trainer.device)
+    metrics = trainer.evaluate(model, dataset, loss_fn, DPODataset.collate)
+    loss = metrics["loss"] - metrics.get("aux_loss", 0.0)  # the MoE balance loss is not part of DPO's
+    trainer.print(f"step 0 | DPO loss {loss:.6f} (ln 2 = {math.log(2):.6f}) | logp_margin {metrics['logp_margin']:.3f}")
     if abs(loss - math.log(2)) > 1e-3:
         raise SystemExit(f"the DPO loss before training is {loss:.6f}, not ln 2: the policy does not start from "
                          f"the reference (check --init_from)")

@@ -12,9 +12,11 @@ The precision rule for "auto":
 - anything else (MPS): float32.
 """
 import platform
+import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from model.errors import MiniMindError
 
@@ -84,3 +86,61 @@ def pick_dtype(name: str, device: torch.device, cpuinfo: str = None) -> tuple[to
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+# ----------------------------------------------------------------------------- FLOPs and peaks, for MFU
+
+
+def time_matmul(device: torch.device, dtype: torch.dtype, n: int, budget_s: float = 0.1) -> float:
+    """Seconds per (n x n) @ (n x n) matmul in `dtype`, best of a few."""
+    generator = torch.Generator().manual_seed(0)  # leaves the global RNG (and so exact resume) alone
+    a = torch.randn(n, n, generator=generator).to(device, dtype)
+    b = torch.randn(n, n, generator=generator).to(device, dtype)
+    a @ b  # warm-up: kernel selection, allocation
+    best, spent = float("inf"), 0.0
+    for _ in range(20):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > budget_s:
+            break
+    return best
+
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) of common GPUs, for MFU.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "H800": 989e12, "L40S": 362e12,
+                  "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The hardware's peak FLOP/s for MFU: a table for GPUs, a measured large matmul on CPUs (no
+    reliable spec sheet for a shared laptop CPU). 0 when unknown (MFU is then not shown)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), 0.0)
+        return peak if dtype != torch.float32 else peak / 2  # fp32 matmuls run as TF32 (enabled above): half rate
+    if device.type == "cpu":
+        n = 1024 if dtype == torch.float32 else 512
+        return 2 * n**3 / time_matmul(device, dtype, n, budget_s=0.3)
+    return 0.0
+
+
+class FlopsPerToken:
+    """Training FLOPs per token (forward + backward): 6 per active parameter, plus the attention
+    scores, 12 * layers * dim * context width. In an MoE only num_experts_per_tok of the
+    n_routed_experts routed experts run for a token, so only those count."""
+
+    def __init__(self, model: nn.Module):
+        active = sum(p.numel() for p in model.parameters())
+        config = getattr(model, "config", None)
+        if getattr(config, "use_moe", False):
+            routed = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+            active -= routed * (1 - config.num_experts_per_tok / config.n_routed_experts)
+        self.dense = 6.0 * active
+        self.attention = 12.0 * config.n_layers * config.dim if hasattr(config, "n_layers") else 0.0
+
+    def __call__(self, width: int) -> float:
+        return self.dense + self.attention * width

@@ -116,6 +116,9 @@ TABLE = [
     ("data sft missing --jsonl", "data_process.py sft --raw {missing} --jsonl {missing} --out {out}",
      "does_not_exist: no such file"),
     ("tokenizer vocab 10", "train_tokenizer.py --raw {missing} --vocab_size 10 --out {out}/tok", "--vocab_size 10"),
+    ("pretrain missing --tokenizer", "1-pretrain.py --preset tiny --tokenizer {missing} --out_dir {out}",
+     "no tokenizer.json there"),
+    ("pretrain unwritable --out_dir", "1-pretrain.py --preset tiny --out_dir {garbage}/out", "cannot be written"),
     ("server --port 99999", "my_openai_api.py --ckpt {good} --port 99999", "--port 99999 is not a TCP port"),
 ] + ([] if torch.cuda.is_available() else [  # without a GPU, asking for one must stop before any work
     ("pretrain --device cuda", "1-pretrain.py --preset tiny --device cuda --out_dir {out}", "--device cuda"),

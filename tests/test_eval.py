@@ -16,7 +16,7 @@ from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_fro
 from model.model import MiniMindForCausalLM
 from model.tokenizer import load_tokenizer, tokenizer_hash
 
-TINY = ["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]  # names the files *_64.pth
+TINY = ["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2", "--dtype", "float32"]  # names the files *_64.pth; exact logits
 
 
 chat_script = load_script("2-eval.py")
