@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from model.chat import prompt_budget
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
 from model.dataset import Skips, check_messages, read_jsonl
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, generate, stream_generate
@@ -84,8 +85,7 @@ class Chat:
 
     def prompt_ids(self, question: str) -> list[int]:
         # Leave room for (at least half of) the answer inside the context; past it, generation slides.
-        context = context_length(self.model.config)
-        budget = context - min(self.args.max_new_tokens, context // 2)
+        budget = prompt_budget(context_length(self.model.config), self.args.max_new_tokens)
         if self.raw_text:
             # Every pretraining document follows a </s>: that is how a document starts.
             return ([EOS_ID] + self.tokenizer.encode(question))[-budget:]

@@ -6,9 +6,9 @@
     python eval_ceval.py --data_dir data/cmmlu --split test --dev_split dev   # CMMLU's layout
     python eval_ceval.py --limit 2                        # 2 questions per subject: a quick smoke run
 
-Protocol. Each question and its four options become one user turn
-(`以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。` then the question, `A. ...` to `D. ...`
-and `答案：`); with --shots k, the first k dev questions of the subject come first as earlier
+Protocol. A system message states the task (`以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。`);
+each question and its four options become one user turn (the question, `A. ...` to `D. ...` and
+`答案：`); with --shots k, the first k dev questions of the subject come first as earlier
 user/assistant turns whose answer is the bare letter. After the assistant header the model's
 next-token distribution decides: the option whose letter has the highest probability is the
 model's answer. No text is generated, so the score does not depend on sampling.
@@ -16,9 +16,9 @@ model's answer. No text is generated, so the score does not depend on sampling.
 The probability of a letter is the total over the tokens that spell that letter as a whole first word
 ("A", " A", "A.", "A、", ... but not "AB" or "A股"), so a tokenizer that merged the letter with
 punctuation is still read correctly; with our byte-level tokenizer the bare letter is always a token
-of its own. Prompts longer
-than the model's context lose shots first, then the beginning of the question (the options and
-the answer cue at the end are kept); their number is reported.
+of its own. Prompts longer than the model's context lose shots first, then the beginning of the
+question (the options and the answer cue at the end are kept): model/chat.py's policy, the chat's and
+the server's. Their number is reported.
 
 Data: `{data_dir}/{split}/{subject}_{split}.csv` (or `{subject}.csv`) with columns id, question, A, B, C, D,
 answer (any letter case); an optional `{data_dir}/subject_mapping.json` maps a subject to
@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from model.chat import ContextTooLong, build_prompt
 from model.checkpoint import atomic_write
 from model.cli import ROOT, add_model_args, load_from_args, read_json_object
 from model.generate import context_length
@@ -55,7 +56,7 @@ from model.tokenizer import PAD_ID
 LETTERS = "ABCD"
 CHANCE = 0.25
 DEFAULT_DATA_DIRS = (ROOT / "dataset" / "raw" / "ceval", ROOT.parent / "shared" / "data" / "ceval")
-HEADER = "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。\n\n"
+HEADER = "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。"
 
 
 def parse_args(argv=None):
@@ -182,21 +183,17 @@ def question_text(q: Question) -> str:
 
 
 def prompt_ids(tokenizer, subject: Subject, q: Question, max_tokens: int) -> tuple[list[int], bool]:
-    """Chat-rendered prompt ids ending with the assistant header, and whether it had to be cut."""
-    shots = list(subject.shots)
-    while True:
-        messages = []
-        for shot in shots:
-            messages += [{"role": "user", "content": question_text(shot)}, {"role": "assistant", "content": shot.answer}]
-        messages.append({"role": "user", "content": question_text(q)})
-        messages[0] = {"role": "user", "content": HEADER.format(subject.title) + messages[0]["content"]}
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer.encode(text)
-        if len(ids) <= max_tokens:
-            return ids, False
-        if not shots:
-            return ids[-max_tokens:], True
-        shots.pop(0)
+    """Chat-rendered prompt ids ending with the assistant header, and whether it had to be cut. The
+    header is a system message and each shot a turn, so model/chat.py's policy (the chat's and the
+    server's) drops the oldest shots first, then cuts the start of the question."""
+    messages = [{"role": "system", "content": HEADER.format(subject.title)}]
+    for shot in subject.shots:
+        messages += [{"role": "user", "content": question_text(shot)}, {"role": "assistant", "content": shot.answer}]
+    messages.append({"role": "user", "content": question_text(q)})
+    try:
+        return build_prompt(tokenizer, messages, max_tokens)[0], False
+    except ContextTooLong:
+        return build_prompt(tokenizer, messages, max_tokens, cut=True)[0], True
 
 
 def letter_token_ids(tokenizer) -> dict[str, list[int]]:

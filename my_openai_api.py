@@ -44,15 +44,15 @@ Policies, stated once here:
   * A temperature below 1e-5 decodes greedily, like 0 (dividing by it would overflow float32); a top_p
     below 1e-6 keeps only the most likely token, which is what any top_p that small means.
   * At most 1000 messages per chat request and a 1 MiB body (413 beyond, chunked bodies included).
-  * Context: the prompt may use the model's context (max_seq_len, stretched when RoPE scaling is on)
-    minus the room kept for the reply (max_tokens, but at most half the window). A longer conversation
-    loses its oldest turns first (a turn: a user message and the replies after it); system messages and
-    the last message are always kept. Each message is encoded once, newest first, and encoding stops
-    when the window is full, so a long conversation costs no more than one that fits. If the system
-    messages and the last message alone do not fit, the request gets a 400 with code
-    context_length_exceeded, as does a completions prompt longer than the room. Dropped turns are
-    logged and counted in the X-Dropped-Messages response header. A reply longer than the room left
-    slides the model's window.
+  * Context: model/chat.py's policy, the one the terminal chat and C-Eval use too. The prompt may use the
+    model's context (max_seq_len, stretched when RoPE scaling is on) minus the room kept for the reply
+    (max_tokens, but at most half the window). A longer conversation loses its oldest turns first (a
+    turn: a user message and the replies after it); system messages and the last message are always
+    kept. Each message is encoded once, newest first, and encoding stops when the window is full, so a
+    long conversation costs no more than one that fits. If the system messages and the last message
+    alone do not fit, the request gets a 400 with code context_length_exceeded, as does a completions
+    prompt longer than the room. Dropped turns are logged and counted in the X-Dropped-Messages
+    response header. A reply longer than the room left slides the model's window.
   * Text in a chat message that looks like a turn marker (<s>, </s>) is encoded as plain text, so a
     message cannot forge a turn of another role.
   * One generation runs at a time (a lock): concurrent requests wait their turn, so outputs never
@@ -95,6 +95,7 @@ import torch
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
+from model.chat import ContextTooLong, build_prompt, prompt_budget
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -452,67 +453,6 @@ def parse_completion_request(body, model_name: str, defaults: Defaults, vocab_si
 
 # ----------------------------------------------------------------------------- prompt building
 
-def _encode_message(tokenizer, message: dict) -> list:
-    """One message as the chat template renders it. Special-token text typed in it (say "</s>") is
-    encoded as plain text, so a message cannot forge a turn boundary. The template renders a
-    conversation as the concatenation of its messages, each starting at <s> and ending at </s>\\n, so
-    encoding messages one by one gives the same ids as encoding the whole conversation."""
-    return tokenizer.apply_chat_template([message], add_generation_prompt=False, tokenize=True, return_dict=False,
-                                         sanitize_control_tokens=True)
-
-
-def _generation_header(tokenizer) -> list:
-    """The ids the template adds for add_generation_prompt (<s>assistant\\n)."""
-    probe = [{"role": "user", "content": ""}]
-    with_header = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=True, return_dict=False,
-                                                sanitize_control_tokens=True)
-    return with_header[len(_encode_message(tokenizer, probe[0])):]
-
-
-def build_prompt(tokenizer, messages: list, max_prompt_tokens: int) -> tuple[list, int]:
-    """Token ids of the conversation plus the assistant header, dropping the oldest turns to fit.
-
-    Returns (ids, number of messages dropped). System messages and the last message stay; the other
-    messages are grouped into turns (a user message and the replies after it) and dropped whole, oldest
-    first, so the kept history never starts with an orphan assistant reply. Each message is encoded at
-    most once, and the history is encoded newest first only until the budget is spent: the cost
-    follows the context size, not the length of the conversation."""
-    last = len(messages) - 1
-    systems = [i for i in range(last) if messages[i]["role"] == "system"]
-    fixed = systems + [last]
-    encoded = dict(zip(fixed, tokenizer.apply_chat_template(
-        [[messages[i]] for i in fixed], add_generation_prompt=False, tokenize=True, return_dict=False,
-        sanitize_control_tokens=True)))
-    header = _generation_header(tokenizer)
-    needed = len(header) + sum(len(ids) for ids in encoded.values())
-    if needed > max_prompt_tokens:
-        raise APIError(400, f"the prompt needs {needed} tokens even after dropping all older turns, but this "
-                       f"model leaves {max_prompt_tokens} for it; shorten the system or last message "
-                       "(or ask for fewer max_tokens)", "messages", "context_length_exceeded")
-
-    history = [i for i in range(last) if messages[i]["role"] != "system"]
-    budget = max_prompt_tokens - needed
-    kept_from = len(history)  # history[kept_from:] is kept
-    while kept_from > 0:
-        start = kept_from - 1
-        while start > 0 and messages[history[start]]["role"] != "user":
-            start -= 1  # back to the user message that opened this turn (or the oldest message)
-        cost = 0
-        for k in range(kept_from - 1, start - 1, -1):  # newest first, so an over-long turn stops early
-            ids = _encode_message(tokenizer, messages[history[k]])
-            encoded[history[k]] = ids
-            cost += len(ids)
-            if cost > budget:
-                break
-        if cost > budget:
-            break
-        budget -= cost
-        kept_from = start
-    kept = sorted(fixed + history[kept_from:])
-    ids = [t for i in kept for t in encoded[i]] + header
-    return ids, len(messages) - len(kept)
-
-
 def completion_prompt(tokenizer, prompt) -> list:
     """Ids for a completions prompt: token ids as given, or </s> and the text, as pretraining documents start."""
     if isinstance(prompt, list):
@@ -668,10 +608,12 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
     @app.post("/v1/chat/completions")
     def chat_completions():
         req = parse_request(read_body(), model_name, defaults)
-        room_for_reply = min(req.sampling.max_tokens, context // 2)
         gate.enter()  # the prompt is built inside the queue, so --max_queue bounds that work too
         try:
-            prompt_ids, dropped = build_prompt(tokenizer, req.messages, context - room_for_reply)
+            prompt_ids, dropped = build_prompt(tokenizer, req.messages, prompt_budget(context, req.sampling.max_tokens))
+        except ContextTooLong as error:
+            gate.leave(False)
+            raise APIError(400, str(error), "messages", "context_length_exceeded") from None
         except BaseException:
             gate.leave(False)
             raise
@@ -683,7 +625,7 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
     @app.post("/v1/completions")
     def completions():
         req = parse_completion_request(read_body(), model_name, defaults, vocab_size)
-        room = context - min(req.sampling.max_tokens, context // 2)
+        room = prompt_budget(context, req.sampling.max_tokens)
         gate.enter()
         try:
             prompts = [completion_prompt(tokenizer, p) for p in req.prompts]

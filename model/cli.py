@@ -26,11 +26,11 @@ overridden at load time, e.g. `--rope_scaling_type yarn` to stretch the context.
 The demo prompts shared by the chat, the pretrain check, the quickstart and the README live here too.
 """
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
+from model.chat import build_prompt
 from model.errors import MiniMindError, first_line
 from model.LMConfig import add_config_args, config_from_args, config_overrides
 from model.runtime import DeviceError, pick_device, pick_dtype
@@ -204,20 +204,8 @@ def read_json_object(path: Path) -> dict:
 
 
 def render_chat(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:
-    """Token ids of `messages` plus the generation prompt, dropping the oldest turns until at most
-    `max_tokens` remain. A leading system message stays, and a conversation never starts with an
-    orphaned assistant reply. Returns (ids, number of messages dropped). When even the last message
-    alone is too long, its ids are cut from the left."""
-    system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system):]
-    dropped = 0
-    while True:
-        text = tokenizer.apply_chat_template(system + turns, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer.encode(text)
-        if len(ids) <= max_tokens or len(turns) <= 1:
-            return ids[-max_tokens:], dropped
-        turns = turns[1:]
-        dropped += 1
-        while len(turns) > 1 and turns[0]["role"] != "user":
-            turns = turns[1:]
-            dropped += 1
+    """The terminal chat's prompt: token ids of `messages` plus the generation prompt, fitted to
+    `max_tokens` by model/chat.py's policy (the server's and C-Eval's too). Returns (ids, number of
+    messages dropped). When even the system messages and the last message are too long, the ids are cut
+    from the left, so the end of the question and the reply header survive."""
+    return build_prompt(tokenizer, messages, max_tokens, cut=True)

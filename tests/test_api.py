@@ -23,10 +23,11 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from model.chat import build_prompt
 from model.checkpoint import load_model, save_weights
 from model.model import MiniMindForCausalLM
 from model.tokenizer import BOS_ID, EOS_ID
-from my_openai_api import API_KEY_ENV, Defaults, Server, build_prompt, create_app
+from my_openai_api import API_KEY_ENV, Defaults, Server, create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"

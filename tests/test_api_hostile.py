@@ -19,11 +19,11 @@ import torch
 
 import my_openai_api
 from conftest import tiny_config
+from model.chat import ContextTooLong, build_prompt
 from model.generate import sample_next, stream_generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
-from my_openai_api import (API_KEY_ENV, MAX_BODY_BYTES, MAX_MESSAGES, Defaults, Server, build_prompt, create_app,
-                           resolve_api_key)
+from my_openai_api import API_KEY_ENV, MAX_BODY_BYTES, MAX_MESSAGES, Defaults, Server, create_app, resolve_api_key
 
 CONTEXT = 128
 CAP = 8
@@ -432,7 +432,7 @@ def test_build_prompt_matches_rendering_the_whole_conversation(tokenizer):
         budget = rng.randint(10, 200)
         expected = reference_prompt(tokenizer, messages, budget)
         if expected is None:
-            with pytest.raises(my_openai_api.APIError, match="even after dropping"):
+            with pytest.raises(ContextTooLong, match="even after dropping"):
                 build_prompt(tokenizer, messages, budget)
         else:
             assert build_prompt(tokenizer, messages, budget) == expected, (messages, budget)

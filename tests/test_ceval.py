@@ -119,7 +119,8 @@ def test_long_prompts_lose_shots_first_then_the_start_of_the_question(tokenizer)
     subject = eval_ceval.Subject("s", "地理", "Other", [], shots=shots)
     q = eval_ceval.Question("s", "0", "长江是中国最长的河流吗？", ["是", "不是", "不知道", "都对"], "A")
     full, cut = eval_ceval.prompt_ids(tokenizer, subject, q, 10_000)
-    assert not cut and full.count(1) == 2 * 3 + 2  # <s> opens 3 shot pairs, the question and the reply
+    assert not cut and full.count(1) == 1 + 2 * 3 + 2  # <s> opens the task, 3 shot pairs, the question, the reply
+    assert tokenizer.decode(full).startswith("<s>system\n以下是中国关于地理考试的单项选择题")
     alone, _ = eval_ceval.prompt_ids(tokenizer, eval_ceval.Subject("s", "地理", "Other", []), q, 10_000)
     fewer, cut = eval_ceval.prompt_ids(tokenizer, subject, q, len(alone) + 5)
     assert not cut and fewer == alone  # every shot dropped before any of the question
