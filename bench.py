@@ -61,6 +61,7 @@ from model.generate import generate
 from model.LMConfig import LMConfig
 from model.model import MiniMindForCausalLM
 from model.quantize import INT8_THREADS, quantize_int8
+from model.runtime import train_flops_per_token
 from model.trainer import param_groups
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -102,20 +103,6 @@ def build_pair(preset: str, ckpt: str | None = None) -> dict[str, nn.Module]:
         if abs(a - b) > 1e-3:
             raise SystemExit(f"{preset}: MiniMind and the Llama reference disagree (loss {a:.5f} vs {b:.5f})")
     return {"ours": ours, "reference": ref}
-
-
-def matmul_params_per_token(cfg: LMConfig) -> int:
-    """Weights of every matmul one token goes through (top-k of the routed experts for MoE)."""
-    d, h, kv = cfg.dim, cfg.hidden_dim, cfg.n_kv_heads * cfg.head_dim
-    attention = 2 * d * d + 2 * d * kv
-    ffn = 3 * d * h
-    if cfg.use_moe:
-        ffn = ffn * (cfg.n_shared_experts + cfg.num_experts_per_tok) + d * cfg.n_routed_experts
-    return cfg.n_layers * (attention + ffn) + d * cfg.vocab_size
-
-
-def train_flops_per_token(cfg: LMConfig, seq_len: int) -> float:
-    return 6 * matmul_params_per_token(cfg) + 6 * cfg.n_layers * seq_len * cfg.dim
 
 
 # ----------------------------------------------------------------------------- measurements

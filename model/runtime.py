@@ -128,19 +128,31 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 0.0
 
 
+def matmul_params_per_token(config) -> int:
+    """Weights of every matmul one token goes through: attention, the FFN (for an MoE its shared experts,
+    its top-k routed experts and the router) and the output head; the embedding lookup is free."""
+    d, h, kv = config.dim, config.hidden_dim, config.n_kv_heads * config.head_dim
+    attention = 2 * d * d + 2 * d * kv
+    ffn = 3 * d * h
+    if config.use_moe:
+        ffn = ffn * (config.n_shared_experts + config.num_experts_per_tok) + d * config.n_routed_experts
+    return config.n_layers * (attention + ffn) + d * config.vocab_size
+
+
+def train_flops_per_token(config, width: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward): 6 per matmul weight, plus QK^T and AV
+    over a causal context of `width` keys, half the width x width square: 6 * layers * width * dim."""
+    return 6 * matmul_params_per_token(config) + 6 * config.n_layers * width * config.dim
+
+
 class FlopsPerToken:
-    """Training FLOPs per token (forward + backward): 6 per active parameter, plus the attention
-    scores, 12 * layers * dim * context width. In an MoE only num_experts_per_tok of the
-    n_routed_experts routed experts run for a token, so only those count."""
+    """train_flops_per_token for a model's config, as a function of the context width. A module without
+    a MiniMind config counts 6 FLOPs per parameter."""
 
     def __init__(self, model: nn.Module):
-        active = sum(p.numel() for p in model.parameters())
         config = getattr(model, "config", None)
-        if getattr(config, "use_moe", False):
-            routed = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
-            active -= routed * (1 - config.num_experts_per_tok / config.n_routed_experts)
-        self.dense = 6.0 * active
-        self.attention = 12.0 * config.n_layers * config.dim if hasattr(config, "n_layers") else 0.0
+        self.config = config if hasattr(config, "n_kv_heads") and hasattr(config, "hidden_dim") else None
+        self.plain = 6.0 * sum(p.numel() for p in model.parameters())
 
     def __call__(self, width: int) -> float:
-        return self.dense + self.attention * width
+        return train_flops_per_token(self.config, width) if self.config is not None else self.plain

@@ -348,3 +348,37 @@ def test_an_unwritable_out_dir_is_refused_before_training(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit, match="cannot be written"):
         train(blocker / "out", CountingData(64), max_steps=1)
+
+
+def test_one_flops_formula_counts_matmul_weights_and_causal_attention():
+    from model.LMConfig import LMConfig
+    from model.runtime import FlopsPerToken
+
+    config = LMConfig.from_preset("tiny")
+    model = MiniMindForCausalLM(config)
+    d, kv, h, L, V = config.dim, config.n_kv_heads * config.head_dim, config.hidden_dim, config.n_layers, config.vocab_size
+    by_hand = 6 * (L * (2 * d * d + 2 * d * kv + 3 * d * h) + d * V) + 6 * L * 256 * d
+    assert FlopsPerToken(model)(256) == by_hand
+    moe = MiniMindForCausalLM(tiny_config(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2))
+    dense = MiniMindForCausalLM(tiny_config())
+    # one shared + two of four routed experts per token: three FFNs' worth of weights, plus the router
+    c = moe.config
+    assert FlopsPerToken(moe)(64) - FlopsPerToken(dense)(64) == 6 * c.n_layers * (2 * 3 * c.dim * c.hidden_dim + c.dim * 4)
+
+
+def test_metrics_file_records_every_log_line_and_validation_and_survives_resume(tmp_path):
+    import json
+
+    result, _ = train(tmp_path / "run", CountingData(64), max_steps=6, log_interval=2)
+    records = [json.loads(line) for line in (tmp_path / "run" / "unit_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert [r["loss"] for r in records] == [loss for _, loss in result.history["train"]]
+    assert all(r["lr"] > 0 for r in records)
+    assert json.loads((tmp_path / "run" / "unit_args.json").read_text())["max_steps"] == 6
+    # killed after step 4 was logged but before it was saved: the resumed run logs step 4 again, once
+    train(tmp_path / "split", CountingData(64), max_steps=6, log_interval=2, save_interval=2, stop_step=2)
+    with open(tmp_path / "split" / "unit_metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "loss": 99.0}) + "\n")  # logged, then the process died
+    train(tmp_path / "split", CountingData(64), max_steps=6, log_interval=2, save_interval=2, resume=True)
+    resumed = [json.loads(line) for line in (tmp_path / "split" / "unit_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [2, 4, 6] and 99.0 not in [r["loss"] for r in resumed]
