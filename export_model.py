@@ -62,12 +62,12 @@ import copy
 import json
 import math
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from model.checkpoint import atomic_write_folder
 from model.cli import RUNTIME_FIELDS, add_model_args, load_from_args, resolve_checkpoint
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
 from model.gguf_export import OUTTYPES, share_readable
@@ -223,11 +223,10 @@ def save_folder(model, tokenizer, out: Path, dtype: torch.dtype, native: bool = 
     With `adapter`, that peft adapter is written to out/adapter/, naming `out` as its base."""
     if out.exists() and not (out / "config.json").is_file() and (out.is_file() or any(out.iterdir())):
         raise SystemExit(f"--out {out} exists and is not an exported model folder: choose a new or empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        if dtype != torch.float32:
-            model = copy.deepcopy(model).to(dtype)  # the caller's model stays in full precision
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)  # the caller's model stays in full precision
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))  # tokenizer.json plus the chat template
         portable_files(tmp, model.config if not native else source_config(model), native)
@@ -235,18 +234,9 @@ def save_folder(model, tokenizer, out: Path, dtype: torch.dtype, native: bool = 
             write_adapter(adapter, tmp / "adapter", out, tokenizer)
             portable_files(tmp / "adapter", source_config(model), native=False)
             (tmp / "adapter" / "generation_config.json").unlink()  # generation settings belong to the base
-        share_readable(tmp)  # mkdtemp makes the folder private and transformers writes weights 0600
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        share_readable(tmp)  # transformers and peft write their weights 0600
+
+    atomic_write_folder(out, write)
 
 
 def source_config(model):

@@ -16,7 +16,8 @@ import json
 import os
 import re
 import reprlib
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,9 +25,19 @@ import torch
 from model.errors import MiniMindError, first_line
 from model.LMConfig import LMConfig, check_field_types
 
-STAGES = ("pretrain", "full_sft", "dpo")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _new_sibling(path: Path, create) -> Path:
+    """A fresh name `.{name}.{random}.tmp` beside `path`, made by `create(tmp)`, which raises
+    FileExistsError when the name is taken. The callers create with the full mode (0o666, 0o777) so that
+    the umask decides the permissions, as for any file the user makes, without reading (or changing) the
+    process-wide umask."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            create(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write(path, write_fn) -> None:
@@ -34,17 +45,35 @@ def atomic_write(path, write_fn) -> None:
     A crash at any moment leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_sibling(path, lambda name: os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_folder(path, write_fn) -> None:
+    """Write a folder through `write_fn(tmp_folder)` into a temporary sibling, then swap it in for `path`.
+    A crash leaves the old folder or the new one, never a half-written one (between the two renames the
+    old one waits as `.{name}.old`, and is removed once the new one is in place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_sibling(path, lambda name: os.mkdir(name, 0o777))
+    try:
+        write_fn(tmp)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def atomic_torch_save(obj, path) -> None:

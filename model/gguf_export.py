@@ -24,11 +24,12 @@ Outtypes      f32; f16 and q8_0 for the matrices (norm gains stay f32, as llama.
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from model.checkpoint import atomic_write
 
 OUTTYPES = ("f32", "f16", "q8_0")
 # The llama.cpp gate weight that stands in for our unweighted shared experts (see moe_tensors).
@@ -235,21 +236,16 @@ def write_file(writer_fill, path: Path, arch: str) -> Path:
     temporary sibling that then replaces `path`: never a half-written file. Readable by everyone."""
     import gguf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    def write(tmp):
         writer = gguf.GGUFWriter(tmp, arch)
         writer_fill(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
+    share_readable(path)
     return path
 
 

@@ -12,13 +12,12 @@ trained on in `base_model_name_or_path`.
 """
 import argparse
 import copy
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn as nn
+
+from model.checkpoint import atomic_write_folder
 
 # Attention and SwiGLU projections, the layers the original MiniMind adapted. In an MoE model the FFN
 # names match every expert's projections (routed and shared); the router (`mlp.gate`) stays frozen.
@@ -95,22 +94,8 @@ def save_adapter(peft_model, path, base_path=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if base_path is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the final folder should read like any other
-    try:
-        peft_model.save_pretrained(str(tmp), save_embedding_layers=False)  # embeddings are never adapted
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    # embeddings are never adapted
+    atomic_write_folder(path, lambda tmp: peft_model.save_pretrained(str(tmp), save_embedding_layers=False))
 
 
 def save_merged(peft_model, path) -> Path:

@@ -4,13 +4,13 @@ train/val shards of uint16 ids with a meta.json sidecar (`build_pretrain`)."""
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from model.checkpoint import atomic_write_folder
 from model.data.clean import SeenBefore, has_lone_surrogate, is_val, normalize
 from model.data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records
 from model.dataset import Skips, check_messages
@@ -275,17 +275,15 @@ def build_pretrain(
     vocab = tokenizer.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
     out = Path(out)
-    building = out.with_name(out.name + ".building")  # swapped in only when complete
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
     start = time.time()
-    try:
-        reports = {}
+    reports, result = {}, {}
+
+    def build(folder: Path) -> None:  # a temporary sibling of `out`, swapped in only when complete
         documents = pretrain_documents(raw, jsonl, sources, strict, min_chars, chunk_chars, reports, chat_jsonl,
                                        show_skips)
-        tokens, shards = tokenize_into_shards(documents, reports, tokenizer, building, dtype, val_fraction,
+        tokens, shards = tokenize_into_shards(documents, reports, tokenizer, folder, dtype, val_fraction,
                                               shard_tokens, batch_docs)
-        written = sum((building / name).stat().st_size for name in shards) // dtype.itemsize
+        written = sum((folder / name).stat().st_size for name in shards) // dtype.itemsize
         assert written == sum(tokens.values()) == sum(r.tokens for r in reports.values()), "token counts disagree"
         if not tokens["train"] or not tokens["val"]:
             raise MiniMindError(
@@ -311,16 +309,11 @@ def build_pretrain(
                 for r in reports.values()
             },
         }
-        (building / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    except BaseException:  # --strict, Ctrl-C, a full disk: leave no half-built folder behind
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(building, out)
-    shutil.rmtree(old, ignore_errors=True)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        result.update(tokens=tokens, shards=shards)
+
+    atomic_write_folder(out, build)  # --strict, Ctrl-C, a full disk: no half-built folder is left behind
+    tokens, shards = result["tokens"], result["shards"]
     print(f"pretrain: wrote {out} in {time.time() - start:.1f}s")
     for report in reports.values():
         print(report.line())
