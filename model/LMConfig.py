@@ -67,7 +67,6 @@ class LMConfig(PretrainedConfig):
         n_routed_experts: int = 4,
         n_shared_experts: int = 1,  # always-on experts; 0 disables them
         num_experts_per_tok: int = 2,
-        scoring_func: str = "softmax",
         aux_loss_alpha: float = 0.01,
         seq_aux: bool = True,  # balance loss per sequence (True) or over the whole batch (False)
         norm_topk_prob: bool = True,
@@ -105,7 +104,6 @@ class LMConfig(PretrainedConfig):
         self.n_routed_experts = n_routed_experts
         self.n_shared_experts = int(n_shared_experts)
         self.num_experts_per_tok = num_experts_per_tok
-        self.scoring_func = scoring_func
         self.aux_loss_alpha = aux_loss_alpha
         self.seq_aux = seq_aux
         self.norm_topk_prob = norm_topk_prob
@@ -115,6 +113,7 @@ class LMConfig(PretrainedConfig):
             raise MiniMindError(f"num_experts_per_tok ({num_experts_per_tok}) must be in 1..n_routed_experts ({n_routed_experts})")
         if rope_scaling_type not in (None, "linear", "ntk", "yarn"):
             raise MiniMindError(f"rope_scaling_type must be linear, ntk or yarn, got {reprlib.repr(rope_scaling_type)}")
+        kwargs.pop("scoring_func", None)  # older configs name the only router MiniMind has (softmax)
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -172,7 +171,7 @@ _FIELDS = {  # field -> type, for overrides like --dim 640 --use_moe true
     "dim": int, "n_layers": int, "n_heads": int, "n_kv_heads": int, "vocab_size": int, "hidden_dim": int,
     "multiple_of": int, "norm_eps": float, "max_seq_len": int, "rope_theta": float, "dropout": float,
     "flash_attn": bool, "use_moe": bool, "n_routed_experts": int, "n_shared_experts": int,
-    "num_experts_per_tok": int, "scoring_func": str, "aux_loss_alpha": float, "seq_aux": bool,
+    "num_experts_per_tok": int, "aux_loss_alpha": float, "seq_aux": bool,
     "norm_topk_prob": bool, "rope_scaling_type": str, "rope_factor": float,
 }
 

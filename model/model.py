@@ -122,14 +122,6 @@ class KVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx] if layer_idx < len(self.lengths) else 0
 
-    def crop(self, length: int) -> None:
-        """Forget everything after the first `length` tokens."""
-        self.lengths = [min(n, length) for n in self.lengths]
-
-    def reorder_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (e.g. drop finished sequences)."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
 
 
 # ----------------------------------------------------------------------------- attention
@@ -217,8 +209,6 @@ class MoEFeedForward(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob
         self.aux_loss_alpha = config.aux_loss_alpha
         self.seq_aux = config.seq_aux
-        if config.scoring_func != "softmax":
-            raise ValueError(f"scoring_func {config.scoring_func!r} is not supported (only softmax)")
         self.gate = nn.Linear(config.dim, config.n_routed_experts, bias=False)
         make_expert = lambda: FeedForward(config.dim, config.hidden_dim, config.dropout)
         self.experts = nn.ModuleList(make_expert() for _ in range(config.n_routed_experts))

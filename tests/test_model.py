@@ -282,3 +282,20 @@ def test_streaming_stop_string_is_cut_and_never_shown(tokenizer):
     stream = stream_generate(ScriptedModel(script, len(tokenizer)), tokenizer, [1], max_new_tokens=4)
     list(stream)
     assert stream.finish_reason == "length" and stream.completion_tokens == 4
+
+
+def test_a_config_written_with_the_old_scoring_func_field_still_loads(tmp_path):
+    import json
+
+    from model.checkpoint import config_path, load_model, save_weights
+
+    model = MiniMindForCausalLM(tiny_moe_config())
+    path = tmp_path / "full_sft_64_moe.pth"
+    save_weights(model, path)
+    fields = json.loads(config_path(path).read_text())
+    assert "scoring_func" not in fields
+    config_path(path).write_text(json.dumps({**fields, "scoring_func": "softmax"}))
+    loaded = load_model(path)
+    assert not hasattr(loaded.config, "scoring_func")
+    tokens = torch.randint(0, model.config.vocab_size, (1, 8))
+    assert torch.equal(loaded(tokens).logits, model.eval()(tokens).logits)
