@@ -90,14 +90,14 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
     if args.ckpt:
         path = Path(args.ckpt)
         if not path.exists():
-            raise SystemExit(f"--ckpt {path} does not exist")
+            raise MiniMindError(f"--ckpt {path} does not exist")
         if path.is_dir():
             config_file = path / "config.json"
             if not config_file.exists():
-                raise SystemExit(f"--ckpt {path}: a folder without config.json (expected an export_model.py folder)")
+                raise MiniMindError(f"--ckpt {path}: a folder without config.json (expected an export_model.py folder)")
             model_type = read_json_object(config_file).get("model_type")
             if model_type != "minimind":
-                raise SystemExit(f"--ckpt {path} holds a {model_type!r} model: these scripts load MiniMind folders "
+                raise MiniMindError(f"--ckpt {path} holds a {model_type!r} model: these scripts load MiniMind folders "
                                  f"(export_model.py --format remote) or .pth checkpoints; load native exports "
                                  f"with transformers' AutoModelForCausalLM")
         return path, None
@@ -108,7 +108,7 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
     if stage.startswith("lora_"):
         adapter = out_dir / f"{stage}_{tag}"
         if not (adapter / "adapter_config.json").exists():
-            raise SystemExit(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
+            raise MiniMindError(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
                              f"stage first, or check --weight and --preset")
         adapter_config = read_json_object(adapter / "adapter_config.json")
         recorded = adapter_config.get("base_model_name_or_path")
@@ -122,7 +122,7 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
     if not path.exists():
         found = sorted(p.name for p in out_dir.glob("*.pth")) if out_dir.is_dir() else []
         hint = f"checkpoints in {out_dir}: {', '.join(found)}" if found else f"{out_dir} holds no checkpoints yet"
-        raise SystemExit(f"checkpoint {path} not found ({hint}). Train the {stage} stage first, or pick "
+        raise MiniMindError(f"checkpoint {path} not found ({hint}). Train the {stage} stage first, or pick "
                          f"another --weight, --preset (it sets the name's tag, {tag}) or --ckpt")
     return path, adapter
 
@@ -140,9 +140,9 @@ def load_from_args(args, verbose: bool = True):
         device = torch.device("cpu") if int8 and args.device == "auto" else pick_device(args.device)
         dtype = torch.float32 if int8 and args.dtype == "auto" else pick_dtype(args.dtype, device)[0]
     except DeviceError as error:
-        raise SystemExit(str(error))
+        raise MiniMindError(str(error))
     if int8 and (device.type != "cpu" or dtype != torch.float32):
-        raise SystemExit(f"--quantize int8 runs on the CPU from float32 weights, not on {device} in "
+        raise MiniMindError(f"--quantize int8 runs on the CPU from float32 weights, not on {device} in "
                          f"{str(dtype).removeprefix('torch.')}: use --device cpu and --dtype float32 (or auto)")
     overrides = {k: v for k, v in config_overrides(args).items() if k in RUNTIME_FIELDS}
     model = load_model(path, device="cpu", **overrides)
@@ -160,13 +160,13 @@ def load_from_args(args, verbose: bool = True):
         tokenizer_dir = path  # an exported folder carries its own tokenizer
     try:
         tokenizer = load_tokenizer(tokenizer_dir)
-    except SystemExit:
+    except MiniMindError:
         raise
     except Exception as error:  # a tokenizer.json that is not one
         raise MiniMindError(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'}: cannot load it "
                             f"({first_line(error, 200)})") from None
     if len(tokenizer) > model.config.vocab_size:
-        raise SystemExit(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'} has {len(tokenizer)} tokens but the "
+        raise MiniMindError(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'} has {len(tokenizer)} tokens but the "
                          f"model only {model.config.vocab_size}: they were not trained together (pass --tokenizer)")
     if verbose:
         what = f"{path}" + (f" + LoRA {adapter}" if adapter else "")

@@ -20,6 +20,8 @@ the reply's content and its </s>. The loss itself is a few lines (trl's `loss_ty
 import torch
 import torch.nn.functional as F
 
+from model.errors import MiniMindError
+
 IGNORE = -100
 
 
@@ -54,7 +56,7 @@ class DPOLoss:
 
     def __init__(self, reference, beta: float = 0.1):
         if beta <= 0:
-            raise SystemExit(f"--beta must be positive, got {beta}")
+            raise MiniMindError(f"--beta must be positive, got {beta}")
         self.reference = reference
         self.beta = beta
         if reference is not None:

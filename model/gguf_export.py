@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import atomic_write
+from model.errors import MiniMindError
 
 OUTTYPES = ("f32", "f16", "q8_0")
 # The llama.cpp gate weight that stands in for our unweighted shared experts (see moe_tensors).
@@ -185,7 +186,7 @@ def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
     model, pre = data["model"], data.get("pre_tokenizer") or {}
     if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") \
             or not pre.get("use_regex", True) or data.get("normalizer"):
-        raise SystemExit("GGUF export handles byte-level BPE tokenizers (ByteLevel pre-tokenizer with the GPT-2 "
+        raise MiniMindError("GGUF export handles byte-level BPE tokenizers (ByteLevel pre-tokenizer with the GPT-2 "
                          "split, no prefix space, no normalizer), as train_tokenizer.py makes; this tokenizer "
                          "is another kind")
     tokens = {index: token for token, index in model["vocab"].items()}
@@ -194,7 +195,7 @@ def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
         tokens[added["id"]] = added["content"]
         kinds[added["id"]] = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
     if max(tokens) >= vocab_size:
-        raise SystemExit(f"the tokenizer has ids up to {max(tokens)}, the model only {vocab_size} embeddings")
+        raise MiniMindError(f"the tokenizer has ids up to {max(tokens)}, the model only {vocab_size} embeddings")
     # The model may have more embedding rows than the tokenizer has tokens; llama.cpp wants one token
     # per row, so the spare rows get placeholder tokens that no text encodes to.
     names = [tokens.get(i, f"[PAD{i}]") for i in range(vocab_size)]
@@ -265,7 +266,7 @@ def write_gguf(model, tokenizer, path, outtype: str = "f32", name: str = "MiniMi
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
     cfg = model.config
     if cfg.use_moe and (problem := moe_support_problem(cfg)):
-        raise SystemExit(f"GGUF export refused: {problem}")
+        raise MiniMindError(f"GGUF export refused: {problem}")
     arch = "qwen2moe" if cfg.use_moe else "llama"
     vocab = tokenizer_fields(tokenizer, cfg.vocab_size)
 
@@ -334,7 +335,7 @@ def lora_tensors(adapter_dir, cfg):
     for key in sorted(state):
         match = pattern.fullmatch(key)
         if not match or match.group(2) not in LORA_TARGET_NAMES:
-            raise SystemExit(f"{adapter_dir}: adapter tensor {key} has no llama.cpp equivalent")
+            raise MiniMindError(f"{adapter_dir}: adapter tensor {key} has no llama.cpp equivalent")
         layer, module, which = match.groups()
         tensor = state[key].float()
         target = LORA_TARGET_NAMES[module]
@@ -349,11 +350,11 @@ def write_lora_gguf(adapter_dir, cfg, path, outtype: str = "f32", name: str = "M
     import gguf
 
     if cfg.use_moe:
-        raise SystemExit("GGUF LoRA adapters are written for dense models only")
+        raise MiniMindError("GGUF LoRA adapters are written for dense models only")
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or config.get("use_rslora") \
             or config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise SystemExit(f"{adapter_dir}: only plain LoRA adapters (one rank and alpha, no DoRA or rsLoRA) map "
+        raise MiniMindError(f"{adapter_dir}: only plain LoRA adapters (one rank and alpha, no DoRA or rsLoRA) map "
                          f"onto llama.cpp's adapters")
     named = list(lora_tensors(adapter_dir, cfg))
 

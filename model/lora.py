@@ -18,6 +18,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from model.checkpoint import atomic_write_folder
+from model.errors import MiniMindError
 
 # Attention and SwiGLU projections, the layers the original MiniMind adapted. In an MoE model the FFN
 # names match every expert's projections (routed and shared); the router (`mlp.gate`) stays frozen.
@@ -56,11 +57,11 @@ def apply_lora(model: nn.Module, settings: LoraSettings):
     from peft import LoraConfig, get_peft_model
 
     if settings.rank < 1:
-        raise SystemExit(f"--lora_rank must be at least 1, got {settings.rank}")
+        raise MiniMindError(f"--lora_rank must be at least 1, got {settings.rank}")
     available = set(linear_layer_names(model)) - {"lm_head"}
     unknown = [t for t in settings.targets if t not in available]
     if unknown or not settings.targets:
-        raise SystemExit(f"--lora_targets: {unknown or 'empty list'} not among the model's linear layers "
+        raise MiniMindError(f"--lora_targets: {unknown or 'empty list'} not among the model's linear layers "
                          f"({', '.join(sorted(available))})")
     config = LoraConfig(
         r=settings.rank,

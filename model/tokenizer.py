@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from model.errors import MiniMindError
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 PAD_ID = UNK_ID
@@ -75,7 +77,7 @@ def load_tokenizer(path=None):
 
     path = Path(path or DEFAULT_TOKENIZER_DIR)
     if not (path / "tokenizer.json").exists():
-        raise SystemExit(f"no tokenizer at {path}: run `python train_tokenizer.py` first (or pass --tokenizer DIR)")
+        raise MiniMindError(f"no tokenizer at {path}: run `python train_tokenizer.py` first (or pass --tokenizer DIR)")
     # The fast-tokenizer class directly, not AutoTokenizer: an exported folder's config.json names
     # remote model code, which AutoTokenizer would offer to run.
     return PreTrainedTokenizerFast.from_pretrained(str(path))
