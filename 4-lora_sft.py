@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from model.checkpoint import load_model, previous_stage_weights, weights_path
-from model.dataset import SFTDataset
+from model.dataset import SFTDataset, sft_loss
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import (add_lora_args, adapter_dir, apply_lora, lora_settings_from_args, save_adapter, save_merged,
                         trainable_summary)
@@ -54,12 +54,6 @@ def parse_args(argv=None):
     add_train_args(parser, learning_rate=1e-4, batch_size=16, epochs=10, weight_decay=0.01,
                    log_interval=10, eval_interval=100, save_interval=200)
     return parser.parse_args(argv)
-
-
-def sft_loss(model, batch):
-    x, y = batch
-    out = model(input_ids=x, shift_labels=y)  # y is -100 except on assistant tokens; includes MoE balance loss
-    return out.loss, {}
 
 
 def adapter_name(args) -> str:

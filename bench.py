@@ -60,6 +60,7 @@ from model.checkpoint import atomic_write, load_model
 from model.generate import generate
 from model.LMConfig import LMConfig
 from model.model import MiniMindForCausalLM
+from model.native import native_config
 from model.quantize import INT8_THREADS, quantize_int8
 from model.runtime import train_flops_per_token
 from model.trainer import param_groups
@@ -71,22 +72,14 @@ MD_START, MD_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # ----------------------------------------------------------------------------- the contenders
 
 def reference_model(cfg: LMConfig) -> nn.Module:
-    """transformers' native model of the same shape as MiniMind `cfg`."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
+    """transformers' native model of the same shape as MiniMind `cfg` (model/native.py's config)."""
+    from transformers import LlamaForCausalLM, Qwen2MoeForCausalLM
 
-    shared = dict(hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                  num_key_value_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size, rms_norm_eps=cfg.norm_eps,
-                  max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=True,
-                  rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if not cfg.use_moe:
-        return LlamaForCausalLM(LlamaConfig(intermediate_size=cfg.hidden_dim, **shared))
+        return LlamaForCausalLM(native_config(cfg))
     if cfg.n_shared_experts > 1:
         raise SystemExit("the Qwen2-MoE reference has one shared expert; use --n_shared_experts 0 or 1")
-    return Qwen2MoeForCausalLM(Qwen2MoeConfig(
-        intermediate_size=cfg.hidden_dim, moe_intermediate_size=cfg.hidden_dim, num_experts=cfg.n_routed_experts,
-        num_experts_per_tok=cfg.num_experts_per_tok, norm_topk_prob=cfg.norm_topk_prob,
-        shared_expert_intermediate_size=cfg.hidden_dim * cfg.n_shared_experts, qkv_bias=False, **shared))
+    return Qwen2MoeForCausalLM(native_config(cfg))
 
 
 def build_pair(preset: str, ckpt: str | None = None) -> dict[str, nn.Module]:

@@ -60,7 +60,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 import argparse
 import copy
 import json
-import math
 import shutil
 import warnings
 from pathlib import Path
@@ -71,6 +70,7 @@ from model.checkpoint import atomic_write_folder
 from model.cli import RUNTIME_FIELDS, add_model_args, load_from_args, resolve_checkpoint
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
 from model.gguf_export import OUTTYPES, share_readable
+from model.native import native_config, rope_parameters
 
 
 def parse_args(argv=None):
@@ -94,59 +94,23 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- native configs and weights
 
-def rope_parameters(cfg) -> tuple[dict, int]:
-    """transformers' rope_parameters equivalent to our RoPE settings, and the context they cover."""
-    theta, kind, factor = cfg.rope_theta, cfg.rope_scaling_type, cfg.rope_factor
-    if kind is None:
-        return {"rope_type": "default", "rope_theta": theta}, cfg.max_seq_len
-    context = int(cfg.max_seq_len * factor)
-    if kind == "linear":
-        return {"rope_type": "linear", "rope_theta": theta, "factor": factor}, context
-    if kind == "ntk":  # static NTK: only the base changes
-        return {"rope_type": "default", "rope_theta": theta * factor ** (cfg.head_dim / (cfg.head_dim - 2))}, context
-    return {"rope_type": "yarn", "rope_theta": theta, "factor": factor, "beta_fast": 32.0, "beta_slow": 1.0,
-            "original_max_position_embeddings": cfg.max_seq_len,
-            "attention_factor": 0.1 * math.log(factor) + 1.0}, context
-
-
-def shared_fields(cfg) -> dict:
-    rope, context = rope_parameters(cfg)
-    return dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, hidden_act="silu",
-        max_position_embeddings=context, rms_norm_eps=cfg.norm_eps, rope_parameters=rope,
-        tie_word_embeddings=True, attention_dropout=0.0, bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
-    )
-
-
 def to_llama(model):
     """A LlamaForCausalLM with the same weights (dense models only)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = model.config
-    config = LlamaConfig(**shared_fields(cfg), intermediate_size=cfg.hidden_dim, head_dim=cfg.head_dim,
-                         attention_bias=False, mlp_bias=False)
-    llama = LlamaForCausalLM(config)
+    llama = LlamaForCausalLM(native_config(model.config))
     llama.load_state_dict(model.state_dict(), strict=True)  # identical names and shapes
     return llama
 
 
 def to_qwen2_moe(model):
     """A Qwen2MoeForCausalLM computing the same function (MoE models; see the module docstring)."""
-    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+    from transformers import Qwen2MoeForCausalLM
 
     cfg = model.config
-    config = Qwen2MoeConfig(
-        **shared_fields(cfg), intermediate_size=cfg.hidden_dim, moe_intermediate_size=cfg.hidden_dim,
-        shared_expert_intermediate_size=cfg.hidden_dim * cfg.n_shared_experts, num_experts=cfg.n_routed_experts,
-        num_experts_per_tok=cfg.num_experts_per_tok, norm_topk_prob=cfg.norm_topk_prob and cfg.num_experts_per_tok > 1,
-        decoder_sparse_step=1, mlp_only_layers=[], qkv_bias=False, use_sliding_window=False,
-        router_aux_loss_coef=cfg.aux_loss_alpha,
-    )
     with warnings.catch_warnings():  # without shared experts their (empty) layers warn about zero-size init
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        qwen = Qwen2MoeForCausalLM(config)
+        qwen = Qwen2MoeForCausalLM(native_config(cfg))
     state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
     for i, layer in enumerate(model.model.layers):
         moe, prefix = layer.mlp, f"model.layers.{i}.mlp."

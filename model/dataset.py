@@ -420,8 +420,14 @@ def report(path, kept: int, skips: Skips, truncated: int, max_length: int, cut_a
     print(line)
 
 
-# ----------------------------------------------------------------------------- preference pairs
+def sft_loss(model, batch):
+    """The SFT (and LoRA) training loss on a batch of SFTDataset.collate: cross-entropy on the assistant
+    tokens only (y is -100 elsewhere), plus the MoE balance loss that the model's own loss includes."""
+    x, y = batch
+    return model(input_ids=x, shift_labels=y).loss, {}
 
+
+# ----------------------------------------------------------------------------- preference pairs
 
 class DPODataset(Dataset):
     """Preference pairs {"prompt", "chosen", "rejected"} (each a list of messages) from a jsonl file.
