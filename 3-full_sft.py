@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from model.checkpoint import load_model, previous_stage_weights
-from model.dataset import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl
+from model.dataset import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl, sft_loss
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer
@@ -62,13 +62,6 @@ def parse_args(argv=None):
     add_train_args(parser, learning_rate=1e-4, batch_size=16, weight_decay=0.01, eval_interval=100,
                    eval_batches=10, save_interval=200)
     return parser.parse_args(argv)
-
-
-def sft_loss(model, batch):
-    x, y = batch
-    # y is -100 except on assistant tokens; out.loss includes the MoE balance loss
-    out = model(input_ids=x, shift_labels=y)
-    return out.loss, {}
 
 
 def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[tuple[list[int], int]]:

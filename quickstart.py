@@ -97,9 +97,11 @@ def stages(args, n):
                  "--max_steps", str(n["dpo_steps"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
-        # The same questions for the pretrain-only model (given the bare question to continue) and the final
-        # model, every answer judged by the same rule (model/scoreboard.py).
-        ("scoreboard: pretrain-only model", [*scored, "--weight", "pretrain", "--json", f"{out}/score_pretrain_{tag}.json"]),
+        # The same questions for the pretrain-only model and the final model, every answer judged by the same
+        # rule (model/scoreboard.py). Pretraining read the conversations in the chat template, so the
+        # pretrain-only model is asked in it too (given a bare question, it ends the "user turn" at once).
+        ("scoreboard: pretrain-only model", [*scored, "--weight", "pretrain", "--prompt", "chat",
+                                             "--json", f"{out}/score_pretrain_{tag}.json"]),
         ("scoreboard: final model", [*scored, "--weight", "dpo", "--json", f"{out}/score_dpo_{tag}.json"]),
     ]
 

@@ -6,7 +6,8 @@ looped shares of its sampled answers to the held-out questions and to the demo q
     python score.py --ckpt out/dpo_256.pth --val_data dataset/sft_val.jsonl --limit 50 --show 3
 
 A pretrained model (--weight pretrain, or a --ckpt named pretrain_*) is given the bare question to
-continue, as 2-eval.py does. The rules behind every figure are in model/scoreboard.py and model/ontopic.py.
+continue, as 2-eval.py does, unless --prompt chat says it learned the chat template in pretraining
+(`1-pretrain.py --chat_data`, as the quickstart pretrains). The rules behind every figure are in model/scoreboard.py and model/ontopic.py.
 """
 import os
 
@@ -32,6 +33,9 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="ask only the first N held-out questions (0 = all)")
     parser.add_argument("--max_new_tokens", type=int, default=100, help="token budget per answer")
     parser.add_argument("--seed", type=int, default=1, help="sampling seed (temperature and top-p of the chat)")
+    parser.add_argument("--prompt", default="auto", choices=["auto", "chat", "raw"],
+                        help="chat: the question in the chat template; raw: the bare question to continue; "
+                             "auto: raw for a pretrain checkpoint, chat otherwise (default %(default)s)")
     parser.add_argument("--json", default=None, help="also write the board, answers included, to this file")
     parser.add_argument("--show", type=int, default=0, help="print the first N answers of each question set")
     args = parser.parse_args(argv)
@@ -55,7 +59,8 @@ def print_board(board: dict, name: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load_from_args(args)
-    raw_text = Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
+    pretrained = Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
+    raw_text = args.prompt == "raw" or (args.prompt == "auto" and pretrained)
     val_path = Path(args.val_data)
     if not val_path.exists():
         raise SystemExit(f"--val_data {val_path} not found: build it with `python data_process.py sft`")
