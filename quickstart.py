@@ -35,10 +35,13 @@ from model.LMConfig import LMConfig
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=500, pretrain_batch=16, pretrain_lr=2e-3,
             muon_lr=0.02, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=20, dpo_steps=30,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True)
-LONG = dict(FULL, preset="tiny", pretrain_steps=3000, sft_steps=1500, lora_steps=40, dpo_steps=60, score_limit=0,
+# --long: the 11.9M `mini` preset, about 2.6x the FLOPs per token of `tiny`: 8.6M pretraining tokens (2.7 passes
+# over the conversations) and 2.9M of SFT in about 100 minutes of training (estimated from the FLOPs, not run end to end).
+LONG = dict(FULL, preset="mini", pretrain_steps=2100, sft_steps=700, lora_steps=40, dpo_steps=60, score_limit=0,
             save_interval=100)
-GPU = dict(FULL, preset="small-T", pretrain_steps=1200, pretrain_batch=64, sft_steps=600, sft_batch=64,
-           lora_steps=60, dpo_steps=100, score_limit=0, save_interval=200, scale_steps=False)
+# --gpu: the 26.88M `small-T` preset at batch 64 x 512 on one GPU: 16M pretraining tokens, a few minutes.
+GPU = dict(FULL, preset="small-T", pretrain_steps=500, pretrain_batch=64, sft_steps=200, sft_batch=64,
+           lora_steps=60, dpo_steps=100, score_limit=0, save_interval=100, scale_steps=False)
 FAST = dict(FULL, data="demo", tokenizer_mb=1, pretrain_steps=6, pretrain_batch=16, sft_steps=4, sft_batch=16,
             lora_steps=3, dpo_steps=3, ceval_limit=1, score_limit=4, generate_tokens=12, eval_batches=2,
             save_interval=2, scale_steps=False)

@@ -143,7 +143,8 @@ PRESETS = {
     "small": dict(vocab_size=32000, dim=640),  # ~56M
     "base": dict(vocab_size=32000, dim=1024, n_layers=16),  # ~218M
     "moe": dict(vocab_size=32000, dim=640, use_moe=True, n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2),
-    "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=256),
+    "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=256),  # 4.59M: the 20-minute CPU run
+    "mini": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, max_seq_len=256),  # the 2-hour CPU run
 }
 
 
