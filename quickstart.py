@@ -32,8 +32,8 @@ from model.LMConfig import LMConfig
 # The budgets. Steps are for a CPU with bf16 instructions (AVX512_BF16 or AMX); on a CPU without them the
 # model trains in float32, about half as fast, and the CPU recipes scale their training steps by
 # FP32_STEP_SHARE so that the wall time stays about the same.
-FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=500, pretrain_batch=16, pretrain_lr=2e-3,
-            muon_lr=0.02, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=20, dpo_steps=30,
+FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
+            muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=20, dpo_steps=30,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True)
 # --long: the 11.9M `mini` preset, about 2.6x the FLOPs per token of `tiny`: 8.6M pretraining tokens (2.7 passes
 # over the conversations) and 2.9M of SFT in about 100 minutes of training (estimated from the FLOPs, not run end to end).
