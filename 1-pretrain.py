@@ -48,7 +48,8 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR),
                        help="the tokenizer the shards must have been made with (checked by its hash, when present)")
     add_train_args(parser, learning_rate=5e-4, batch_size=32, eval_interval=100, eval_batches=10, save_interval=200)
-    return parser.parse_args(argv)
+    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
+    return parse_with_config(parser, argv)
 
 
 def chat_text(args, seq_len: int, verbose: bool):

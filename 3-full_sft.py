@@ -61,7 +61,8 @@ def parse_args(argv=None):
     group.add_argument("--eos_check_tokens", type=int, default=128, help="token budget per answer in that check")
     add_train_args(parser, learning_rate=1e-4, batch_size=16, weight_decay=0.01, eval_interval=100,
                    eval_batches=10, save_interval=200)
-    return parser.parse_args(argv)
+    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
+    return parse_with_config(parser, argv)
 
 
 def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[tuple[list[int], int]]:

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     add_lora_args(parser)
     add_train_args(parser, learning_rate=1e-4, batch_size=16, epochs=10, weight_decay=0.01,
                    log_interval=10, eval_interval=100, save_interval=200)
-    return parser.parse_args(argv)
+    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
+    return parse_with_config(parser, argv)
 
 
 def adapter_name(args) -> str:

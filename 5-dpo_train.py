@@ -64,7 +64,8 @@ def parse_args(argv=None):
     add_train_args(parser, learning_rate=None, batch_size=8, epochs=1, log_interval=10, eval_interval=100,
                    eval_batches=10, save_interval=200)
     parser._option_string_actions["--learning_rate"].help = "peak learning rate (default 5e-6; 5e-5 with --lora)"
-    args = parser.parse_args(argv)
+    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
+    args = parse_with_config(parser, argv)
     if args.learning_rate is None:
         args.learning_rate = 5e-5 if args.lora else 5e-6
     return args

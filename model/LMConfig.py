@@ -186,11 +186,49 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+_FIELD_HELP = {  # what each field does; add_config_args appends its default and choices
+    "dim": "hidden size (model width); must divide by --n_heads",
+    "n_layers": "transformer blocks",
+    "n_heads": "attention (query) heads",
+    "n_kv_heads": "key/value heads (grouped-query attention); must divide --n_heads",
+    "vocab_size": "embedding rows; at least the tokenizer's size",
+    "hidden_dim": "FFN width (None: 8/3 * dim rounded up to --multiple_of, 1408 at dim 512)",
+    "multiple_of": "the FFN width rounds up to a multiple of this",
+    "norm_eps": "RMSNorm epsilon",
+    "max_seq_len": "trained context in tokens",
+    "rope_theta": "RoPE base",
+    "dropout": "dropout in attention and FFN during training",
+    "flash_attn": "use torch's scaled_dot_product_attention; false: plain attention",
+    "use_moe": "mixture of experts FFN (DeepSeek-style: shared + routed experts)",
+    "n_routed_experts": "MoE: routed experts per layer",
+    "n_shared_experts": "MoE: always-on experts per layer; 0 disables them",
+    "num_experts_per_tok": "MoE: routed experts each token uses (top-k)",
+    "aux_loss_alpha": "MoE: weight of the load-balancing loss",
+    "seq_aux": "MoE: balance loss per sequence (true) or over the whole batch (false)",
+    "norm_topk_prob": "MoE: renormalise the top-k routing weights to sum to 1",
+    "rope_scaling_type": "stretch RoPE past max_seq_len by --rope_factor (None: no scaling)",
+    "rope_factor": "context stretch of --rope_scaling_type",
+}
+_CHOICES = {"rope_scaling_type": ["linear", "ntk", "yarn"]}
+
+
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "small-T") -> None:
+    """--preset and one flag per config field. A field flag left out takes the preset's value; the help
+    shows the small-T value (LMConfig's own default) and what each preset changes."""
+    import inspect
+
     group = parser.add_argument_group("model config (a preset, then field-by-field overrides)")
-    group.add_argument("--preset", default=default_preset, choices=list(PRESETS), help="named model size")
+    sizes = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in fields.items()) or 'the defaults'}"
+                      for name, fields in PRESETS.items())
+    group.add_argument("--preset", default=default_preset, choices=list(PRESETS),
+                       help=f"named model size, default %(default)s ({sizes})")
+    signature = inspect.signature(LMConfig.__init__).parameters
     for name, kind in _FIELDS.items():
-        group.add_argument(f"--{name}", type=_parse_bool if kind is bool else kind, default=None, metavar=kind.__name__.upper())
+        default = signature[name].default
+        shown = "true/false, " if kind is bool else f"one of {', '.join(_CHOICES[name])}, " if name in _CHOICES else ""
+        help = f"{_FIELD_HELP[name]} ({shown}default: the preset's; small-T {default})".replace("%", "%%")
+        group.add_argument(f"--{name}", type=_parse_bool if kind is bool else kind, default=None,
+                           metavar=kind.__name__.upper(), choices=_CHOICES.get(name), help=help)
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

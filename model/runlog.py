@@ -7,7 +7,8 @@
 
 Files under out_dir, written by the main process only:
 
-    {name}_loss.png       training and validation loss, and the learning rate, against step
+    {name}_loss.png       training and validation loss, and the learning rate, against step (DPO: also
+                          the validation reward accuracy and margin, in a second panel)
     {name}_metrics.jsonl  one JSON object per log line and per validation pass (like HF Trainer's log_history)
     {name}_args.json      the run's full training config, written when it starts
 """
@@ -68,18 +69,24 @@ def format_duration(seconds: float) -> str:
 
 def plot_losses(history: dict, path: Path, title: str) -> None:
     """Training (per log line) and validation loss against step, with the learning rate on a second
-    axis when it was logged, as a PNG written atomically."""
+    axis when it was logged, as a PNG written atomically. When the history holds DPO's validation
+    reward accuracy and margin ("val_reward_acc", "val_reward_margin": [(step, value)]), a second panel
+    below shows them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    rewards = [key for key in ("val_reward_acc", "val_reward_margin") if history.get(key)]
+    if rewards:
+        fig, (ax, lower) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, height_ratios=(3, 2))
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     if history["train"]:
         ax.plot(*zip(*history["train"]), label="train", linewidth=1)
     if history["val"]:
         ax.plot(*zip(*history["val"]), "o-", label="validation", markersize=3)
-    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.set(xlabel="" if rewards else "step", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     if history["train"] or history["val"]:  # a run shorter than one log interval has nothing to label
         ax.legend(loc="upper center")
@@ -87,6 +94,19 @@ def plot_losses(history: dict, path: Path, title: str) -> None:
         rate = ax.twinx()
         rate.plot(*zip(*history["lr"]), color="gray", linewidth=0.8, linestyle="--")
         rate.set_ylabel("learning rate (dashed)", color="gray")
+    if rewards:
+        lower.set(xlabel="step")
+        lower.grid(alpha=0.3)
+        if history.get("val_reward_acc"):
+            lower.plot(*zip(*history["val_reward_acc"]), "o-", color="tab:green", markersize=3,
+                       label="validation reward accuracy")
+            lower.set_ylabel("reward accuracy", color="tab:green")
+            lower.set_ylim(-0.05, 1.05)
+        if history.get("val_reward_margin"):
+            margin = lower.twinx() if history.get("val_reward_acc") else lower
+            margin.plot(*zip(*history["val_reward_margin"]), "s--", color="tab:purple", markersize=3,
+                        label="validation reward margin")
+            margin.set_ylabel("reward margin", color="tab:purple")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
@@ -200,4 +220,16 @@ class RunLog:
 
     def plot(self, history: dict) -> None:
         if self.is_main:
-            plot_losses(history, self.plot_file, self.name)
+            plot_losses({**history, **self.validation_series("reward_acc", "reward_margin")}, self.plot_file, self.name)
+
+    def validation_series(self, *names: str) -> dict:
+        """{"val_NAME": [(step, value)]} for the validation metrics this run logged to its metrics file
+        (DPO's reward_acc and reward_margin): the engine's history keeps only the losses."""
+        series = {f"val_{name}": [] for name in names}
+        if self.metrics_file.exists():
+            for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line) if line.strip() else {}
+                for key, points in series.items():
+                    if key in record:
+                        points.append((record["step"], record[key]))
+        return {key: points for key, points in series.items() if points}
