@@ -8,14 +8,12 @@ summed over the response tokens only. The sigmoid DPO loss is
 and beta * log_ratio is the response's implicit "reward". The policy starts as a copy of the
 reference, so both log-ratios are 0 and the loss is -log sigmoid(0) = ln 2 at step 0.
 
-Why not trl's DPOTrainer (trl 1.16, tried on this model): it is a transformers Trainer with its own
-loop, optimizer, checkpoints, resume and logging, which would duplicate (and drift from) the shared
-engine in model/trainer.py that every other stage uses. It also does not run on MiniMind as is: its
-fused LM head calls the backbone with transformers' keyword arguments (`use_cache`, ...) and reads
-`.last_hidden_state`, which MiniMindModel does not take or return. With the backbone adapted in a
-throwaway check, trl's loss and rewards on the same pairs equalled these to 1e-7, once the reply is
-scored the same way: trl also scores the template's "\n" after </s>; here, as in SFT, the targets are
-the reply's content and its </s>. The loss itself is a few lines (trl's `loss_type="sigmoid"`).
+Why not trl's DPOTrainer for our own stage: it is a transformers Trainer with its own loop, optimizer,
+checkpoints, resume and logging, which would duplicate (and drift from) the shared engine in
+model/trainer.py that every other stage uses. trl trains the native export (`export_model.py --format
+native`, a plain LlamaForCausalLM) as it is, and tests/test_dpo_trl.py holds this loss, its rewards and
+every gradient against trl's on the same pairs (to 1e-6). The loss itself is a few lines (trl's
+`loss_type="sigmoid"`).
 """
 import torch
 import torch.nn.functional as F

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from model.checkpoint import atomic_write
+from model.errors import MiniMindError
 
 
 class MetricWindow:
@@ -121,13 +122,13 @@ class Reporter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise SystemExit("--report_to tensorboard needs `pip install tensorboard`")
+                raise MiniMindError("--report_to tensorboard needs `pip install tensorboard`")
             self.writer = SummaryWriter(str(out_dir / "runs" / name))
         elif kind == "wandb":
             try:
                 import wandb
             except ImportError:
-                raise SystemExit("--report_to wandb needs `pip install wandb`")
+                raise MiniMindError("--report_to wandb needs `pip install wandb`")
             self.writer = wandb.init(project="minimind", name=name, config=config)
 
     def log(self, values: dict, step: int) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import atomic_torch_save, clean_state_dict
+from model.errors import MiniMindError
 
 
 @dataclass
@@ -64,17 +65,17 @@ def write_resume(path: Path, state: RunState, model, optimizers: list, scaler, r
 
 
 def read_resume(path: Path) -> dict:
-    """The resume file as written by write_resume; SystemExit with one line when it cannot be used."""
+    """The resume file as written by write_resume; MiniMindError (one line) when it cannot be used."""
     try:  # weights_only: tensors and plain containers only; a crafted pickle cannot run code here
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise SystemExit(f"{path} is not a resume checkpoint this version can read "
+        raise MiniMindError(f"{path} is not a resume checkpoint this version can read "
                          f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
                          f"delete it to start over, or run without --resume")
     missing = [key for key in ("model", "optimizers", "scaler", "step", "epoch", "offset", "rng", "history")
                if not isinstance(saved, dict) or key not in saved]
     if missing:
-        raise SystemExit(f"{path} was written by another version (no {', '.join(missing)}): start over without --resume")
+        raise MiniMindError(f"{path} was written by another version (no {', '.join(missing)}): start over without --resume")
     return saved
 
 

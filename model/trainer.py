@@ -59,6 +59,7 @@ from model.checkpoint import save_weights
 from model.dataset import EpochSampler
 from model.runlog import MetricWindow, RunLog
 from model.runstate import RunState, StopFlag, read_resume, rng_state, set_rng_state, write_resume
+from model.errors import MiniMindError
 from model.runtime import DeviceError, FlopsPerToken, dtype_name, peak_flops, pick_device, pick_dtype
 
 
@@ -113,14 +114,14 @@ class TrainConfig:
         for name in positive + non_negative:
             value = getattr(self, name)
             if value is not None and (value <= 0 if name in positive else value < 0):
-                raise SystemExit(f"--{name} must be {'positive' if name in positive else 'at least 0'}, got {value}")
+                raise MiniMindError(f"--{name} must be {'positive' if name in positive else 'at least 0'}, got {value}")
         if self.optimizer not in ("adamw", "muon") or self.schedule not in ("cosine", "wsd"):
-            raise SystemExit(f"--optimizer is adamw or muon and --schedule cosine or wsd, got {self.optimizer}, "
+            raise MiniMindError(f"--optimizer is adamw or muon and --schedule cosine or wsd, got {self.optimizer}, "
                              f"{self.schedule}")
         if not (0 < self.muon_lr and 0 < self.decay_fraction <= 1):
-            raise SystemExit(f"need --muon_lr > 0 and 0 < --decay_fraction <= 1")
+            raise MiniMindError(f"need --muon_lr > 0 and 0 < --decay_fraction <= 1")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise SystemExit(f"AdamW betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
+            raise MiniMindError(f"AdamW betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
 
 
 _HELP = {
@@ -236,7 +237,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or id(p) in exempt else decay).append(p)
     if not decay and not no_decay:
-        raise SystemExit("the model has no trainable parameters (every parameter has requires_grad=False)")
+        raise MiniMindError("the model has no trainable parameters (every parameter has requires_grad=False)")
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -288,7 +289,7 @@ def check_writable(out_dir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise SystemExit(f"--out_dir {out_dir} cannot be written ({error.strerror or error}): pick another folder")
+        raise MiniMindError(f"--out_dir {out_dir} cannot be written ({error.strerror or error}): pick another folder")
 
 
 def remove_stale_temp_files(out_dir: Path, name: str) -> None:
@@ -463,7 +464,7 @@ class Trainer:
                 if (cfg.log_interval and state.step % cfg.log_interval == 0) or last:
                     values = window.reduce(self._reduce_device(), world)
                     if not math.isfinite(values["loss"]):
-                        raise SystemExit(f"loss is {values['loss']} at step {state.step}: lower --learning_rate or "
+                        raise MiniMindError(f"loss is {values['loss']} at step {state.step}: lower --learning_rate or "
                                          f"use --dtype float32; the last checkpoint is {plan.resume_file}")
                     state.history["train"].append((state.step, values["loss"]))
                     state.history.setdefault("lr", []).append((state.step, lr))
@@ -518,7 +519,7 @@ class Trainer:
         if not name:
             raise ValueError("fit() needs name=, the prefix of the output files (e.g. 'pretrain_512')")
         if val_set is not None and len(val_set) == 0:
-            raise SystemExit(f"{name}: the validation set is empty")
+            raise MiniMindError(f"{name}: the validation set is empty")
         out_dir = Path(cfg.out_dir)
         if self.is_main:
             check_writable(out_dir)
@@ -527,7 +528,7 @@ class Trainer:
         per_rank = EpochSampler(len(train_set), world_size=self.world_size).per_rank()
         steps_per_epoch = per_rank // samples_per_step
         if steps_per_epoch == 0:
-            raise SystemExit(f"{name}: the training set has {len(train_set)} samples, fewer than one step's "
+            raise MiniMindError(f"{name}: the training set has {len(train_set)} samples, fewer than one step's "
                              f"{samples_per_step * self.world_size} (batch_size {cfg.batch_size} x accumulation_steps "
                              f"{cfg.accumulation_steps} x {self.world_size} processes)")
         total = max_steps or cfg.epochs * steps_per_epoch
@@ -585,10 +586,10 @@ class Trainer:
         try:
             raw.load_state_dict(saved["model"])
         except RuntimeError as error:
-            raise SystemExit(f"{path} was saved from a different model ({str(error).splitlines()[0]}); "
+            raise MiniMindError(f"{path} was saved from a different model ({str(error).splitlines()[0]}); "
                              f"start over without --resume or use the settings of that run")
         if len(saved["optimizers"]) != len(optimizers):
-            raise SystemExit(f"{path} was saved with {len(saved['optimizers'])} optimizer(s), this run has "
+            raise MiniMindError(f"{path} was saved with {len(saved['optimizers'])} optimizer(s), this run has "
                              f"{len(optimizers)}: resume with the --optimizer it was trained with")
         for opt, opt_state in zip(optimizers, saved["optimizers"]):
             opt.load_state_dict(opt_state)
