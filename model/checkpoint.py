@@ -123,20 +123,12 @@ def save_weights(model, path) -> None:
 
 def load_config(path) -> LMConfig:
     """The LMConfig saved beside the weights `path` (its .json), checked field by field."""
-    from model.dataset import parse_json
+    from model.dataset import read_json_object
 
     cfg_file = config_path(path)
     if not cfg_file.is_file():
         raise MiniMindError(f"{path}: no config file {cfg_file.name} beside the weights")
-    try:
-        text = cfg_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise MiniMindError(f"{cfg_file}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
-    fields, reason, detail = parse_json(text)
-    if reason:
-        raise MiniMindError(f"{cfg_file}: {reason}{f' ({detail})' if detail else ''}: not a model config")
-    if not isinstance(fields, dict):
-        raise MiniMindError(f"{cfg_file}: expected a JSON object of config fields, found {type(fields).__name__}")
+    fields = read_json_object(cfg_file, "a JSON object of config fields", ": not a model config")
     fields.pop("model_type", None)
     check_field_types(fields, cfg_file)
     try:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from model.chat import build_prompt
+from model.dataset import read_json_object
 from model.errors import MiniMindError, first_line
 from model.LMConfig import add_config_args, config_from_args, config_overrides
 from model.runtime import DeviceError, pick_device, pick_dtype
@@ -185,22 +186,6 @@ def merge_lora(model, adapter_dir: Path):
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except Exception as error:  # missing or unreadable adapter weights, shapes of another base model
         raise MiniMindError(f"{adapter_dir}: cannot apply the LoRA adapter ({first_line(error, 200)})") from None
-
-
-def read_json_object(path: Path) -> dict:
-    """A small JSON config file (config.json, adapter_config.json) as a dict, or a MiniMindError naming it."""
-    from model.dataset import parse_json
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise MiniMindError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
-    value, reason, detail = parse_json(text)
-    if reason:
-        raise MiniMindError(f"{path}: {reason}{f' ({detail})' if detail else ''}")
-    if not isinstance(value, dict):
-        raise MiniMindError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 def render_chat(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:

@@ -45,7 +45,7 @@ def read_config_file(path) -> dict:
             if not isinstance(key, str):
                 raise MiniMindError(f"--config {path}: key {key!r} is not a flag name")
         return value
-    from model.cli import read_json_object
+    from model.dataset import read_json_object
 
     try:
         return read_json_object(path)

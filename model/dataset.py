@@ -48,16 +48,7 @@ def read_meta(meta_path) -> dict:
     `shards` dict of {"train_NNNN.bin" | "val_NNNN.bin": {"tokens": count}}. Anything else raises a
     MiniMindError naming the file and the field."""
     meta_path = Path(meta_path)
-    try:
-        text = meta_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise MiniMindError(f"{meta_path}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
-    meta, reason, detail = parse_json(text)
-    if reason:
-        raise MiniMindError(f"{meta_path}: {reason}{f' ({detail})' if detail else ''}; rebuild it with "
-                            f"`python data_process.py pretrain`")
-    if not isinstance(meta, dict):
-        raise MiniMindError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
+    meta = read_json_object(meta_path, fix="; rebuild it with `python data_process.py pretrain`")
     if meta.get("dtype") not in ("uint16", "uint32"):
         raise MiniMindError(f"{meta_path}: 'dtype' must be \"uint16\" or \"uint32\", found {reprlib.repr(meta.get('dtype'))}")
     shards = meta.get("shards")
@@ -239,6 +230,21 @@ def parse_json(text: str, surrogates: bool = True) -> tuple[object, str, str]:
         if at:
             return None, "lone UTF-16 surrogate in a string", f"at {at}"
     return value, "", ""
+
+
+def read_json_object(path, what: str = "a JSON object", fix: str = "") -> dict:
+    """A small JSON file that must hold one object (a model config, meta.json, adapter_config.json), as a
+    dict; otherwise a MiniMindError naming the file and what is wrong with it, ending with `fix`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MiniMindError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or first_line(error)})")
+    value, reason, detail = parse_json(text)
+    if reason:
+        raise MiniMindError(f"{path}: {reason}{f' ({detail})' if detail else ''}{fix}")
+    if not isinstance(value, dict):
+        raise MiniMindError(f"{path}: expected {what}, found {type(value).__name__}")
+    return value
 
 
 def read_jsonl(path, skips: Skips):
