@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
-from model.chat import prompt_budget
-from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
-from model.dataset import Skips, check_messages, read_jsonl
-from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, generate, stream_generate
+from model.chat import continuation_prompt, prompt_budget
+from model.cli import (DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, names_pretrain_checkpoint,
+                       render_chat)
+from model.dataset import Skips
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, stream_generate
 from model.ontopic import on_topic
-from model.tokenizer import EOS_ID
+from model.scoreboard import answer_all, first_question, read_conversations
 
 
 def parse_args(argv=None):
@@ -77,7 +78,7 @@ class Chat:
     def __init__(self, model, tokenizer, args):
         self.model, self.tokenizer, self.args = model, tokenizer, args
         # A pretrained model never saw the chat template: give it the bare text to continue.
-        self.raw_text = Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
+        self.raw_text = names_pretrain_checkpoint(args)
         self.history: list[dict] = []
         self.generator = None
         if args.seed is not None:
@@ -87,8 +88,7 @@ class Chat:
         # Leave room for (at least half of) the answer inside the context; past it, generation slides.
         budget = prompt_budget(context_length(self.model.config), self.args.max_new_tokens)
         if self.raw_text:
-            # Every pretraining document follows a </s>: that is how a document starts.
-            return ([EOS_ID] + self.tokenizer.encode(question))[-budget:]
+            return continuation_prompt(self.tokenizer, question, budget)
         messages = [{"role": "system", "content": self.args.system}] if self.args.system else []
         messages += self.history
         messages.append({"role": "user", "content": question})
@@ -129,14 +129,8 @@ def read_questions(path, limit: int) -> list[str]:
         raise SystemExit(f"--questions: {path} not found")
     questions, skips = [], Skips()
     if path.suffix == ".jsonl":
-        for number, row in read_jsonl(path, skips):
-            messages = row.get("conversations") if isinstance(row, dict) else None
-            reason, detail = check_messages(messages, "conversations")
-            first = next((m["content"].strip() for m in messages if m["role"] == "user"), "") if not reason else ""
-            if reason or not first:
-                skips.add(f"{path}:{number}", reason or "no user message with text", detail)
-                continue
-            questions.append(first)
+        conversations, skips = read_conversations(path, show_skips=3)
+        questions = [first_question(messages) for messages in conversations]
     else:
         try:
             questions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -153,22 +147,21 @@ def ask_all(chat: Chat, questions: list[str], judge: bool, quiet: bool = False) 
     """Answer every question, a batch at a time, print each answer (unless `quiet`) and, with `judge`,
     whether it is on topic."""
     a = chat.args
-    hits, tokens, start = 0, 0, time.perf_counter()
-    for first in range(0, len(questions), a.batch_size):
-        batch = questions[first:first + a.batch_size]
-        answers = generate(chat.model, [chat.prompt_ids(q) for q in batch], a.max_new_tokens, a.temperature, a.top_k,
-                           a.top_p, a.repetition_penalty, generator=chat.generator)
-        for question, ids in zip(batch, answers):
-            text = chat.tokenizer.decode(ids).rstrip("\ufffd")
-            tokens += len(ids)
-            notes = [f"{len(ids)} tokens", "stopped" if len(ids) < a.max_new_tokens else "max tokens reached"]
-            if judge:
-                word = on_topic(question, text)
-                hits += word is not None
-                notes.append(f"on topic: {word}" if word else "off topic")
-            if not quiet:
-                print(f"👶 {question}\n🤖 {text}\n[{', '.join(notes)}]\n", flush=True)
+    start = time.perf_counter()
+    answers = answer_all(chat.model, chat.tokenizer, questions, [chat.prompt_ids(q) for q in questions],
+                         a.max_new_tokens, chat.generator, a.batch_size, temperature=a.temperature, top_k=a.top_k,
+                         top_p=a.top_p, repetition_penalty=a.repetition_penalty)
+    hits = 0
+    for item in answers:
+        notes = [f"{item['tokens']} tokens", "stopped" if item["ended"] else "max tokens reached"]
+        if judge:
+            word = on_topic(item["question"], item["answer"])
+            hits += word is not None
+            notes.append(f"on topic: {word}" if word else "off topic")
+        if not quiet:
+            print(f"👶 {item['question']}\n🤖 {item['answer']}\n[{', '.join(notes)}]\n", flush=True)
     seconds = time.perf_counter() - start
+    tokens = sum(item["tokens"] for item in answers)
     print(f"{len(questions)} answers, {tokens} tokens in {seconds:.1f}s ({tokens / seconds:.0f} tokens/s)")
     if judge:
         print(f"on topic: {hits} of {len(questions)} ({100 * hits / len(questions):.0f}%): the first sentence of the "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from model.checkpoint import atomic_write
-from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, load_from_args
+from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, load_from_args, names_pretrain_checkpoint
 from model.dataset import MiniMindError
 from model.scoreboard import first_question, read_conversations, score
 
@@ -59,8 +59,7 @@ def print_board(board: dict, name: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load_from_args(args)
-    pretrained = Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
-    raw_text = args.prompt == "raw" or (args.prompt == "auto" and pretrained)
+    raw_text = args.prompt == "raw" or (args.prompt == "auto" and names_pretrain_checkpoint(args))
     val_path = Path(args.val_data)
     if not val_path.exists():
         raise SystemExit(f"--val_data {val_path} not found: build it with `python data_process.py sft`")

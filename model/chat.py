@@ -16,6 +16,7 @@ message cannot forge a turn of another role.
 """
 
 from model.errors import MiniMindError
+from model.tokenizer import EOS_ID
 
 
 class ContextTooLong(MiniMindError):
@@ -91,3 +92,9 @@ def build_prompt(tokenizer, messages: list, max_prompt_tokens: int, cut: bool = 
     kept = sorted(fixed + history[kept_from:])
     ids = [t for i in kept for t in encoded[i]] + header
     return ids, len(messages) - len(kept)
+
+
+def continuation_prompt(tokenizer, text: str, max_prompt_tokens: int) -> list:
+    """A bare text for a pretrained model to continue, after a </s> (every pretraining document follows
+    one: that is how a document starts); the last `max_prompt_tokens` ids."""
+    return ([EOS_ID] + tokenizer.encode(text, add_special_tokens=False))[-max_prompt_tokens:]

@@ -128,6 +128,12 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
     return path, adapter
 
 
+def names_pretrain_checkpoint(args) -> bool:
+    """Whether the arguments name a pretraining checkpoint (--weight pretrain, or a --ckpt file named
+    pretrain_*): a model that learned to continue text, asked with the bare text by default."""
+    return Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
+
+
 def load_from_args(args, verbose: bool = True):
     """The model (eval mode, on the chosen device and dtype; an int8-quantised copy with --quantize int8)
     and tokenizer that the arguments name."""

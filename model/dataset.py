@@ -529,7 +529,8 @@ class PackedChatDataset(Dataset):
                 if row_ids and len(row_ids) + len(ids) > max_length + 1:
                     self.rows.add(row_ids, row_mask)
                     row_ids, row_mask = [], []
-                row_ids, row_mask = row_ids + ids, row_mask + mask
+                row_ids += ids
+                row_mask += mask
                 count += 1
         if row_ids:
             self.rows.add(row_ids, row_mask)

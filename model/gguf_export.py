@@ -109,6 +109,19 @@ def rounded_like_gguf(model, outtype: str):
     return rounded
 
 
+def attention_tensors(state: dict, i: int, q_heads: int = 0, kv_heads: int = 0):
+    """(GGUF name, tensor) of layer i's two norms and attention projections. With head counts, the Q and K
+    rows are reordered for the `llama` architecture's interleaved RoPE (interleave_rope_rows)."""
+    p = f"model.layers.{i}."
+    q, k = state[p + "self_attn.q_proj.weight"], state[p + "self_attn.k_proj.weight"]
+    yield f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"]
+    yield f"blk.{i}.attn_q.weight", interleave_rope_rows(q, q_heads) if q_heads else q
+    yield f"blk.{i}.attn_k.weight", interleave_rope_rows(k, kv_heads) if kv_heads else k
+    yield f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"]
+    yield f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"]
+    yield f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"]
+
+
 def dense_tensors(model):
     """(GGUF name, float32 tensor) of a dense model, in llama.cpp's `llama` layout."""
     cfg = model.config
@@ -116,12 +129,7 @@ def dense_tensors(model):
     yield "token_embd.weight", state["model.embed_tokens.weight"]
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
-        yield f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"]
-        yield f"blk.{i}.attn_q.weight", interleave_rope_rows(state[p + "self_attn.q_proj.weight"], cfg.n_heads)
-        yield f"blk.{i}.attn_k.weight", interleave_rope_rows(state[p + "self_attn.k_proj.weight"], cfg.n_kv_heads)
-        yield f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"]
-        yield f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"]
-        yield f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"]
+        yield from attention_tensors(state, i, cfg.n_heads, cfg.n_kv_heads)
         yield f"blk.{i}.ffn_gate.weight", state[p + "mlp.gate_proj.weight"]
         yield f"blk.{i}.ffn_up.weight", state[p + "mlp.up_proj.weight"]
         yield f"blk.{i}.ffn_down.weight", state[p + "mlp.down_proj.weight"]
@@ -148,12 +156,7 @@ def moe_tensors(model):
     yield "token_embd.weight", state["model.embed_tokens.weight"]
     for i, layer in enumerate(model.model.layers):
         p = f"model.layers.{i}."
-        yield f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"]
-        yield f"blk.{i}.attn_q.weight", state[p + "self_attn.q_proj.weight"]
-        yield f"blk.{i}.attn_k.weight", state[p + "self_attn.k_proj.weight"]
-        yield f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"]
-        yield f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"]
-        yield f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"]
+        yield from attention_tensors(state, i)  # qwen2moe rotates halves, as we do: no reordering
         moe = layer.mlp
         yield f"blk.{i}.ffn_gate_inp.weight", state[p + "mlp.gate.weight"]
         for part, short in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down")):

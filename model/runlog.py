@@ -143,6 +143,9 @@ class Reporter:
             self.writer.close() if self.kind == "tensorboard" else self.writer.finish()
 
 
+PLOTTED_VALIDATION = ("reward_acc", "reward_margin")  # drawn beside the loss when a run logs them (DPO)
+
+
 class RunLog:
     """Log lines above a progress bar, the metrics file and the reporter, for the main process (the
     others get a RunLog that does nothing). A context manager: leaving it closes the bar and reporter."""
@@ -155,6 +158,9 @@ class RunLog:
         self.metrics_file = Path(out_dir) / f"{name}_metrics.jsonl"
         self.plot_file = Path(out_dir) / f"{name}_loss.png"
         self.progress = self.reporter = None
+        # validation metrics beyond the loss (DPO's reward_acc, reward_margin), for the plot: read from the
+        # metrics file once when a run resumes, then kept up as validation passes are logged
+        self.val_series = {f"val_{name}": [] for name in PLOTTED_VALIDATION}
         if is_main:
             from tqdm import tqdm
 
@@ -166,10 +172,13 @@ class RunLog:
             if first_step == 0:
                 self.metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh record
             elif self.metrics_file.exists():  # resumed: drop what was logged after the checkpoint
-                kept = [line for line in self.metrics_file.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= first_step]
-                text = "".join(line + "\n" for line in kept)
+                kept = [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines()
+                        if line.strip()]
+                kept = [record for record in kept if record.get("step", 0) <= first_step]
+                text = "".join(json.dumps(record) + "\n" for record in kept)
                 atomic_write(self.metrics_file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+                for record in kept:
+                    self._add_val_series(record)
 
     def __enter__(self) -> "RunLog":
         return self
@@ -215,22 +224,17 @@ class RunLog:
         if not self.is_main:
             return
         self.write(f"step {step} | validation " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        self._record({"step": step, **{f"val_{k}": v for k, v in metrics.items()}})
+        record = {"step": step, **{f"val_{k}": v for k, v in metrics.items()}}
+        self._record(record)
+        self._add_val_series(record)
         if self.reporter:
             self.reporter.log({f"val/{k}": v for k, v in metrics.items()}, step)
 
+    def _add_val_series(self, record: dict) -> None:
+        for key, points in self.val_series.items():
+            if key in record:
+                points.append((record["step"], record[key]))
+
     def plot(self, history: dict) -> None:
         if self.is_main:
-            plot_losses({**history, **self.validation_series("reward_acc", "reward_margin")}, self.plot_file, self.name)
-
-    def validation_series(self, *names: str) -> dict:
-        """{"val_NAME": [(step, value)]} for the validation metrics this run logged to its metrics file
-        (DPO's reward_acc and reward_margin): the engine's history keeps only the losses."""
-        series = {f"val_{name}": [] for name in names}
-        if self.metrics_file.exists():
-            for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line) if line.strip() else {}
-                for key, points in series.items():
-                    if key in record:
-                        points.append((record["step"], record[key]))
-        return {key: points for key, points in series.items() if points}
+            plot_losses({**history, **{k: v for k, v in self.val_series.items() if v}}, self.plot_file, self.name)

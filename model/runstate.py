@@ -29,7 +29,7 @@ class RunState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     offset: int = 0  # samples this process has consumed in the current epoch
-    history: dict = field(default_factory=lambda: {"train": [], "val": []})  # [(step, loss)] each
+    history: dict = field(default_factory=lambda: {"train": [], "val": [], "lr": []})  # [(step, value)] each
 
 
 def rng_state(device: torch.device) -> dict:

@@ -21,18 +21,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.dataset import IGNORE, PAD_ID, ChatEncoder, MiniMindError, Skips, check_messages, read_jsonl
+from model.dataset import (IGNORE, ChatEncoder, MiniMindError, SFTDataset, Skips, check_messages, read_jsonl,
+                           shift_and_truncate)
+from model.chat import build_prompt, continuation_prompt, prompt_budget
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, generate
 from model.ontopic import judge
-from model.tokenizer import EOS_ID
 
 LOOP_CHARS, LOOP_REPEATS = 8, 3
 
 
-def read_conversations(path, limit: int = 0) -> tuple[list[list[dict]], Skips]:
-    """Valid conversations (message lists) of a chat jsonl, at most `limit` (0: all), and the skips."""
+def read_conversations(path, limit: int = 0, show_skips: int = 0) -> tuple[list[list[dict]], Skips]:
+    """Conversations (message lists) with a non-empty user message, of a chat jsonl, at most `limit`
+    (0: all), and the skips (the first `show_skips` of each reason printed)."""
     path = Path(path)
-    conversations, skips = [], Skips(show=0)
+    conversations, skips = [], Skips(show=show_skips)
     for number, row in read_jsonl(path, skips):
         messages = row.get("conversations") if isinstance(row, dict) else None
         reason, detail = check_messages(messages, "conversations")
@@ -70,13 +72,7 @@ def bits_per_char(model, tokenizer, conversations: list[list[dict]], batch_size:
     device = next(model.parameters()).device
     nats, tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        width = max(len(ids) for ids, _ in batch) - 1
-        x = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
-        y = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        for r, (ids, mask) in enumerate(batch):
-            x[r, :len(ids) - 1] = torch.tensor(ids[:-1])
-            y[r, :len(ids) - 1] = torch.tensor([t if m else IGNORE for t, m in zip(ids[1:], mask[1:])])
+        x, y = SFTDataset.collate([shift_and_truncate(ids, mask, window) for ids, mask in rows[start:start + batch_size]])
         logits = model(input_ids=x.to(device)).logits.float()
         y = y.to(device)
         nats += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum").item()
@@ -86,29 +82,22 @@ def bits_per_char(model, tokenizer, conversations: list[list[dict]], batch_size:
 
 
 def prompt_ids(tokenizer, question: str, raw_text: bool, budget: int) -> list[int]:
-    """The prompt a chat model gets (`<s>user` ... `<s>assistant\\n`), or for a pretrained model the bare
-    question after a </s>, the way every pretraining document starts; the last `budget` tokens."""
+    """The prompt a chat model gets (the question in the chat template, then `<s>assistant\n`), or for a
+    pretrained model the bare question to continue; at most `budget` tokens (model/chat.py)."""
     if raw_text:
-        return ([EOS_ID] + tokenizer.encode(question, add_special_tokens=False))[-budget:]
-    encoder = ChatEncoder(tokenizer)
-    ids, _ = encoder.encode([{"role": "user", "content": question}], lambda i, m: False)
-    return (ids + encoder.headers["assistant"])[-budget:]
+        return continuation_prompt(tokenizer, question, budget)
+    return build_prompt(tokenizer, [{"role": "user", "content": question}], budget, cut=True)[0]
 
 
 @torch.no_grad()
-def answer_all(model, tokenizer, questions: list[str], raw_text: bool, max_new_tokens: int = 100, seed: int = 1,
-               temperature: float = CHAT_TEMPERATURE, top_p: float = CHAT_TOP_P, batch_size: int = 16) -> list[dict]:
-    """Every question's answer: {"question", "answer", "tokens", "ended"}, sampled with a fixed seed."""
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    context = context_length(model.config)
-    budget = context - min(max_new_tokens, context // 2)
+def answer_all(model, tokenizer, questions: list[str], prompts: list[list[int]], max_new_tokens: int = 100,
+               generator=None, batch_size: int = 16, **sampling) -> list[dict]:
+    """Every question's answer to its prompt: {"question", "answer", "tokens", "ended"}, a batch at a time.
+    `sampling`: generate()'s temperature, top_k, top_p, repetition_penalty."""
     results = []
     for start in range(0, len(questions), batch_size):
-        batch = questions[start:start + batch_size]
-        prompts = [prompt_ids(tokenizer, q, raw_text, budget) for q in batch]
-        outputs = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, generator=generator)
-        for question, ids in zip(batch, outputs):
+        outputs = generate(model, prompts[start:start + batch_size], max_new_tokens, generator=generator, **sampling)
+        for question, ids in zip(questions[start:start + batch_size], outputs):
             results.append({"question": question, "answer": tokenizer.decode(ids).rstrip("\ufffd"),
                             "tokens": len(ids), "ended": len(ids) < max_new_tokens})
     return results
@@ -151,8 +140,13 @@ def score(model, tokenizer, val_conversations: list[list[dict]], question_sets: 
     """The whole scoreboard: bits per character on `val_conversations`, then for each named list of
     questions the summary of its judged answers; the answers themselves under "answers"."""
     board = {"loss": bits_per_char(model, tokenizer, val_conversations), "answers": {}}
+    device = next(model.parameters()).device
+    budget = prompt_budget(context_length(model.config), max_new_tokens)
     for name, questions in question_sets.items():
-        answers = answer_all(model, tokenizer, questions, raw_text, max_new_tokens, seed)
+        generator = torch.Generator(device=device).manual_seed(seed)  # each set sampled from the same seed
+        prompts = [prompt_ids(tokenizer, q, raw_text, budget) for q in questions]
+        answers = answer_all(model, tokenizer, questions, prompts, max_new_tokens, generator,
+                             temperature=CHAT_TEMPERATURE, top_p=CHAT_TOP_P)
         board[name] = summarize(answers)
         board["answers"][name] = answers
     return board

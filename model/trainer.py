@@ -119,7 +119,7 @@ class TrainConfig:
             raise MiniMindError(f"--optimizer is adamw or muon and --schedule cosine or wsd, got {self.optimizer}, "
                              f"{self.schedule}")
         if not (0 < self.muon_lr and 0 < self.decay_fraction <= 1):
-            raise MiniMindError(f"need --muon_lr > 0 and 0 < --decay_fraction <= 1")
+            raise MiniMindError("need --muon_lr > 0 and 0 < --decay_fraction <= 1")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise MiniMindError(f"AdamW betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
 
@@ -467,7 +467,7 @@ class Trainer:
                         raise MiniMindError(f"loss is {values['loss']} at step {state.step}: lower --learning_rate or "
                                          f"use --dtype float32; the last checkpoint is {plan.resume_file}")
                     state.history["train"].append((state.step, values["loss"]))
-                    state.history.setdefault("lr", []).append((state.step, lr))
+                    state.history["lr"].append((state.step, lr))
                     run_log.train(state.step, state.epoch, values, lr)
                 if val_set is not None and ((cfg.eval_interval and state.step % cfg.eval_interval == 0) or last):
                     val_metrics = validate()
@@ -521,8 +521,7 @@ class Trainer:
         if val_set is not None and len(val_set) == 0:
             raise MiniMindError(f"{name}: the validation set is empty")
         out_dir = Path(cfg.out_dir)
-        if self.is_main:
-            check_writable(out_dir)
+        if self.is_main:  # writable: checked when the Trainer was built
             remove_stale_temp_files(out_dir, name)
         samples_per_step = cfg.batch_size * cfg.accumulation_steps  # per rank
         per_rank = EpochSampler(len(train_set), world_size=self.world_size).per_rank()

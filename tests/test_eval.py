@@ -134,7 +134,9 @@ def test_judge_marks_each_answer_and_counts_the_share(out_dir, tokenizer_dir, tm
     def fake_generate(model, prompts, *args, **kwargs):
         return [tokenizer.encode(next(answers)) for _ in prompts]
 
-    monkeypatch.setattr(chat_script, "generate", fake_generate)
+    import model.scoreboard
+
+    monkeypatch.setattr(model.scoreboard, "generate", fake_generate)  # 2-eval.py answers through answer_all
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--judge", "--questions", str(questions),
                                "--batch_size", "2"))
     printed = capsys.readouterr().out
@@ -293,7 +295,9 @@ def test_pretrain_weight_gets_the_demo_questions_as_bare_text_when_asked(out_dir
         prompts.extend(batch)
         return [[] for _ in batch]
 
-    monkeypatch.setattr(chat_script, "generate", recording_generate)
+    import model.scoreboard
+
+    monkeypatch.setattr(model.scoreboard, "generate", recording_generate)  # 2-eval.py answers through answer_all
     tokenizer = load_tokenizer(tokenizer_dir)
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--auto"))
     assert [tokenizer.decode(p) for p in prompts] == [f"</s>{p}" for p in PRETRAIN_PROMPTS]

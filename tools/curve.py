@@ -21,17 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import quickstart  # noqa: E402  (the recipes and their stage commands)
 from model.checkpoint import atomic_write  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
-
-
-def load_quickstart():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(argv: list[str], log: Path) -> float:
@@ -45,7 +37,7 @@ def run(argv: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def point(quickstart, recipe: dict, scale: float, out: Path, score_limit: int) -> dict:
+def point(recipe: dict, scale: float, out: Path, score_limit: int) -> dict:
     """Train and score one scaled copy of the recipe (or read back its earlier result)."""
     folder = out / f"x{scale:g}"
     result_file = folder / "point.json"
@@ -103,10 +95,9 @@ def main():
     if any(s <= 0 for s in args.scales) or args.score_limit < 0:
         parser.error("--scales must be positive and --score_limit at least 0")
     os.chdir(ROOT)
-    quickstart = load_quickstart()
     recipe = quickstart.for_this_machine(quickstart.RECIPES[args.recipe])
     out = Path(args.out or f"out/curve_{args.recipe}")
-    points = [point(quickstart, recipe, scale, out, args.score_limit) for scale in sorted(args.scales)]
+    points = [point(recipe, scale, out, args.score_limit) for scale in sorted(args.scales)]
     lines = ["| scale | pretrain / SFT steps | training minutes | held-out bits/char | on topic (held-out) | demo on topic |"
              " ended | looped |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for p in points:
