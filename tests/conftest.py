@@ -9,6 +9,59 @@ import torch
 from model.LMConfig import LMConfig
 from model.tokenizer import load_tokenizer, train_bpe
 
+
+# --- the device option and the gpu marker: `python -m pytest -m gpu --device cuda tests/test_gpu.py`
+# runs the device checks on a GPU; without the option they run on the CPU, with small shapes, and the
+# checks that only mean something on CUDA are skipped with the reason.
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="device for the tests that take the `device` fixture (tests/test_gpu.py): cpu (default), "
+                          "cuda or cuda:N")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: a device check (tests/test_gpu.py); run on a GPU with "
+                                       "`python -m pytest -m gpu --device cuda tests/test_gpu.py`")
+
+
+def pytest_report_header(config):
+    """A line at the top of the run's output: the device the checks run on and, for a GPU, the facts a
+    failure report needs (which GPU, its bf16 support, the torch and CUDA versions)."""
+    name = config.getoption("device", default="cpu")
+    if not name.startswith("cuda"):
+        return f"device: {name} (--device)"
+    if not torch.cuda.is_available():
+        return f"device: {name} (--device), but torch {torch.__version__} sees no CUDA GPU"
+    gpu = torch.device(name)
+    major, minor = torch.cuda.get_device_capability(gpu)
+    return (f"device: {torch.cuda.get_device_name(gpu)}, compute capability {major}.{minor}, "
+            f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}; torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}")
+
+
+NEEDS_CUDA = "needs --device cuda and a CUDA GPU"
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device named by --device. Asking for CUDA on a machine without one skips, rather than fails,
+    the tests that use it: the same command line then works everywhere."""
+    # (the default only matters should this conftest load too late to add its option)
+    chosen = torch.device(request.config.getoption("device", default="cpu"))
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{NEEDS_CUDA} (--device {chosen} given, but torch sees no CUDA GPU)")
+    return chosen
+
+
+@pytest.fixture
+def cuda_device(device) -> torch.device:
+    """For the checks that only mean something on a GPU (NCCL, TF32, the GPU's own bf16 choice)."""
+    if device.type != "cuda":
+        pytest.skip(NEEDS_CUDA)
+    return device
+
+
 _SENTENCES = [
     "今天天气很好，我们一起去公园散步吧。",
     "人工智能是计算机科学的一个分支，研究如何让机器学习。",
@@ -52,9 +105,9 @@ def load_script(filename: str):
 def greedy_by_recompute(model, prompt: list[int], n: int) -> list[int]:
     """n greedy tokens, reading the whole sequence again at every step (no cache): the reference that
     cached generation must match."""
-    ids = list(prompt)
+    ids, device = list(prompt), next(model.parameters()).device
     for _ in range(n):
-        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        ids.append(int(model(torch.tensor([ids], device=device)).logits[0, -1].argmax()))
     return ids[len(prompt):]
 
 

@@ -92,9 +92,13 @@ def test_moe_routes_every_token_to_exactly_top_k_experts():
     probs, experts, weights = moe.route(x)
     assert experts.shape == (30, 2)
     assert all(len(set(row)) == 2 for row in experts.tolist())
-    assert torch.allclose(weights.sum(-1), torch.ones(30))  # renormalised top-k
-    # the routed experts are the two most probable ones
-    assert torch.equal(experts.sort(-1).values, probs.topk(2, -1).indices.sort(-1).values)
+    # the router written out: a linear map to one score per expert, a softmax, the two most probable
+    reference = (x @ moe.gate.weight.T).softmax(-1)
+    assert torch.allclose(probs, reference, atol=1e-6)
+    top = reference.topk(2, dim=-1)
+    assert torch.equal(experts, top.indices)
+    assert torch.allclose(weights, top.values / top.values.sum(-1, keepdim=True), atol=1e-6)  # renormalised
+    assert torch.allclose(weights.sum(-1), torch.ones(30))
 
 
 def test_moe_forward_equals_explicit_mixture():
@@ -103,9 +107,11 @@ def test_moe_forward_equals_explicit_mixture():
     x = torch.randn(2, 5, config.dim)
     out, _ = moe(x)
     flat = x.reshape(-1, config.dim)
-    _, experts, weights = moe.route(flat)
+    # Routing worked out here, not by moe.route (tested above): softmax scores, top-k, renormalised.
+    top = (flat @ moe.gate.weight.T).softmax(-1).topk(config.num_experts_per_tok, dim=-1)
+    shares = top.values / top.values.sum(-1, keepdim=True)
     expected = torch.stack([
-        sum(w * moe.experts[e](t) for e, w in zip(experts[i].tolist(), weights[i])) + moe.shared_experts[0](t)
+        sum(w * moe.experts[e](t) for e, w in zip(top.indices[i].tolist(), shares[i])) + moe.shared_experts[0](t)
         for i, t in enumerate(flat)
     ])
     assert torch.allclose(out.reshape(-1, config.dim), expected, atol=1e-5)
@@ -127,18 +133,25 @@ def test_moe_aux_loss_is_in_the_loss_and_trains_the_gate():
 
 
 def test_moe_expert_with_no_tokens_still_gets_a_zero_gradient():
+    """DDP needs a gradient for every parameter in every step, even for an expert no token chose."""
     model = MiniMindForCausalLM(tiny_moe_config(n_routed_experts=4, num_experts_per_tok=1))
-    gate = model.model.layers[0].mlp.gate
-    with torch.no_grad():  # route every token to expert 0
-        gate.weight.zero_()
-        gate.weight[0] = 1.0
-    x = torch.randint(0, 512, (1, 8))
+    moe = model.model.layers[0].mlp
     with torch.no_grad():
-        h = model.model.embed_tokens(x)
-        _, experts, _ = model.model.layers[0].mlp.route(model.model.layers[0].post_attention_layernorm(h).reshape(-1, 64))
+        # Scores w.x and -w.x for experts 0 and 1, 0 for 2 and 3: one of the first two always scores
+        # highest, so experts 2 and 3 never get a token, whatever the hidden states are.
+        moe.gate.weight.zero_()
+        moe.gate.weight[0] = 1.0
+        moe.gate.weight[1] = -1.0
+    called = set()
+    for i, expert in enumerate(moe.experts):
+        expert.register_forward_hook(lambda module, args, output, i=i: called.add(i))
+    x = torch.randint(0, 512, (1, 8))
     model(x, labels=x).loss.backward()
-    for p in model.model.layers[0].mlp.experts[3].parameters():
-        assert p.grad is not None and torch.all(p.grad == 0)
+    assert called and called <= {0, 1}  # the premise: 2 and 3 stayed idle
+    for idle in (2, 3):
+        for p in moe.experts[idle].parameters():
+            assert p.grad is not None and torch.all(p.grad == 0)
+    assert any(p.grad.abs().sum() > 0 for i in called for p in moe.experts[i].parameters())
 
 
 def test_moe_runs_in_bf16():
@@ -219,13 +232,26 @@ def test_yarn_leaves_high_frequencies_and_stretches_low_ones():
 
 
 def test_repetition_penalty_lowers_seen_tokens_of_either_sign():
-    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
-    seen = torch.tensor([[True, True, False, False]])
-    before = logits.softmax(-1)
-    after_logits = torch.where(logits > 0, logits / 2, logits * 2)
-    # greedy picks the top unpenalised token once the seen positive one is halved
-    assert sample_next(logits, seen, repetition_penalty=3.0).item() == 2
-    assert after_logits[0, 1] < logits[0, 1] and before.argmax() == 0
+    """A seen token's logit is divided by the penalty when positive and multiplied by it when negative, so
+    it falls either way; unseen tokens keep theirs. Each case puts a seen token (0) against an unseen one
+    (1) with the margins worked out by hand, so greedy picks show where the penalised logit landed."""
+    seen = torch.tensor([[True, False, False]])
+    # positive: 2.0 / 1.5 = 1.33 still beats 1.0; 2.0 / 3 = 0.67 does not
+    positive = torch.tensor([[2.0, 1.0, -5.0]])
+    assert sample_next(positive, seen, repetition_penalty=1.5).item() == 0
+    assert sample_next(positive, seen, repetition_penalty=3.0).item() == 1
+    # negative: -1.0 * 1.2 = -1.2 still beats -1.5; -1.0 * 2 = -2.0 does not (dividing, as for a positive
+    # logit, would raise it to -0.5 and so favour the repeat)
+    negative = torch.tensor([[-1.0, -1.5, -5.0]])
+    assert sample_next(negative, seen, repetition_penalty=1.2).item() == 0
+    assert sample_next(negative, seen, repetition_penalty=2.0).item() == 1
+    # each row by its own seen tokens; the caller's logits are left as they were
+    rows = torch.tensor([[2.0, 1.0, -5.0], [2.0, 1.0, -5.0]])
+    assert sample_next(rows, torch.tensor([[True, False, False], [False, True, False]]),
+                       repetition_penalty=3.0).tolist() == [1, 0]
+    assert torch.equal(rows, torch.tensor([[2.0, 1.0, -5.0], [2.0, 1.0, -5.0]]))
+    # sampling sees the penalised logits too: top_k=1 keeps only the best of them
+    assert sample_next(negative, seen, temperature=1.0, top_k=1, repetition_penalty=2.0).item() == 1
 
 
 def test_top_k_and_top_p_restrict_sampling():
@@ -287,10 +313,10 @@ def test_streaming_stop_string_is_cut_and_never_shown(tokenizer):
 def test_a_config_written_with_the_old_scoring_func_field_still_loads(tmp_path):
     import json
 
-    from model.checkpoint import config_path, load_model, save_weights
+    from model.checkpoint import config_path, load_model, save_weights, weights_path
 
     model = MiniMindForCausalLM(tiny_moe_config())
-    path = tmp_path / "full_sft_64_moe.pth"
+    path = weights_path(tmp_path, "full_sft", model.config)
     save_weights(model, path)
     fields = json.loads(config_path(path).read_text())
     assert "scoring_func" not in fields
