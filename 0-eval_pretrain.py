@@ -1,10 +1,10 @@
 """Check a pretrained MiniMind: continue a few Chinese openings, and measure held-out loss.
 
-    python 0-eval_pretrain.py                         # continue the fixed prompts with out/pretrain_512.pth
+    python 0-eval_pretrain.py                         # continue the fixed prompts with out/pretrain_512x8.pth
     python 0-eval_pretrain.py --val                   # also: loss and perplexity on dataset/pretrain val shards
     python 0-eval_pretrain.py --val --no_samples      # only the numbers
     python 0-eval_pretrain.py --prompt "北京是"         # your own opening instead of the fixed list
-    python 0-eval_pretrain.py --ckpt out/pretrain_640_moe.pth --temperature 0
+    python 0-eval_pretrain.py --ckpt out/pretrain_640x8_moe.pth --temperature 0
 
 The prompts are raw text (no chat template): a pretrained model only knows how to continue documents.
 Validation reads the held-out split that `data_process.py pretrain` wrote, in windows of the model's

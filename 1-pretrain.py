@@ -4,12 +4,12 @@
     python 1-pretrain.py --preset tiny --batch_size 8 --max_tokens 5e5 --resume   # continue an interrupted run exactly
     python 1-pretrain.py                                                # small-T (26.88M), one epoch
     torchrun --nproc_per_node 8 1-pretrain.py --preset small --batch_size 64 --epochs 2
-    python 1-pretrain.py --preset moe --init_from out/pretrain_640_moe.pth   # continue pretraining from weights
+    python 1-pretrain.py --preset moe --init_from out/pretrain_640x8_moe.pth   # continue pretraining from weights
 
 Reads dataset/pretrain/{meta.json, train_*.bin, val_*.bin}: windows of --seq_len tokens (documents joined
 by </s>), the target of each position the next token. Writes, under --out_dir:
 
-    pretrain_{dim}[_moe].pth   + .json   the weights (a plain state dict) and the config that built them
+    pretrain_{tag}.pth   + .json   the weights (a plain state dict) and the config that built them
     pretrain_{tag}_resume.pth            everything --resume needs to continue bit-exactly
     pretrain_{tag}_loss.png              training and validation loss curves
 
@@ -23,7 +23,7 @@ import argparse
 import math
 from pathlib import Path
 
-from model.checkpoint import load_model
+from model.cli import load_with_flags
 from model.dataset import PretrainDataset
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, tokenizer_hash
@@ -86,8 +86,8 @@ def main(argv=None):
     trainer = Trainer(train_config)  # seeds, so the model below starts the same in every run
 
     if args.init_from:
-        model = load_model(args.init_from)
-        trainer.print(f"initialised from {args.init_from} (its config wins over --preset and field flags)")
+        model = load_with_flags(args.init_from, args, say=trainer.print)
+        trainer.print(f"initialised from {args.init_from} (its config decides the shape)")
     else:
         from model.model import MiniMindForCausalLM
 
@@ -120,7 +120,7 @@ def main(argv=None):
     loss_fn = moe_pretrain_loss if config.use_moe else pretrain_loss
     collate = train_set.collate if args.chat_data else None  # packed rows can end short of a full window
     result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=collate, name=f"pretrain_{config.tag()}",
-                         max_steps=max_steps)
+                         stage="pretrain", max_steps=max_steps)
     if result.finished and result.val_metrics:
         loss = result.val_metrics["loss"]
         trainer.print(f"done: {result.weights_file}, validation loss {loss:.4f} (perplexity {math.exp(loss):.1f})")

@@ -1,9 +1,9 @@
 """Chat with a trained MiniMind in the terminal, with streaming replies.
 
-    python 2-eval.py                              # chat with out/full_sft_512.pth
+    python 2-eval.py                              # chat with out/full_sft_512x8.pth
     python 2-eval.py --weight dpo --auto          # answer the fixed demo questions, no typing
-    python 2-eval.py --weight lora_medical        # full_sft + the LoRA adapter out/lora_medical_512/
-    python 2-eval.py --ckpt out/hf/full_sft_512   # an exported HF folder
+    python 2-eval.py --weight lora_medical        # full_sft + the LoRA adapter out/lora_medical_512x8/
+    python 2-eval.py --ckpt out/hf/full_sft_512x8   # an exported HF folder
     python 2-eval.py --history_turns 3            # remember the last 3 exchanges
     python 2-eval.py --weight pretrain            # a pretrained model continues raw text instead
                                                   # (so does any --ckpt named pretrain_*)
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from model.chat import continuation_prompt, prompt_budget
-from model.cli import (DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, names_pretrain_checkpoint,
+from model.cli import (DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, is_pretrain_checkpoint, load_from_args,
                        render_chat)
 from model.dataset import Skips
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, stream_generate
@@ -78,7 +78,7 @@ class Chat:
     def __init__(self, model, tokenizer, args):
         self.model, self.tokenizer, self.args = model, tokenizer, args
         # A pretrained model never saw the chat template: give it the bare text to continue.
-        self.raw_text = names_pretrain_checkpoint(args)
+        self.raw_text = is_pretrain_checkpoint(args)
         self.history: list[dict] = []
         self.generator = None
         if args.seed is not None:

@@ -1,18 +1,18 @@
 """Stage 3, full SFT: teach the pretrained model to answer in the chat format, every weight trained.
 
-    python 3-full_sft.py --preset tiny                                 # from out/pretrain_256.pth
+    python 3-full_sft.py --preset tiny                                 # from out/pretrain_256x4.pth
     python 3-full_sft.py --preset tiny --resume                        # continue an interrupted run exactly
     python 3-full_sft.py --data dataset/sft_multi.jsonl --max_length 1024
     torchrun --nproc_per_node 8 3-full_sft.py --preset small --epochs 2
 
-Starts from out/pretrain_{dim}[_moe].pth (or --init_from; its .json config decides the model's shape).
+Starts from out/pretrain_{tag}.pth (or --init_from; its .json config decides the model's shape).
 Reads conversations, {"conversations": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} per
 line, from --data (default dataset/sft_single.jsonl and dataset/sft_multi.jsonl, those that exist) and
 validates on --val_data (default dataset/sft_val.jsonl). The loss falls on the assistant tokens of every
 turn, each reply's </s> included, so the model learns to stop; prompts, role headers and padding carry
 none. Batches are padded to their longest row. Writes, under --out_dir:
 
-    full_sft_{dim}[_moe].pth  + .json   the chat model's weights and config
+    full_sft_{tag}.pth  + .json   the chat model's weights and config
     full_sft_{tag}_resume.pth           everything --resume needs to continue bit-exactly
     full_sft_{tag}_loss.png             training and validation loss curves
 
@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
-from model.checkpoint import load_model, previous_stage_weights
+from model.checkpoint import previous_stage_weights
+from model.cli import load_with_flags
 from model.dataset import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl, sft_loss
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
@@ -108,7 +109,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
 
     init_from = previous_stage_weights(args.init_from, out_dir, "pretrain", config_from_args(args), args.preset)
-    model = load_model(init_from)  # its .json config wins over --preset and field flags
+    model = load_with_flags(init_from, args, say=trainer.print)  # its .json config decides the shape
     model.train()
     config = model.config
     trainer.print(f"starting from {init_from}: {describe(model)}")
@@ -132,7 +133,7 @@ def main(argv=None):
         trainer.print("no validation set (pass --val_data): training loss only")
 
     result = trainer.fit(model, train_set, sft_loss, val_set=val_set, collate_fn=SFTDataset.collate,
-                         name=f"full_sft_{config.tag()}")
+                         name=f"full_sft_{config.tag()}", stage="full_sft")
     if result.finished and trainer.is_main:
         summary = f"done: {result.weights_file}"
         if result.val_metrics:

@@ -9,7 +9,7 @@ Each adapted linear layer W (attention q/k/v/o and the SwiGLU gate/up/down by de
 W x + (alpha / r) * B A x, where A (r x in) and B (out x r) are the only trained parameters and B starts
 at zero, so training starts exactly from the base model. Loss is on assistant tokens only, as in SFT.
 
-Reads the base weights from out/full_sft_{dim}[_moe].pth (or --init_from) and a chat jsonl
+Reads the base weights from out/full_sft_{tag}.pth (or --init_from) and a chat jsonl
 ({"conversations": [{"role", "content"}, ...]}). Writes, under --out_dir (NAME from --name, by default
 the data file's name without a `lora_` prefix):
 
@@ -27,7 +27,8 @@ import argparse
 import re
 from pathlib import Path
 
-from model.checkpoint import load_model, previous_stage_weights, weights_path
+from model.checkpoint import previous_stage_weights, weights_path
+from model.cli import load_with_flags
 from model.dataset import SFTDataset, sft_loss
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import (add_lora_args, adapter_dir, apply_lora, lora_settings_from_args, save_adapter, save_merged,
@@ -71,7 +72,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
 
     base_path = previous_stage_weights(args.init_from, out_dir, "full_sft", config_from_args(args), args.preset)
-    model = load_model(base_path)  # its own config (from the .json beside it) wins over --preset
+    model = load_with_flags(base_path, args, say=trainer.print)  # its .json config decides the shape
     config = model.config
     trainer.print(f"base {base_path}: {describe(model)}")
     model = apply_lora(model, lora_settings_from_args(args))
@@ -96,7 +97,7 @@ def main(argv=None):
         trainer.print(f"done: adapter in {folder}" + (f", validation loss {result.val_metrics['loss']:.4f}"
                                                         if result.val_metrics else ""))
         if args.merge and trainer.is_main:
-            merged = save_merged(result.model, weights_path(out_dir, f"lora_{domain}", config))
+            merged = save_merged(result.model, weights_path(out_dir, f"lora_{domain}", config), f"lora_{domain}")
             trainer.print(f"merged weights: {merged}")
     trainer.close()
 

@@ -1,6 +1,6 @@
 """Stage 5, DPO: align the chat model with preference pairs (a chosen and a rejected reply per prompt).
 
-    python 5-dpo_train.py --preset tiny                      # full-parameter DPO from out/full_sft_256.pth
+    python 5-dpo_train.py --preset tiny                      # full-parameter DPO from out/full_sft_256x4.pth
     python 5-dpo_train.py --preset tiny --lora               # only LoRA adapters train; merged at the end
     python 5-dpo_train.py --preset tiny --resume             # continue an interrupted run exactly
     torchrun --nproc_per_node 8 5-dpo_train.py --preset small --beta 0.1
@@ -19,10 +19,10 @@ on the training batches and on the held-out pairs.
 The loss is native (model/dpo.py) rather than trl's DPOTrainer, so DPO runs through the same engine as
 every other stage (resume, DDP, logging, checkpoints); model/dpo.py says why in full.
 
-Reads out/full_sft_{dim}[_moe].pth (or --init_from) and dataset/dpo.jsonl + dataset/dpo_val.jsonl from
+Reads out/full_sft_{tag}.pth (or --init_from) and dataset/dpo.jsonl + dataset/dpo_val.jsonl from
 `python data_process.py dpo`. Writes, under --out_dir:
 
-    dpo_{dim}[_moe].pth  + .json   the aligned weights (with --lora: base + adapter merged)
+    dpo_{tag}.pth  + .json   the aligned weights (with --lora: base + adapter merged)
     dpo_{tag}_resume.pth           everything --resume needs
     dpo_{tag}_loss.png             loss curves
 """
@@ -34,7 +34,8 @@ import math
 from pathlib import Path
 
 
-from model.checkpoint import load_model, previous_stage_weights, weights_path
+from model.checkpoint import previous_stage_weights, weights_path
+from model.cli import load_with_flags
 from model.dataset import DPODataset
 from model.dpo import DPOLoss
 from model.LMConfig import add_config_args, config_from_args, describe
@@ -89,7 +90,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
 
     init_path = previous_stage_weights(args.init_from, out_dir, "full_sft", config_from_args(args), args.preset)
-    model = load_model(init_path)  # its own config wins over --preset
+    model = load_with_flags(init_path, args, say=trainer.print)  # its .json config decides the shape
     config = model.config
     trainer.print(f"policy from {init_path}: {describe(model)}")
     if args.lora:
@@ -97,7 +98,8 @@ def main(argv=None):
         trainer.print(trainable_summary(model) + "; reference: the same model with the adapters off")
         reference = None
     else:
-        reference = load_model(init_path, trainer.device)  # frozen copy; DPOLoss keeps it in eval mode
+        # A frozen copy (DPOLoss keeps it in eval mode); the flags it ignores were named for the policy.
+        reference = load_with_flags(init_path, args, say=lambda _: None, device=trainer.device)
     loss_fn = DPOLoss(reference, beta=args.beta)
 
     tokenizer = load_tokenizer(args.tokenizer)
@@ -119,9 +121,9 @@ def main(argv=None):
         check_start(trainer, model, loss_fn, val_set or train_set)
 
     target = weights_path(out_dir, "dpo", config)
-    save_fn = (lambda m: save_merged(m, target)) if args.lora else None  # None: the engine's save_weights
+    save_fn = (lambda m: save_merged(m, target, "dpo")) if args.lora else None  # None: the engine's save_weights
     result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=DPODataset.collate,
-                         save_fn=save_fn, name=name)
+                         save_fn=save_fn, name=name, stage="dpo")
     if result.finished:
         summary = ""
         if result.val_metrics:

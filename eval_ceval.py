@@ -1,6 +1,6 @@
 """Score a MiniMind on C-Eval's validation split (52 subjects, 1346 questions), or any CSV set of that layout.
 
-    python eval_ceval.py                                  # out/full_sft_512.pth, zero-shot
+    python eval_ceval.py                                  # out/full_sft_512x8.pth, zero-shot
     python eval_ceval.py --weight dpo --shots 5           # 5 solved dev questions before each one
     python eval_ceval.py --data_dir ../shared/data/ceval  # a C-Eval copy somewhere else
     python eval_ceval.py --data_dir data/cmmlu --split test --dev_split dev   # CMMLU's layout

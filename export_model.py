@@ -1,12 +1,12 @@
 """Export a trained MiniMind as a transformers folder (our own architecture or a native one) or a GGUF file.
 
-    python export_model.py --weight full_sft                    # out/hf/full_sft_512: our code, trust_remote_code
-    python export_model.py --weight full_sft --format native     # out/hf/full_sft_512_llama: plain LlamaForCausalLM
-    python export_model.py --preset moe --weight full_sft --format native   # out/hf/full_sft_640_moe_qwen2_moe
-    python export_model.py --ckpt out/dpo_512.pth --out my_model
+    python export_model.py --weight full_sft                    # out/hf/full_sft_512x8: our code, trust_remote_code
+    python export_model.py --weight full_sft --format native     # out/hf/full_sft_512x8_llama: plain LlamaForCausalLM
+    python export_model.py --preset moe --weight full_sft --format native   # out/hf/full_sft_640x8_moe_qwen2_moe
+    python export_model.py --ckpt out/dpo_512x8.pth --out my_model
     python export_model.py --weight lora_medical                # full_sft with the adapter merged in
     python export_model.py --weight dpo --dtype_out bfloat16     # half the size on disk
-    python export_model.py --weight full_sft --format gguf --outtype q8_0   # out/gguf/full_sft_512-q8_0.gguf
+    python export_model.py --weight full_sft --format gguf --outtype q8_0   # out/gguf/full_sft_512x8-q8_0.gguf
     python export_model.py --weight lora_medical --format native --keep_adapter  # base + peft adapter, unmerged
     python export_model.py --weight lora_medical --format gguf --keep_adapter    # base GGUF + LoRA adapter GGUF
 

@@ -1,10 +1,10 @@
 """Serve a MiniMind checkpoint behind an OpenAI-compatible HTTP API, plus a chat page at `/`.
 
-    python my_openai_api.py                             # out/full_sft_512.pth on http://127.0.0.1:8000
-    python my_openai_api.py --weight dpo --preset moe   # out/dpo_640_moe.pth
+    python my_openai_api.py                             # out/full_sft_512x8.pth on http://127.0.0.1:8000
+    python my_openai_api.py --weight dpo --preset moe   # out/dpo_640x8_moe.pth
     python my_openai_api.py --weight pretrain           # a pretrained model: use /v1/completions
-    python my_openai_api.py --weight lora_medical       # full_sft + the adapter in out/lora_medical_512/
-    python my_openai_api.py --ckpt out/hf/full_sft_512  # an export_model.py folder
+    python my_openai_api.py --weight lora_medical       # full_sft + the adapter in out/lora_medical_512x8/
+    python my_openai_api.py --ckpt out/hf/full_sft_512x8   # an export_model.py folder
     MINIMIND_API_KEY=s3cret python my_openai_api.py --host 0.0.0.0   # reachable from the network, with a key
     python my_openai_api.py --api_key_file ~/.minimind_key --port 8001
 
@@ -846,7 +846,7 @@ def main():
     path, adapter = resolve_checkpoint(args)
     model, tokenizer = load_from_args(args)
     served = adapter or path
-    name = args.model_name or (served.name if served.is_dir() else served.stem)  # full_sft_512, lora_medical_512
+    name = args.model_name or (served.name if served.is_dir() else served.stem)  # full_sft_512x8, lora_..._512x8
     defaults = Defaults(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     app = create_app(model, tokenizer, name, defaults, api_key=api_key, max_queue=args.max_queue,
                      allowed_hosts=args.allow_host)

@@ -3,7 +3,7 @@ looped shares of its sampled answers to the held-out questions and to the demo q
 
     python score.py --preset tiny --weight full_sft                   # prints the board
     python score.py --preset tiny --weight pretrain --json out/score_pretrain.json
-    python score.py --ckpt out/dpo_256.pth --val_data dataset/sft_val.jsonl --limit 50 --show 3
+    python score.py --ckpt out/dpo_256x4.pth --val_data dataset/sft_val.jsonl --limit 50 --show 3
 
 A pretrained model (--weight pretrain, or a --ckpt named pretrain_*) is given the bare question to
 continue, as 2-eval.py does, unless --prompt chat says it learned the chat template in pretraining
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from model.checkpoint import atomic_write
-from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, load_from_args, names_pretrain_checkpoint
+from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, is_pretrain_checkpoint, load_from_args
 from model.dataset import MiniMindError
 from model.scoreboard import first_question, read_conversations, score
 
@@ -59,7 +59,7 @@ def print_board(board: dict, name: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load_from_args(args)
-    raw_text = args.prompt == "raw" or (args.prompt == "auto" and names_pretrain_checkpoint(args))
+    raw_text = args.prompt == "raw" or (args.prompt == "auto" and is_pretrain_checkpoint(args))
     val_path = Path(args.val_data)
     if not val_path.exists():
         raise SystemExit(f"--val_data {val_path} not found: build it with `python data_process.py sft`")

@@ -133,8 +133,9 @@ class LMConfig(PretrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
     def tag(self) -> str:
-        """Checkpoint name suffix used by every stage: 512 or 640_moe, as in out/pretrain_640_moe.pth."""
-        return f"{self.dim}_moe" if self.use_moe else f"{self.dim}"
+        """Checkpoint name suffix used by every stage: width x depth, and _moe for a mixture of experts, as in
+        out/pretrain_512x8.pth or out/pretrain_640x8_moe.pth. Two shapes that share a width get two names."""
+        return f"{self.dim}x{self.n_layers}" + ("_moe" if self.use_moe else "")
 
 
 # The sizes of the original MiniMind family, plus `tiny` for CPU runs and tests.

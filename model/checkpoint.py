@@ -1,7 +1,7 @@
 """Stage checkpoints: plain state dicts with their config beside them, written atomically.
 
-    out/pretrain_512.pth    torch.load(path, weights_only=True) gives the state dict
-    out/pretrain_512.json   the LMConfig that built it
+    out/pretrain_512x8.pth    torch.load(path, weights_only=True) gives the state dict
+    out/pretrain_512x8.json   the LMConfig that built it, and the stage that wrote it ("stage": "pretrain")
 
 Every stage writes with `save_weights` and every consumer reads with `load_model`, so a checkpoint
 always comes back with the shape it was trained with, whatever preset the reader was started with.
@@ -85,7 +85,7 @@ def config_path(weights_path) -> Path:
 
 
 def weights_path(out_dir, stage: str, config: LMConfig) -> Path:
-    """out/{stage}_{dim}[_moe].pth, the names the original MiniMind used."""
+    """out/{stage}_{tag}.pth, e.g. out/full_sft_512x8.pth: the stage, then the shape (LMConfig.tag)."""
     return Path(out_dir) / f"{stage}_{config.tag()}.pth"
 
 
@@ -113,11 +113,20 @@ def clean_state_dict(state_dict: dict) -> dict:
     return cleaned
 
 
-def save_weights(model, path) -> None:
-    """Save the model's weights (tied embedding stored once) and its config, both atomically."""
+# The key in a checkpoint's .json that names the stage which wrote it, beside the config fields. Readers
+# decide from it, not from the file name, whether a model continues text (pretrain) or answers in the chat.
+STAGE_KEY = "stage"
+
+
+def save_weights(model, path, stage: str | None = None) -> None:
+    """Save the model's weights (tied embedding stored once) and its config, both atomically, recording
+    `stage` ("pretrain", "full_sft", "dpo", "lora_identity", ...) in the config file when given."""
     state = clean_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     atomic_torch_save(state, path)
-    config_json = json.dumps(model.config.to_dict(), indent=2, ensure_ascii=False, default=str)
+    fields = model.config.to_dict()
+    if stage is not None:
+        fields[STAGE_KEY] = stage
+    config_json = json.dumps(fields, indent=2, ensure_ascii=False, default=str)
     atomic_write(config_path(path), lambda tmp: Path(tmp).write_text(config_json, encoding="utf-8"))
 
 
@@ -130,11 +139,24 @@ def load_config(path) -> LMConfig:
         raise MiniMindError(f"{path}: no config file {cfg_file.name} beside the weights")
     fields = read_json_object(cfg_file, "a JSON object of config fields", ": not a model config")
     fields.pop("model_type", None)
+    fields.pop(STAGE_KEY, None)
     check_field_types(fields, cfg_file)
     try:
         return LMConfig(**fields)
     except (ValueError, TypeError) as error:
         raise MiniMindError(f"{cfg_file}: {first_line(error)}") from None
+
+
+def checkpoint_stage(path) -> str | None:
+    """The stage recorded beside the weights `path` (see STAGE_KEY), or None: an exported folder, a file
+    from an older version, or weights saved without a stage."""
+    from model.dataset import read_json_object
+
+    cfg_file = config_path(path)
+    if Path(path).is_dir() or not cfg_file.is_file():
+        return None
+    stage = read_json_object(cfg_file, "a JSON object of config fields", ": not a model config").get(STAGE_KEY)
+    return stage if isinstance(stage, str) else None
 
 
 def read_state_dict(path) -> dict:

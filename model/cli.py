@@ -8,7 +8,7 @@
 The arguments it adds:
 
     --weight pretrain|full_sft|dpo|lora_NAME   a stage checkpoint: out/{weight}_{tag}.pth, where the tag
-                     (512, 640_moe) comes from --preset and its overrides. lora_NAME loads the base
+                     (512x8, 640x8_moe) comes from --preset and its overrides. lora_NAME loads the base
                      and merges the adapter in out/lora_NAME_{tag}/; the base is the checkpoint recorded
                      in the adapter's config, or --lora_base STAGE (full_sft when neither is known).
     --ckpt PATH      any .pth with its .json beside it, or an exported HF folder; wins over --weight
@@ -20,8 +20,10 @@ The arguments it adds:
 
 The config always comes from the checkpoint itself (the .json saved beside it), so a 640-dim
 checkpoint loads as 640-dim whatever the preset says; the preset only names the file to look for.
-Fields that do not change the weights' shapes (max_seq_len, rope scaling, flash_attn) may be
-overridden at load time, e.g. `--rope_scaling_type yarn` to stretch the context.
+Fields that do not change what the weights are (RUNTIME_FIELDS: max_seq_len, rope scaling, flash_attn,
+dropout, the MoE balance loss) are applied at load time, e.g. `--rope_scaling_type yarn` to stretch the
+context; any other field flag that differs from the checkpoint is named as ignored (load_with_flags).
+The training stages load their starting weights the same way.
 
 The demo prompts shared by the chat, the pretrain check, the quickstart and the README live here too.
 """
@@ -62,8 +64,25 @@ PRETRAIN_PROMPTS = [
     "床前明月光，",
 ]
 
-# Config fields that change behaviour but not the shapes of the weights: safe to override on load.
-RUNTIME_FIELDS = ("max_seq_len", "rope_scaling_type", "rope_factor", "flash_attn")
+# Config fields that change how a trained model runs or trains, not what its weights are: a flag for one
+# of them applies on load. Every other field flag is decided by the checkpoint's own config.
+RUNTIME_FIELDS = ("max_seq_len", "rope_scaling_type", "rope_factor", "flash_attn", "dropout", "aux_loss_alpha",
+                  "seq_aux")
+
+
+def load_with_flags(path, args, say=print, device="cpu"):
+    """The model saved at `path` with its own config, plus the runtime fields (RUNTIME_FIELDS) the command
+    line set. A field flag that is not a runtime field and differs from the checkpoint cannot apply to
+    trained weights: `say` names each one as ignored instead of dropping it silently."""
+    from model.checkpoint import load_model
+
+    overrides = config_overrides(args)
+    model = load_model(path, device=device, **{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
+    ignored = [f"--{name} {value} (it has {getattr(model.config, name)})" for name, value in overrides.items()
+               if name not in RUNTIME_FIELDS and getattr(model.config, name) != value]
+    if ignored:
+        say(f"{path}: the checkpoint's own config decides its shape; ignored {', '.join(ignored)}")
+    return model
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_sft", quantize: bool = True) -> None:
@@ -128,16 +147,19 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
     return path, adapter
 
 
-def names_pretrain_checkpoint(args) -> bool:
-    """Whether the arguments name a pretraining checkpoint (--weight pretrain, or a --ckpt file named
-    pretrain_*): a model that learned to continue text, asked with the bare text by default."""
-    return Path(args.ckpt).name.startswith("pretrain_") if args.ckpt else args.weight == "pretrain"
+def is_pretrain_checkpoint(args) -> bool:
+    """Whether the checkpoint the arguments name was written by pretraining (the stage recorded in its
+    .json): a model that learned to continue text, asked with the bare text by default. An exported folder,
+    or a file that records no stage, counts as a chat model."""
+    from model.checkpoint import checkpoint_stage
+
+    path, adapter = resolve_checkpoint(args)
+    return adapter is None and checkpoint_stage(path) == "pretrain"
 
 
 def load_from_args(args, verbose: bool = True):
     """The model (eval mode, on the chosen device and dtype; an int8-quantised copy with --quantize int8)
     and tokenizer that the arguments name."""
-    from model.checkpoint import load_model
     from model.LMConfig import describe
     from model.tokenizer import load_tokenizer
 
@@ -151,8 +173,7 @@ def load_from_args(args, verbose: bool = True):
     if int8 and (device.type != "cpu" or dtype != torch.float32):
         raise MiniMindError(f"--quantize int8 runs on the CPU from float32 weights, not on {device} in "
                          f"{str(dtype).removeprefix('torch.')}: use --device cpu and --dtype float32 (or auto)")
-    overrides = {k: v for k, v in config_overrides(args).items() if k in RUNTIME_FIELDS}
-    model = load_model(path, device="cpu", **overrides)
+    model = load_with_flags(path, args, say=print if verbose else lambda _: None)
     if adapter is not None:
         model = merge_lora(model, adapter)
     model = model.to(device=device, dtype=dtype).eval()

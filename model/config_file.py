@@ -7,7 +7,7 @@
 The file's values become the parser's defaults, so a flag given on the command line still wins. Keys
 are flag names without the dashes (`learning_rate`, `preset`, `dim`, `data`); a key the script does not
 know stops the run with one line naming the key and the file. A run's `out/{name}_args.json` (the
-engine's TrainConfig, written when the run starts) is such a file: `--config out/pretrain_512_args.json`
+engine's TrainConfig, written when the run starts) is such a file: `--config out/pretrain_512x8_args.json`
 repeats that run's training settings. YAML is read when the name ends in .yaml or .yml, JSON otherwise.
 
 Values are checked as the flag would check them: `"batch_size": 8` or `"batch_size": "8"`, not 8.5; a

@@ -2,7 +2,7 @@
 
     from model.errors import MiniMindError
     try:
-        model = load_model("out/full_sft_512.pth")
+        model = load_model("out/full_sft_512x8.pth")
     except MiniMindError as error:      # also caught by `except ValueError` / `except Exception`
         print(error)                    # one line naming the file or field, e.g. "out/x.json: 'dim' must be ..."
 

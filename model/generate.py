@@ -88,7 +88,7 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             keep = window // 2
             tokens, mask = tokens[:, -keep:], mask[:, -keep:]
             cache, pending = KVCache(capacity=window), tokens
-        logits = model(pending, attention_mask=mask if padded else None, past_key_values=cache, use_cache=True,
+        logits = model(pending, attention_mask=mask if padded else None, cache=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         next_token = sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, generator,
                                  counts, presence_penalty, frequency_penalty)

@@ -1,7 +1,7 @@
 """MiniMind as GGUF, the single-file format of llama.cpp (and of Ollama, LM Studio, llama-cpp-python).
 
-    write_gguf(model, tokenizer, "out/gguf/full_sft_512-q8_0.gguf", outtype="q8_0")
-    write_lora_gguf(peft_adapter_dir, model.config, "out/gguf/lora_identity_512-f16.gguf", outtype="f16")
+    write_gguf(model, tokenizer, "out/gguf/full_sft_512x8-q8_0.gguf", outtype="q8_0")
+    write_lora_gguf(peft_adapter_dir, model.config, "out/gguf/lora_identity_512x8-f16.gguf", outtype="f16")
 
 export_model.py --format gguf calls these. What goes into the file, and why:
 

@@ -1,9 +1,9 @@
 """LoRA through peft: which layers get adapters, how adapters are saved, loaded and merged.
 
-    model = apply_lora(load_model("out/full_sft_512.pth"), LoraSettings(rank=8))
+    model = apply_lora(load_model("out/full_sft_512x8.pth"), LoraSettings(rank=8))
     ...train: only the lora_A / lora_B matrices require grad...
-    save_adapter(model, "out/lora_identity_512", base_path="out/full_sft_512.pth")
-    save_merged(model, "out/lora_identity_512.pth")   # W + (alpha/r) * B @ A folded in, a plain checkpoint
+    save_adapter(model, "out/lora_identity_512x8", base_path="out/full_sft_512x8.pth")
+    save_merged(model, "out/lora_identity_512x8.pth", "lora_identity")  # W + (alpha/r) B A folded in, a stage file
 
 An adapter folder is peft's own format (adapter_config.json + adapter_model.safetensors), so
 `PeftModel.from_pretrained(base, folder)` reads it, and the chat/eval scripts load it with
@@ -81,7 +81,7 @@ def trainable_summary(model: nn.Module) -> str:
 
 
 def adapter_dir(out_dir, name: str, config) -> Path:
-    """out/lora_{name}_{dim}[_moe]/, e.g. out/lora_identity_512."""
+    """out/lora_{name}_{tag}/, e.g. out/lora_identity_512x8."""
     return Path(out_dir) / f"lora_{name}_{config.tag()}"
 
 
@@ -99,11 +99,11 @@ def save_adapter(peft_model, path, base_path=None) -> None:
     atomic_write_folder(path, lambda tmp: peft_model.save_pretrained(str(tmp), save_embedding_layers=False))
 
 
-def save_merged(peft_model, path) -> Path:
+def save_merged(peft_model, path, stage: str) -> Path:
     """Write base + adapter folded together as a plain stage checkpoint (save_weights), leaving
     `peft_model` itself untouched so training can go on: the merge happens on a copy."""
     from model.checkpoint import save_weights
 
     merged = copy.deepcopy(peft_model).merge_and_unload()
-    save_weights(merged, path)
+    save_weights(merged, path, stage)
     return Path(path)

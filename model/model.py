@@ -92,7 +92,7 @@ def apply_rope(x, cos, sin):
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated and filled in place.
 
-    Pass it to forward as `past_key_values`; each call appends the new tokens' keys/values and
+    Pass it to forward as `cache`; each call appends the new tokens' keys/values and
     attends over everything stored. It has the `update`/`get_seq_length` methods of transformers'
     Cache classes, so transformers' own DynamicCache works in the same place.
     """
@@ -337,8 +337,8 @@ class MiniMindModel(nn.Module):
 
 @dataclass
 class MiniMindOutput(ModelOutput):
-    """`loss` is the cross-entropy plus the MoE balance loss. The KV cache is stored as `cache`, the
-    name transformers' generation code reads, and is also available as `past_key_values`."""
+    """`loss` is the cross-entropy plus the MoE balance loss. The KV cache is `cache`, the name transformers
+    5 generation reads; `past_key_values` is the same object under the name older callers read."""
 
     loss: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None
@@ -394,20 +394,22 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[KVCache] = None,
+        cache: Optional[KVCache] = None,
         use_cache: bool = False,
         position_ids: Optional[torch.LongTensor] = None,
         shift_labels: Optional[torch.LongTensor] = None,
         logits_to_keep: int = 0,
-        cache: Optional[KVCache] = None,
+        past_key_values: Optional[KVCache] = None,
         **kwargs,
     ) -> MiniMindOutput:
         """
         labels        HF convention: same positions as input_ids; the model predicts labels[:, 1:].
-        shift_labels  already aligned targets: shift_labels[:, i] is the token after position i.
+        shift_labels  already aligned targets: shift_labels[:, i] is the token after position i (the
+                      project's own callers use this one; `labels` is for transformers and trl).
         Either way -100 marks positions without loss. logits_to_keep > 0 computes logits only for
         the last positions (generation needs one). With use_cache and no cache given, a new KVCache
-        is created and returned.
+        is created and returned. `past_key_values` is the name transformers 4 (and trl) pass the cache
+        under; transformers 5 passes `cache`, as the project does.
         """
         cache = past_key_values if past_key_values is not None else cache
         if use_cache and cache is None:

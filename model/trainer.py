@@ -20,7 +20,7 @@ run's position and the resume file), model/runlog.py (log lines, metrics file, l
         out = model(input_ids=x, shift_labels=y)       # call `model` (it may be wrapped by DDP/compile)
         return out.loss, {"aux_loss": out.aux_loss}    # extra metrics are averaged and logged
 
-    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=None, name="pretrain_512")
+    result = trainer.fit(model, train_set, loss_fn, val_set=val_set, collate_fn=None, name="pretrain_512x8")
     result.finished, result.val_metrics, result.history, result.model   # False after --stop_step; ...
     trainer.close()                                    # leaves the DDP process group
 
@@ -362,10 +362,11 @@ class Trainer:
     # ------------------------------------------------------------------------- fit
 
     def fit(self, model: nn.Module, train_set, loss_fn, val_set=None, collate_fn=None, save_fn=None,
-            name: str = None, max_steps: int = None) -> "FitResult":
+            name: str = None, stage: str = None, max_steps: int = None) -> "FitResult":
         """Train `model` on `train_set`, minimizing `loss_fn(model, batch) -> (loss, metrics)`.
 
-        name        prefix of the files written to out_dir, e.g. "pretrain_512" or "lora_identity_512"
+        name        prefix of the files written to out_dir, e.g. "pretrain_512x8" or "lora_identity_512x8"
+        stage       recorded in the weights' .json by the default save_fn ("pretrain", "full_sft", ...)
         collate_fn  turns a list of samples into a batch (default: stack)
         save_fn     save_fn(model) -> path: writes the stage's output, atomically (default:
                     model.checkpoint.save_weights to out/{name}.pth); rank 0, every checkpoint
@@ -376,7 +377,7 @@ class Trainer:
         weights_file = Path(cfg.out_dir) / f"{name}.pth"
         if save_fn is None:
             def save_fn(m):
-                save_weights(m, weights_file)
+                save_weights(m, weights_file, stage=stage)
                 return weights_file
 
         # --- model and optimizers: fp32 master weights; autocast does the low-precision math
@@ -517,7 +518,7 @@ class Trainer:
         """Steps, warmup, batch and files of a run, checked before any work."""
         cfg = self.config
         if not name:
-            raise ValueError("fit() needs name=, the prefix of the output files (e.g. 'pretrain_512')")
+            raise ValueError("fit() needs name=, the prefix of the output files (e.g. 'pretrain_512x8')")
         if val_set is not None and len(val_set) == 0:
             raise MiniMindError(f"{name}: the validation set is empty")
         out_dir = Path(cfg.out_dir)

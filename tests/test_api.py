@@ -58,7 +58,7 @@ def checkpoint(tmp_path_factory):
     model = MiniMindForCausalLM(tiny_config(max_seq_len=CONTEXT))
     with torch.no_grad():
         model.model.embed_tokens.weight[EOS_ID].zero_()  # EOS logit 0 while others spread: never the argmax
-    path = tmp_path_factory.mktemp("ckpt") / "full_sft_64.pth"
+    path = tmp_path_factory.mktemp("ckpt") / "full_sft_64x2.pth"
     save_weights(model, path)
     return path
 
@@ -66,10 +66,10 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(checkpoint, tokenizer_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    # --weight full_sft with --dim 64 names {out_dir}/full_sft_64.pth, as a user picks a stage checkpoint;
+    # --weight full_sft with --dim 64 --n_layers 2 names {out_dir}/full_sft_64x2.pth, as a user picks a stage;
     # the key comes from the environment, where `ps` does not show it
     proc, url = start_server(["--out_dir", str(checkpoint.parent), "--weight", "full_sft", "--dim", "64",
-                              "--tokenizer", str(tokenizer_dir), "--max_tokens", str(CAP)], log_path,
+                              "--n_layers", "2", "--tokenizer", str(tokenizer_dir), "--max_tokens", str(CAP)], log_path,
                              env={API_KEY_ENV: KEY})
     assert "(waitress," in log_path.read_text()
     yield url
@@ -84,7 +84,7 @@ def client(server):
 
 def ask(client, content, **kwargs):
     messages = [{"role": "user", "content": content}]
-    return client.chat.completions.create(model="full_sft_64", messages=messages, **kwargs)
+    return client.chat.completions.create(model="full_sft_64x2", messages=messages, **kwargs)
 
 
 def stream_text(client, content, **kwargs) -> tuple[str, list]:
@@ -103,7 +103,7 @@ def post(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
 
 
 def test_models_and_non_streaming_usage(client, tokenizer):
-    assert [m.id for m in client.models.list().data] == ["full_sft_64"]
+    assert [m.id for m in client.models.list().data] == ["full_sft_64x2"]
     reply = ask(client, "你好", max_tokens=7, temperature=0)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
                                            return_dict=False)
@@ -198,7 +198,7 @@ def test_bad_input_gets_openai_style_400(server, body, param, words):
 
 def test_client_sees_400_and_404(client):
     with pytest.raises(openai.BadRequestError, match="must not be empty"):
-        client.chat.completions.create(model="full_sft_64", messages=[])
+        client.chat.completions.create(model="full_sft_64x2", messages=[])
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
 
@@ -207,7 +207,7 @@ def test_api_key_required(server):
     url = server
     wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
-        wrong.chat.completions.create(model="full_sft_64", messages=[{"role": "user", "content": "hi"}])
+        wrong.chat.completions.create(model="full_sft_64x2", messages=[{"role": "user", "content": "hi"}])
     status, answer = post(url, b'{"messages": [{"role": "user", "content": "hi"}]}', key=None)
     assert status == 401 and answer["error"]["code"] == "invalid_api_key"
     with urllib.request.urlopen(url + "/", timeout=30) as page:  # the page loads without the key, then asks for it
@@ -220,7 +220,7 @@ def test_long_conversation_drops_oldest_turns(client, tokenizer):
         history += [{"role": "user", "content": f"第{i}个问题：今天天气很好吗？"},
                     {"role": "assistant", "content": "今天天气很好，我们一起去公园散步吧。"}]
     messages = [{"role": "system", "content": "你是助手"}, *history, {"role": "user", "content": "最后的问题"}]
-    raw = client.chat.completions.with_raw_response.create(model="full_sft_64", messages=messages, max_tokens=8)
+    raw = client.chat.completions.with_raw_response.create(model="full_sft_64x2", messages=messages, max_tokens=8)
     dropped = int(raw.headers["X-Dropped-Messages"])
     reply = raw.parse()
     assert dropped > 0 and dropped % 2 == 0  # whole turns
@@ -300,7 +300,7 @@ def test_full_queue_answers_503_and_a_disconnect_frees_the_model(checkpoint, tok
     """A reply allowed a million tokens would hold the model for hours: only stopping it at the
     disconnect lets the next request in within the minute. Both servers notice the disconnect."""
     endless = Defaults(max_tokens=1_000_000)
-    app = create_app(load_model(checkpoint), tokenizer, "full_sft_64", endless, max_queue=0)
+    app = create_app(load_model(checkpoint), tokenizer, "full_sft_64x2", endless, max_queue=0)
     server = Server(app, "127.0.0.1", 0, dev=dev, threads=4)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     local = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none", max_retries=0)
@@ -330,17 +330,17 @@ def test_full_queue_answers_503_and_a_disconnect_frees_the_model(checkpoint, tok
 def test_completions_with_the_official_client(client, tokenizer):
     """POST /v1/completions: plain continuation of text, streamed or not, as a pretrained model is used."""
     prompt = "长江是中国最长的河流，"
-    reply = client.completions.create(model="full_sft_64", prompt=prompt, max_tokens=6, temperature=0)
+    reply = client.completions.create(model="full_sft_64x2", prompt=prompt, max_tokens=6, temperature=0)
     choice = reply.choices[0]
     assert reply.object == "text_completion" and choice.index == 0 and choice.finish_reason == "length"
     assert reply.usage.completion_tokens == 6
     assert reply.usage.prompt_tokens == 1 + len(tokenizer.encode(prompt))  # </s> first
-    chunks = list(client.completions.create(model="full_sft_64", prompt=prompt, max_tokens=6,
+    chunks = list(client.completions.create(model="full_sft_64x2", prompt=prompt, max_tokens=6,
                                             temperature=0, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].usage.completion_tokens == 6
-    default = client.completions.create(model="full_sft_64", prompt="春天来了，", temperature=0)
+    default = client.completions.create(model="full_sft_64x2", prompt="春天来了，", temperature=0)
     assert default.usage.completion_tokens == 16  # OpenAI's default max_tokens for completions
 
 
@@ -348,15 +348,17 @@ def test_front_end_fields_are_accepted(client):
     """What OpenAI front-ends send by default is accepted; what cannot be honoured is refused."""
     plain = ask(client, "你好", max_tokens=5, temperature=0)
     extras = client.chat.completions.create(
-        model="full_sft_64", messages=[{"role": "user", "content": "你好", "name": "alice"}], max_tokens=5,
+        model="full_sft_64x2", messages=[{"role": "user", "content": "你好", "name": "alice"}], max_tokens=5,
         temperature=0, user="someone", logprobs=False, response_format={"type": "text"}, parallel_tool_calls=True,
         presence_penalty=0, frequency_penalty=0)
     assert extras.choices[0].message.content == plain.choices[0].message.content
     said = {"role": "user", "content": "你好"}
     as_system = client.chat.completions.create(
-        model="full_sft_64", messages=[{"role": "system", "content": "你是助手"}, said], max_tokens=5, temperature=0)
+        model="full_sft_64x2", messages=[{"role": "system", "content": "你是助手"}, said], max_tokens=5,
+        temperature=0)
     as_developer = client.chat.completions.create(
-        model="full_sft_64", messages=[{"role": "developer", "content": "你是助手"}, said], max_tokens=5, temperature=0)
+        model="full_sft_64x2", messages=[{"role": "developer", "content": "你是助手"}, said], max_tokens=5,
+        temperature=0)
     assert as_developer.usage.prompt_tokens == as_system.usage.prompt_tokens
     assert as_developer.choices[0].message.content == as_system.choices[0].message.content
     for refused in ({"logprobs": True}, {"n": 2}, {"response_format": {"type": "json_object"}},

@@ -19,7 +19,7 @@ SHARED_CEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ceval"
 @pytest.fixture
 def checkpoint(tmp_path):
     model = MiniMindForCausalLM(tiny_config(max_seq_len=256)).eval()
-    path = tmp_path / "full_sft_64.pth"
+    path = tmp_path / "full_sft_64x2.pth"
     save_weights(model, path)
     return model, path
 
@@ -132,7 +132,7 @@ def test_long_prompts_lose_shots_first_then_the_start_of_the_question(tokenizer)
 @pytest.mark.skipif(not SHARED_CEVAL.is_dir(), reason=f"C-Eval data not found at {SHARED_CEVAL}")
 def test_real_ceval_val_writes_52_subject_files_totalling_1346(tmp_path, tokenizer_dir):
     model = MiniMindForCausalLM(tiny_config(max_seq_len=32)).eval()  # short context: every prompt is cut, fast
-    path = tmp_path / "full_sft_64.pth"
+    path = tmp_path / "full_sft_64x2.pth"
     save_weights(model, path)
     summary = eval_ceval.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--data_dir", str(SHARED_CEVAL),
                                "--out", str(tmp_path / "results"), "--batch_size", "64"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import load_script, tiny_config, tiny_moe_config
-from model.checkpoint import load_model, save_weights
+from model.checkpoint import checkpoint_stage, load_model, save_weights
 from model.dataset import DPODataset
 from model.dpo import DPOLoss, dpo_loss, sequence_logps
 from model.lora import LoraSettings, apply_lora
@@ -35,7 +35,7 @@ def write_pairs(path, n: int, seed: int):
 
 @pytest.fixture
 def dpo_files(tmp_path):
-    base = tmp_path / "full_sft_64.pth"
+    base = tmp_path / "full_sft_64x2.pth"
     save_weights(MiniMindForCausalLM(tiny_config()), base)
     return base, write_pairs(tmp_path / "dpo.jsonl", 48, seed=1), write_pairs(tmp_path / "dpo_val.jsonl", 16, seed=2)
 
@@ -125,7 +125,7 @@ def test_heldout_margin_rises(dpo_files, tokenizer_dir, tokenizer, tmp_path, cap
     assert f"DPO loss {math.log(2):.6f}" in printed  # the script's own step-0 check
     held_out = DPODataset(val, tokenizer, max_length=48, verbose=False)
     before = heldout_logp_margin(load_model(base), held_out)
-    after = heldout_logp_margin(load_model(tmp_path / "dpo_64.pth"), held_out)
+    after = heldout_logp_margin(load_model(tmp_path / "dpo_64x2.pth"), held_out)
     assert after > before + 1.0, f"held-out chosen-minus-rejected log-prob margin went {before:.3f} -> {after:.3f}"
 
 
@@ -135,12 +135,13 @@ def test_resume_is_exact(lora, dpo_files, tokenizer_dir, tmp_path):
     extra = ["--max_steps", "4"] + (["--lora"] if lora else [])
     run_dpo(tokenizer_dir, base, train, val, tmp_path / "straight", *extra)
     run_dpo(tokenizer_dir, base, train, val, tmp_path / "split", *extra, "--stop_step", "2")
-    stopped = torch.load(tmp_path / "split" / "dpo_64_resume.pth", weights_only=True)["step"]
+    stopped = torch.load(tmp_path / "split" / "dpo_64x2_resume.pth", weights_only=True)["step"]
     run_dpo(tokenizer_dir, base, train, val, tmp_path / "split", *extra, "--resume")
     assert stopped == 2
-    a = torch.load(tmp_path / "straight" / "dpo_64.pth", weights_only=True)
-    b = torch.load(tmp_path / "split" / "dpo_64.pth", weights_only=True)
+    a = torch.load(tmp_path / "straight" / "dpo_64x2.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "dpo_64x2.pth", weights_only=True)
     assert a.keys() == b.keys() and not any("lora" in k for k in a)  # with --lora the output is merged
+    assert checkpoint_stage(tmp_path / "split" / "dpo_64x2.pth") == "dpo"
     for key in a:
         assert torch.equal(a[key], b[key]), key
     moved = torch.load(base, weights_only=True)

@@ -16,7 +16,8 @@ from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_fro
 from model.model import MiniMindForCausalLM
 from model.tokenizer import load_tokenizer, tokenizer_hash
 
-TINY = ["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2", "--dtype", "float32"]  # names the files *_64.pth; exact logits
+# Names the files *_64x2.pth; float32 for exact logits.
+TINY = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2", "--dtype", "float32"]
 
 
 chat_script = load_script("2-eval.py")
@@ -25,9 +26,9 @@ pretrain_script = load_script("0-eval_pretrain.py")
 
 @pytest.fixture
 def out_dir(tmp_path):
-    """out/ with a pretrain and a full_sft checkpoint of the tiny config."""
+    """out/ with a pretrain and a full_sft checkpoint of the tiny config, each recording its stage."""
     for stage in ("pretrain", "full_sft"):
-        save_weights(MiniMindForCausalLM(tiny_config(max_seq_len=256)), tmp_path / f"{stage}_64.pth")
+        save_weights(MiniMindForCausalLM(tiny_config(max_seq_len=256)), tmp_path / f"{stage}_64x2.pth", stage)
     return tmp_path
 
 
@@ -46,7 +47,7 @@ def logits(model, ids=(1, 40, 41, 42)):
 
 def test_weight_names_the_stage_file_and_the_checkpoint_supplies_the_shape(out_dir, tokenizer_dir):
     saved = MiniMindForCausalLM(tiny_config())
-    save_weights(saved, out_dir / "dpo_64.pth")
+    save_weights(saved, out_dir / "dpo_64x2.pth")
     # --hidden_dim changes weight shapes, so it only names files; --max_seq_len is applied on load.
     args = model_args(*TINY, "--out_dir", str(out_dir), "--weight", "dpo", "--tokenizer", str(tokenizer_dir),
                       "--hidden_dim", "999", "--max_seq_len", "128")
@@ -57,9 +58,9 @@ def test_weight_names_the_stage_file_and_the_checkpoint_supplies_the_shape(out_d
 
 
 def test_missing_checkpoint_says_what_exists(out_dir):
-    with pytest.raises(SystemExit, match=r"dpo_64\.pth not found.*full_sft_64\.pth, pretrain_64\.pth"):
+    with pytest.raises(SystemExit, match=r"dpo_64x2\.pth not found.*full_sft_64x2\.pth, pretrain_64x2\.pth"):
         load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "dpo"))
-    with pytest.raises(SystemExit, match=r"no LoRA adapter at .*lora_missing_64"):
+    with pytest.raises(SystemExit, match=r"no LoRA adapter at .*lora_missing_64x2"):
         load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "lora_missing"))
     with pytest.raises(SystemExit, match="without config.json"):
         load_from_args(model_args("--ckpt", str(out_dir)))
@@ -72,7 +73,7 @@ def test_missing_checkpoint_says_what_exists(out_dir):
 def test_lora_weight_merges_the_adapter_onto_its_recorded_base(out_dir, tokenizer_dir):
     from model.lora import LoraSettings, apply_lora, save_adapter
 
-    base_path = out_dir / "pretrain_64.pth"  # not the default full_sft: the adapter records its base
+    base_path = out_dir / "pretrain_64x2.pth"  # not the default full_sft: the adapter records its base
     peft_model = apply_lora(load_model(base_path), LoraSettings(rank=4))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -80,7 +81,7 @@ def test_lora_weight_merges_the_adapter_onto_its_recorded_base(out_dir, tokenize
                 param.normal_(0.0, 0.5)  # a trained-looking adapter that changes the output
     peft_model.eval()
     # Recorded relative to where training ran: found again by its name in --out_dir.
-    save_adapter(peft_model, out_dir / "lora_test_64", base_path=Path("elsewhere") / base_path.name)
+    save_adapter(peft_model, out_dir / "lora_test_64x2", base_path=Path("elsewhere") / base_path.name)
     merged, _ = load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "lora_test",
                                           "--tokenizer", str(tokenizer_dir)), verbose=False)
     assert torch.allclose(logits(merged), logits(peft_model), atol=1e-5)
@@ -231,13 +232,22 @@ def test_ctrl_c_stops_only_the_current_answer(out_dir, tokenizer_dir, monkeypatc
 
 
 def test_pretrain_weight_continues_raw_text(out_dir, tokenizer_dir, monkeypatch):
+    # The stage recorded in the checkpoint's .json decides, whatever the file is called.
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=256))
+    save_weights(model, out_dir / "renamed.pth", "pretrain")
+    save_weights(model, out_dir / "pretrain_but_chat.pth", "full_sft")
+    save_weights(model, out_dir / "pretrain_no_stage.pth")
     recorder = RecordingStream()
     monkeypatch.setattr(chat_script, "stream_generate", recorder)
-    feed_input(monkeypatch, ["春眠不觉晓，"])
-    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--history_turns", "2"))
-    feed_input(monkeypatch, ["春眠不觉晓，"])
-    chat_script.main(chat_argv(out_dir, tokenizer_dir, "--ckpt", str(out_dir / "pretrain_64.pth")))
-    assert recorder.prompts == ["</s>春眠不觉晓，"] * 2
+    runs = [("--weight", "pretrain", "--history_turns", "2"), ("--ckpt", str(out_dir / "renamed.pth")),
+            ("--ckpt", str(out_dir / "pretrain_but_chat.pth")), ("--ckpt", str(out_dir / "pretrain_no_stage.pth"))]
+    for flags in runs:
+        feed_input(monkeypatch, ["春眠不觉晓，"])
+        chat_script.main(chat_argv(out_dir, tokenizer_dir, *flags))
+    raw = "</s>春眠不觉晓，"
+    assert recorder.prompts[:2] == [raw] * 2
+    assert all(p != raw and "春眠不觉晓，" in p for p in recorder.prompts[2:])  # the chat template around it
+    assert json.loads((out_dir / "renamed.json").read_text())["stage"] == "pretrain"
 
 
 # ----------------------------------------------------------------------------- 0-eval_pretrain.py
@@ -259,7 +269,7 @@ def test_val_loss_is_the_mean_cross_entropy_of_the_windows(out_dir, tokenizer_di
     printed = capsys.readouterr().out
     loss, perplexity = map(float, re.search(r"loss ([\d.]+), perplexity ([\d.]+)", printed).groups())
 
-    reference = load_model(out_dir / "pretrain_64.pth")
+    reference = load_model(out_dir / "pretrain_64x2.pth")
     stream = torch.tensor(tokens, dtype=torch.long)
     x = torch.stack([stream[i * seq_len:(i + 1) * seq_len] for i in range(n)])
     y = torch.stack([stream[i * seq_len + 1:(i + 1) * seq_len + 1] for i in range(n)])

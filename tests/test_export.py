@@ -126,17 +126,18 @@ def test_export_verifies_and_replaces_only_an_earlier_export(tmp_path, tokenizer
 
     unrelated = tmp_path / "checkpoints"
     unrelated.mkdir()
-    (unrelated / "pretrain_64.pth").write_text("precious")
+    (unrelated / "pretrain_64x2.pth").write_text("precious")
     with pytest.raises(SystemExit, match="not an exported model folder"):
         export_model.main([*argv, "--out", str(unrelated)])
-    assert (unrelated / "pretrain_64.pth").read_text() == "precious"
+    assert (unrelated / "pretrain_64x2.pth").read_text() == "precious"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="full_sft_64.pth not found"):
-        export_model.main(["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2", "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="full_sft_64x2.pth not found"):
+        export_model.main(["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2",
+                           "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="n_kv_heads"):
-        export_model.main(["--dim", "64", "--n_heads", "4", "--out_dir", str(tmp_path)])
+        export_model.main(["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--out_dir", str(tmp_path)])
 
 
 # ----------------------------------------------------------------------------- what other tools read
@@ -199,7 +200,7 @@ def modes(folder):
 
 
 def lora_checkpoint(tmp_path):
-    """A base stage checkpoint in tmp_path and a trained-looking LoRA adapter on it, lora_demo_64/."""
+    """A base stage checkpoint in tmp_path and a trained-looking LoRA adapter on it, lora_demo_64x2/."""
     from model.lora import LoraSettings, apply_lora, save_adapter
 
     base, base_path = checkpoint(tmp_path, tiny_config())
@@ -208,11 +209,11 @@ def lora_checkpoint(tmp_path):
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)  # B is zero only before training
-    save_adapter(peft_model, tmp_path / "lora_demo_64", base_path=base_path)
+    save_adapter(peft_model, tmp_path / "lora_demo_64x2", base_path=base_path)
     return base, peft_model.merge_and_unload().eval()
 
 
-LORA_ARGS = ["--weight", "lora_demo", "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
+LORA_ARGS = ["--weight", "lora_demo", "--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]
 
 
 @pytest.mark.parametrize("fmt", ["remote", "native"])

@@ -196,12 +196,12 @@ def test_lora_exports_as_base_gguf_plus_adapter_gguf(tmp_path, tokenizer_dir):
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)  # a trained adapter: B is zero only at the start
-    save_adapter(peft_model, tmp_path / "lora_demo_64", base_path=base_path)
+    save_adapter(peft_model, tmp_path / "lora_demo_64x2", base_path=base_path)
     merged = peft_model.merge_and_unload().eval()
 
-    argv = ["--weight", "lora_demo", "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2", "--out_dir", str(tmp_path),
-            "--tokenizer", str(tokenizer_dir), "--format", "gguf", "--outtype", "f32", "--keep_adapter",
-            "--out", str(tmp_path / "g" / "demo.gguf")]
+    argv = ["--weight", "lora_demo", "--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2",
+            "--out_dir", str(tmp_path), "--tokenizer", str(tokenizer_dir), "--format", "gguf", "--outtype", "f32",
+            "--keep_adapter", "--out", str(tmp_path / "g" / "demo.gguf")]
     out = export_model.main(argv)  # verifies base and base + adapter through transformers
     adapter = out.with_name("demo-lora.gguf")
     fields, tensors = read_fields(adapter)

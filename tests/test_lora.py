@@ -92,7 +92,7 @@ def test_merged_weights_reproduce_adapter_logits(kind, tmp_path):
 
 
 def test_saved_adapter_holds_only_adapter_and_reloads(tmp_path):
-    base_path = tmp_path / "full_sft_64.pth"
+    base_path = tmp_path / "full_sft_64x2.pth"
     save_weights(MiniMindForCausalLM(tiny_config()), base_path)
     model = apply_lora(load_model(base_path), LoraSettings(rank=4, alpha=8))
     train_steps(model)
@@ -101,7 +101,7 @@ def test_saved_adapter_holds_only_adapter_and_reloads(tmp_path):
         expected = model(input_ids=x).logits
 
     folder = adapter_dir(tmp_path, "identity", model.config)
-    assert folder.name == "lora_identity_64"
+    assert folder.name == "lora_identity_64x2"
     save_adapter(model, folder, base_path=base_path)
     save_adapter(model, folder, base_path=base_path)  # overwriting an existing adapter works too
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
@@ -130,7 +130,7 @@ def test_unknown_target_is_a_clear_error():
 
 @pytest.fixture
 def lora_files(tmp_path):
-    base = tmp_path / "full_sft_64.pth"
+    base = tmp_path / "full_sft_64x2.pth"
     save_weights(MiniMindForCausalLM(tiny_config()), base)
     data = tmp_path / "lora_identity.jsonl"
     questions = ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是谁开发的？"]
@@ -161,13 +161,13 @@ def test_script_resumes_exactly_and_leaves_base_untouched(lora_files, tokenizer_
     run_lora(tokenizer_dir, base, data, tmp_path / "split", "--stop_step", "2")
     run_lora(tokenizer_dir, base, data, tmp_path / "split", "--resume")
     # the adapter is named after the data file, and holds only the adapter
-    a = load_file(tmp_path / "straight" / "lora_identity_64" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "split" / "lora_identity_64" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "straight" / "lora_identity_64x2" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "split" / "lora_identity_64x2" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(".lora_" in k for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert base.read_bytes() == base_bytes
-    assert not (tmp_path / "straight" / "lora_identity_64.pth").exists()  # merged weights only with --merge
+    assert not (tmp_path / "straight" / "lora_identity_64x2.pth").exists()  # merged weights only with --merge
 
 
 def test_script_merge_writes_equivalent_full_weights(lora_files, tokenizer_dir, tmp_path):
@@ -175,11 +175,11 @@ def test_script_merge_writes_equivalent_full_weights(lora_files, tokenizer_dir, 
 
     base, data = lora_files
     run_lora(tokenizer_dir, base, data, tmp_path, "--merge", "--name", "me")
-    folder = tmp_path / "lora_me_64"
+    folder = tmp_path / "lora_me_64x2"
     x, _ = batch(512, seed=5)
     with torch.no_grad():
         with_adapter = PeftModel.from_pretrained(load_model(base), str(folder))(input_ids=x).logits  # unmerged
-        merged = load_model(tmp_path / "lora_me_64.pth")(input_ids=x).logits
+        merged = load_model(tmp_path / "lora_me_64x2.pth")(input_ids=x).logits
         untouched = load_model(base)(input_ids=x).logits
     assert (merged - with_adapter).abs().max() < 1e-5
     assert (merged - untouched).abs().max() > 1e-3

@@ -48,10 +48,12 @@ def test_kv_cache_matches_full_forward(make_config, prompt_len):
     with torch.no_grad():
         full = model(x).logits
         cache = KVCache(capacity=8)  # small, so the cache has to grow along the way
-        steps = [model(x[:, :prompt_len], past_key_values=cache, use_cache=True).logits]
+        steps = [model(x[:, :prompt_len], cache=cache, use_cache=True).logits]
         for i in range(prompt_len, total):
-            out = model(x[:, i:i + 1], past_key_values=cache, use_cache=True)
-            assert out.past_key_values is cache
+            # every other step under the name transformers 4 and trl pass the cache under
+            name = "cache" if i % 2 else "past_key_values"
+            out = model(x[:, i:i + 1], use_cache=True, **{name: cache})
+            assert out.cache is cache and out.past_key_values is cache
             steps.append(out.logits)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4)
     assert cache.get_seq_length() == total
@@ -273,8 +275,9 @@ class ScriptedModel(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.step = 0
 
-    def forward(self, input_ids, past_key_values=None, **kwargs):
-        past_key_values.update(torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], 1), torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], 1), 0)
+    def forward(self, input_ids, cache=None, **kwargs):
+        empty = torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], 1)
+        cache.update(empty, empty, 0)
         logits = torch.full((input_ids.shape[0], 1, self.config.vocab_size), -1e9)
         logits[:, :, self.script[min(self.step, len(self.script) - 1)]] = 0
         self.step += 1

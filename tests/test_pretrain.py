@@ -64,13 +64,14 @@ def test_pretrain_writes_weights_and_beats_the_unigram_entropy(shards, tokenizer
     pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--max_steps", "40", "--learning_rate", "3e-3",
                            "--eval_interval", "20", "--eval_batches", "4"))
     out = capsys.readouterr().out
-    weights = torch.load(tmp_path / "pretrain_64.pth", weights_only=True)  # a plain state dict
+    weights = torch.load(tmp_path / "pretrain_64x2.pth", weights_only=True)  # a plain state dict
     assert "model.embed_tokens.weight" in weights
-    assert json.loads((tmp_path / "pretrain_64.json").read_text())["dim"] == 64
-    assert (tmp_path / "pretrain_64_loss.png").exists() and (tmp_path / "pretrain_64_resume.pth").exists()
-    assert load_model(tmp_path / "pretrain_64.pth").config.n_layers == 2
+    saved = json.loads((tmp_path / "pretrain_64x2.json").read_text())
+    assert saved["dim"] == 64 and saved["stage"] == "pretrain"
+    assert (tmp_path / "pretrain_64x2_loss.png").exists() and (tmp_path / "pretrain_64x2_resume.pth").exists()
+    assert load_model(tmp_path / "pretrain_64x2.pth").config.n_layers == 2
 
-    val = torch.load(tmp_path / "pretrain_64_resume.pth", weights_only=True)["history"]["val"]
+    val = torch.load(tmp_path / "pretrain_64x2_resume.pth", weights_only=True)["history"]["val"]
     entropy = unigram_entropy(train_tokens)
     assert [s for s, _ in val] == [0, 20, 40]
     assert val[-1][1] < val[0][1] and val[-1][1] < entropy - 0.5, (val, entropy)
@@ -81,21 +82,21 @@ def test_max_tokens_sets_the_number_of_steps(shards, tokenizer_dir, tmp_path, ca
     folder, _ = shards
     pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--max_tokens", "600", "--eval_interval", "0"))
     # 600 tokens / (8 rows x 32 tokens) per step -> 3 steps
-    assert "pretrain_64: 3 steps" in capsys.readouterr().out
+    assert "pretrain_64x2: 3 steps" in capsys.readouterr().out
 
 
 def test_sigkill_mid_run_then_resume_is_bit_exact(shards, tokenizer_dir, tmp_path):
     folder, _ = shards
     steps = ["--max_steps", "24", "--eval_interval", "12", "--eval_batches", "2"]
     pretrain.main(args_for(folder, tokenizer_dir, tmp_path / "whole", *steps))
-    reference = torch.load(tmp_path / "whole" / "pretrain_64.pth", weights_only=True)
+    reference = torch.load(tmp_path / "whole" / "pretrain_64x2.pth", weights_only=True)
 
     killed = tmp_path / "killed"
     command = [sys.executable, str(ROOT / "1-pretrain.py"), *args_for(folder, tokenizer_dir, killed, *steps),
                "--save_interval", "1"]
     proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    resume_file = killed / "pretrain_64_resume.pth"
+    resume_file = killed / "pretrain_64x2_resume.pth"
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -112,7 +113,7 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(shards, tokenizer_dir, tmp_pat
     assert 3 <= stopped_at < 24
 
     pretrain.main(args_for(folder, tokenizer_dir, killed, *steps, "--resume"))
-    resumed = torch.load(killed / "pretrain_64.pth", weights_only=True)
+    resumed = torch.load(killed / "pretrain_64x2.pth", weights_only=True)
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
@@ -140,4 +141,4 @@ def test_moe_pretraining_logs_the_balance_loss(shards, tokenizer_dir, tmp_path, 
     pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--use_moe", "true", "--max_steps", "2",
                            "--log_interval", "1", "--eval_interval", "0", "--eval_batches", "1"))
     out = capsys.readouterr().out
-    assert "| aux_loss " in out and (tmp_path / "pretrain_64_moe.pth").exists()
+    assert "| aux_loss " in out and (tmp_path / "pretrain_64x2_moe.pth").exists()

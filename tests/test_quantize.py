@@ -106,10 +106,10 @@ def test_a_model_off_the_cpu_is_refused():
 
 def test_load_from_args_quantize_int8(tmp_path, tokenizer_dir):
     saved = MiniMindForCausalLM(tiny_config()).eval()
-    save_weights(saved, tmp_path / "full_sft_64.pth")
+    save_weights(saved, tmp_path / "full_sft_64x2.pth")
     parser = argparse.ArgumentParser()
     add_model_args(parser)
-    argv = ["--dim", "64", "--n_heads", "4", "--n_kv_heads", "2", "--out_dir", str(tmp_path),
+    argv = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2", "--out_dir", str(tmp_path),
             "--tokenizer", str(tokenizer_dir)]
 
     plain, _ = load_from_args(parser.parse_args(argv), verbose=False)

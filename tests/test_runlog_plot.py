@@ -10,7 +10,7 @@ HISTORY = {"train": [(2, 0.69), (4, 0.6), (6, 0.5)], "val": [(3, 0.68), (6, 0.55
 
 
 def dpo_run(tmp_path, *validations):
-    log = RunLog(tmp_path, "dpo_64", 6, 0, True, "none", {"beta": 0.1})
+    log = RunLog(tmp_path, "dpo_64x2", 6, 0, True, "none", {"beta": 0.1})
     for step, metrics in validations:
         log.validation(step, metrics)
     return log
@@ -40,6 +40,6 @@ def test_other_stages_get_the_history_as_it_is(tmp_path, monkeypatch):
                                              ({"val_reward_acc": [(3, 0.5)], "val_reward_margin": [(3, 0.1)]}, 2)])
 def test_the_png_gets_a_reward_panel(tmp_path, rewards, panels):
     path = tmp_path / "loss.png"
-    plot_losses({**HISTORY, **rewards}, path, "dpo_64")
+    plot_losses({**HISTORY, **rewards}, path, "dpo_64x2")
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width == 700 and height == {1: 400, 2: 650}[panels]

@@ -34,14 +34,14 @@ def sft_files(tmp_path_factory):
         with open(folder / name, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(conversation(i), ensure_ascii=False) + "\n" for i in rows)
     torch.manual_seed(0)
-    save_weights(MiniMindForCausalLM(tiny_config(max_seq_len=64)), folder / "pretrain_64.pth")
+    save_weights(MiniMindForCausalLM(tiny_config(max_seq_len=64)), folder / "pretrain_64x2.pth")
     return folder
 
 
 def args_for(files: Path, tokenizer_dir, out_dir, *extra) -> list[str]:
     return [*TINY, "--data", str(files / "train.jsonl"), "--val_data", str(files / "val.jsonl"),
-            "--init_from", str(files / "pretrain_64.pth"), "--tokenizer", str(tokenizer_dir), "--out_dir", str(out_dir),
-            *extra]
+            "--init_from", str(files / "pretrain_64x2.pth"), "--tokenizer", str(tokenizer_dir),
+            "--out_dir", str(out_dir), *extra]
 
 
 def test_sft_loss_counts_only_assistant_tokens(sft_files, tokenizer):
@@ -63,16 +63,27 @@ def test_sft_loss_counts_only_assistant_tokens(sft_files, tokenizer):
     assert kept.item() == pytest.approx(loss.item(), rel=1e-5)
 
 
+def test_runtime_flags_apply_and_shape_flags_are_named_as_ignored(sft_files, tokenizer_dir, tmp_path, capsys):
+    # --dropout changes how the loaded model trains; --dim and --n_heads cannot change trained weights.
+    sft.main(args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "1", "--eos_check", "0", "--dropout", "0.3",
+                      "--dim", "128", "--n_layers", "3", "--n_heads", "4", "--n_kv_heads", "2"))
+    ignored = capsys.readouterr().out.split("ignored ")[1].splitlines()[0]
+    assert ignored == "--dim 128 (it has 64), --n_layers 3 (it has 2)"  # equal flags are not named
+    saved = json.loads((tmp_path / "full_sft_64x2.json").read_text())
+    assert saved["dropout"] == 0.3 and saved["dim"] == 64
+
+
 def test_full_sft_trains_from_pretrain_weights_and_checks_eos(sft_files, tokenizer_dir, tmp_path, capsys):
     sft.main(args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "30", "--eval_interval", "10",
                       "--eos_check", "8", "--eos_check_tokens", "24"))
     out = capsys.readouterr().out
-    assert f"starting from {sft_files / 'pretrain_64.pth'}" in out
-    weights = torch.load(tmp_path / "full_sft_64.pth", weights_only=True)
-    assert json.loads((tmp_path / "full_sft_64.json").read_text())["max_seq_len"] == 64
-    start = torch.load(sft_files / "pretrain_64.pth", weights_only=True)
+    assert f"starting from {sft_files / 'pretrain_64x2.pth'}" in out
+    weights = torch.load(tmp_path / "full_sft_64x2.pth", weights_only=True)
+    saved = json.loads((tmp_path / "full_sft_64x2.json").read_text())
+    assert saved["max_seq_len"] == 64 and saved["stage"] == "full_sft"
+    start = torch.load(sft_files / "pretrain_64x2.pth", weights_only=True)
     assert not torch.equal(weights["model.norm.weight"], start["model.norm.weight"])
-    val = torch.load(tmp_path / "full_sft_64_resume.pth", weights_only=True)["history"]["val"]
+    val = torch.load(tmp_path / "full_sft_64x2_resume.pth", weights_only=True)["history"]["val"]
     assert [s for s, _ in val] == [0, 10, 20, 30] and val[-1][1] < val[0][1] - 0.5, val
     # The EOS check ran on 8 held-out prompts and reported a rate.
     assert "held-out answers ending with </s> within 24 tokens, of 8:" in out
@@ -85,8 +96,8 @@ def test_full_sft_resume_is_bit_exact(sft_files, tokenizer_dir, tmp_path):
     sft.main(args_for(sft_files, tokenizer_dir, tmp_path / "whole", *common))
     sft.main(args_for(sft_files, tokenizer_dir, tmp_path / "split", *common, "--stop_step", "3"))
     sft.main(args_for(sft_files, tokenizer_dir, tmp_path / "split", *common, "--resume"))
-    whole = torch.load(tmp_path / "whole" / "full_sft_64.pth", weights_only=True)
-    split = torch.load(tmp_path / "split" / "full_sft_64.pth", weights_only=True)
+    whole = torch.load(tmp_path / "whole" / "full_sft_64x2.pth", weights_only=True)
+    split = torch.load(tmp_path / "split" / "full_sft_64x2.pth", weights_only=True)
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
@@ -100,5 +111,5 @@ def test_missing_pretrain_weights_is_a_clear_error(sft_files, tokenizer_dir, tmp
 def test_default_start_is_the_pretrain_checkpoint_of_the_preset(sft_files, tokenizer_dir, tmp_path):
     flags = args_for(sft_files, tokenizer_dir, tmp_path, "--preset", "tiny")
     del flags[flags.index("--init_from"):flags.index("--init_from") + 2]
-    with pytest.raises(SystemExit, match=r"pretrain_256\.pth does not exist"):
+    with pytest.raises(SystemExit, match=r"pretrain_256x4\.pth does not exist"):
         sft.main(flags)

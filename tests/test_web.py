@@ -33,7 +33,7 @@ def server_url(tokenizer):
     model = MiniMindForCausalLM(tiny_config(max_seq_len=128)).eval()
     with torch.no_grad():
         model.model.embed_tokens.weight[EOS_ID].zero_()
-    app = create_app(model, tokenizer, "full_sft_64", Defaults(max_tokens=5000), api_key=KEY)
+    app = create_app(model, tokenizer, "full_sft_64x2", Defaults(max_tokens=5000), api_key=KEY)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -84,11 +84,11 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     wait.until(lambda d: "401" in text_of("status"))
     assert browser.find_element("id", "api_key").is_displayed()
     set_field(browser, "api_key", KEY)
-    wait.until(lambda d: "full_sft_64" in text_of("status"))
+    wait.until(lambda d: "full_sft_64x2" in text_of("status"))
     set_field(browser, "temperature", "0")
     set_field(browser, "max_tokens", "5000")
     browser.refresh()  # the key and the settings stay in this browser's localStorage
-    wait.until(lambda d: "full_sft_64" in text_of("status"))
+    wait.until(lambda d: "full_sft_64x2" in text_of("status"))
     assert browser.find_element("id", "max_tokens").get_attribute("value") == "5000"
     browser.find_element("id", "toggle-settings").click()  # closed again after the reload: open it
 
