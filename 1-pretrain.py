@@ -1,10 +1,10 @@
 """Stage 1, pretraining: learn to continue Chinese text from the token shards of `data_process.py pretrain`.
 
-    python 1-pretrain.py --preset tiny --batch_size 8 --max_tokens 5e5      # CPU: 4.6M model, ~10 min on 2 cores
-    python 1-pretrain.py --preset tiny --batch_size 8 --max_tokens 5e5 --resume   # continue an interrupted run exactly
+    python 1-pretrain.py --preset tiny --batch_size 8 --train_tokens 5e5    # CPU: 4.6M model, ~10 min on 2 cores
+    python 1-pretrain.py --preset tiny --batch_size 8 --train_tokens 5e5 --resume # continue an interrupted run exactly
     python 1-pretrain.py                                                # small-T (26.88M), one epoch
     torchrun --nproc_per_node 8 1-pretrain.py --preset small --batch_size 64 --epochs 2
-    python 1-pretrain.py --preset moe --init_from out/pretrain_640x8_moe.pth   # continue pretraining from weights
+    python 1-pretrain.py --preset moe --ckpt out/pretrain_640x8_moe.pth   # continue pretraining from weights
 
 Reads dataset/pretrain/{meta.json, train_*.bin, val_*.bin}: windows of --seq_len tokens (documents joined
 by </s>), the target of each position the next token. Writes, under --out_dir:
@@ -38,13 +38,13 @@ def parse_args(argv=None):
     group = parser.add_argument_group("pretraining")
     group.add_argument("--data_dir", default=str(ROOT / "dataset" / "pretrain"), help="token shards with meta.json")
     group.add_argument("--seq_len", type=int, default=None, help="tokens per training window (default: max_seq_len)")
-    group.add_argument("--max_tokens", type=float, default=0,
+    group.add_argument("--train_tokens", type=float, default=0,
                        help="train on this many tokens (sets --max_steps from the global batch; e.g. 2e6)")
     group.add_argument("--chat_data", nargs="+", default=None,
                        help="instead of token shards: chat jsonl files whose conversations, in the chat template, "
                             "are learned token by token (every token a target), packed into windows")
     group.add_argument("--chat_val", default=None, help="held-out chat jsonl for validation with --chat_data")
-    group.add_argument("--init_from", default=None, help="start from these weights (a stage .pth) instead of random")
+    group.add_argument("--ckpt", default=None, help="start from these weights (a stage .pth) instead of random")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR),
                        help="the tokenizer the shards must have been made with (checked by its hash, when present)")
     add_train_args(parser, learning_rate=5e-4, batch_size=32, eval_interval=100, eval_batches=10, save_interval=200)
@@ -85,9 +85,9 @@ def main(argv=None):
     train_config = TrainConfig.from_args(args)
     trainer = Trainer(train_config)  # seeds, so the model below starts the same in every run
 
-    if args.init_from:
-        model = load_with_flags(args.init_from, args, say=trainer.print)
-        trainer.print(f"initialised from {args.init_from} (its config decides the shape)")
+    if args.ckpt:
+        model = load_with_flags(args.ckpt, args, say=trainer.print)
+        trainer.print(f"initialised from {args.ckpt} (its config decides the shape)")
     else:
         from model.model import MiniMindForCausalLM
 
@@ -112,7 +112,7 @@ def main(argv=None):
         raise SystemExit(f"{args.data_dir} was tokenized with a {shard_vocab}-token vocabulary, but the model has "
                          f"vocab_size {config.vocab_size}: pick a preset with a matching vocabulary or --vocab_size")
 
-    max_steps = trainer.steps_for_tokens(args.max_tokens, seq_len) if args.max_tokens else None
+    max_steps = trainer.steps_for_tokens(args.train_tokens, seq_len) if args.train_tokens else None
     tokens = train_set.tokens if args.chat_data else len(train_set) * seq_len
     trainer.print(f"MiniMind {config.tag()}: {describe(model)}; windows of {seq_len} tokens, "
                   f"{tokens / 1e6:.2f}M training tokens per epoch")

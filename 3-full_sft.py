@@ -2,10 +2,10 @@
 
     python 3-full_sft.py --preset tiny                                 # from out/pretrain_256x4.pth
     python 3-full_sft.py --preset tiny --resume                        # continue an interrupted run exactly
-    python 3-full_sft.py --data dataset/sft_multi.jsonl --max_length 1024
+    python 3-full_sft.py --data dataset/sft_multi.jsonl --seq_len 1024
     torchrun --nproc_per_node 8 3-full_sft.py --preset small --epochs 2
 
-Starts from out/pretrain_{tag}.pth (or --init_from; its .json config decides the model's shape).
+Starts from out/pretrain_{tag}.pth (or --ckpt; its .json config decides the model's shape).
 Reads conversations, {"conversations": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} per
 line, from --data (default dataset/sft_single.jsonl and dataset/sft_multi.jsonl, those that exist) and
 validates on --val_data (default dataset/sft_val.jsonl). The loss falls on the assistant tokens of every
@@ -51,11 +51,11 @@ def parse_args(argv=None):
                        help="chat jsonl file(s) (default: dataset/sft_single.jsonl and sft_multi.jsonl)")
     group.add_argument("--val_data", default=None,
                        help="held-out chat jsonl (default dataset/sft_val.jsonl if present)")
-    group.add_argument("--init_from", default=None, help="starting weights (default out_dir/pretrain_{tag}.pth)")
-    group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
+    group.add_argument("--ckpt", default=None, help="starting weights (default out_dir/pretrain_{tag}.pth)")
+    group.add_argument("--seq_len", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     group.add_argument("--pack", action="store_true",
-                       help="pack whole conversations into rows of --max_length tokens: no compute spent on padding")
+                       help="pack whole conversations into rows of --seq_len tokens: no compute spent on padding")
     group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     group.add_argument("--eos_check", type=int, default=50,
                        help="after training, answer this many held-out prompts and report how many end with </s>")
@@ -108,27 +108,27 @@ def main(argv=None):
     trainer = Trainer(TrainConfig.from_args(args))
     out_dir = Path(args.out_dir)
 
-    init_from = previous_stage_weights(args.init_from, out_dir, "pretrain", config_from_args(args), args.preset)
-    model = load_with_flags(init_from, args, say=trainer.print)  # its .json config decides the shape
+    ckpt = previous_stage_weights(args.ckpt, out_dir, "pretrain", config_from_args(args), args.preset)
+    model = load_with_flags(ckpt, args, say=trainer.print)  # its .json config decides the shape
     model.train()
     config = model.config
-    trainer.print(f"starting from {init_from}: {describe(model)}")
+    trainer.print(f"starting from {ckpt}: {describe(model)}")
 
     tokenizer = load_tokenizer(args.tokenizer)
     if len(tokenizer) > config.vocab_size:
         raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
-    max_length = args.max_length or config.max_seq_len
+    seq_len = args.seq_len or config.max_seq_len
     data_files = args.data or [path for path in DEFAULT_DATA if path.exists()]
     if not data_files:
         raise SystemExit(f"no SFT data: build {DEFAULT_DATA[0].name} with `python data_process.py sft`, or pass --data")
     verbose = trainer.is_main
-    read = [SFTDataset(f, tokenizer, max_length, strict=args.strict, verbose=verbose) for f in data_files]
-    train_set = PackedChatDataset(read, max_length) if args.pack else ConcatDataset(read)
+    read = [SFTDataset(f, tokenizer, seq_len, strict=args.strict, verbose=verbose) for f in data_files]
+    train_set = PackedChatDataset(read, seq_len) if args.pack else ConcatDataset(read)
     if args.pack:
         trainer.print(f"packed {train_set.conversations:,} conversations into {len(train_set):,} rows of up to "
-                      f"{max_length} tokens ({train_set.tokens / (len(train_set) * (max_length + 1)):.0%} full)")
+                      f"{seq_len} tokens ({train_set.tokens / (len(train_set) * (seq_len + 1)):.0%} full)")
     val_file = args.val_data or (DEFAULT_VAL if DEFAULT_VAL.exists() else None)
-    val_set = SFTDataset(val_file, tokenizer, max_length, strict=args.strict, verbose=verbose) if val_file else None
+    val_set = SFTDataset(val_file, tokenizer, seq_len, strict=args.strict, verbose=verbose) if val_file else None
     if val_set is None:
         trainer.print("no validation set (pass --val_data): training loss only")
 

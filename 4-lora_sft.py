@@ -9,7 +9,7 @@ Each adapted linear layer W (attention q/k/v/o and the SwiGLU gate/up/down by de
 W x + (alpha / r) * B A x, where A (r x in) and B (out x r) are the only trained parameters and B starts
 at zero, so training starts exactly from the base model. Loss is on assistant tokens only, as in SFT.
 
-Reads the base weights from out/full_sft_{tag}.pth (or --init_from) and a chat jsonl
+Reads the base weights from out/full_sft_{tag}.pth (or --ckpt) and a chat jsonl
 ({"conversations": [{"role", "content"}, ...]}). Writes, under --out_dir (NAME from --name, by default
 the data file's name without a `lora_` prefix):
 
@@ -46,8 +46,8 @@ def parse_args(argv=None):
     group.add_argument("--data", default=str(ROOT / "dataset" / "lora_identity.jsonl"), help="domain chat jsonl")
     group.add_argument("--val_data", default=None, help="held-out chat jsonl for validation (optional)")
     group.add_argument("--name", default=None, help="adapter name in out/lora_NAME_{tag}/ (default: from --data)")
-    group.add_argument("--init_from", default=None, help="base weights (default out/full_sft_{tag}.pth)")
-    group.add_argument("--max_length", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
+    group.add_argument("--ckpt", default=None, help="base weights (default out/full_sft_{tag}.pth)")
+    group.add_argument("--seq_len", type=int, default=None, help="tokens per conversation (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     group.add_argument("--merge", action="store_true", help="also write base + adapter merged to out/lora_NAME_{tag}.pth")
@@ -71,7 +71,7 @@ def main(argv=None):
     trainer = Trainer(TrainConfig.from_args(args))  # seeds first: the adapters' random A starts the same every run
     out_dir = Path(args.out_dir)
 
-    base_path = previous_stage_weights(args.init_from, out_dir, "full_sft", config_from_args(args), args.preset)
+    base_path = previous_stage_weights(args.ckpt, out_dir, "full_sft", config_from_args(args), args.preset)
     model = load_with_flags(base_path, args, say=trainer.print)  # its .json config decides the shape
     config = model.config
     trainer.print(f"base {base_path}: {describe(model)}")
@@ -81,12 +81,12 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.tokenizer)
     if len(tokenizer) > config.vocab_size:
         raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
-    max_length = args.max_length or config.max_seq_len
+    seq_len = args.seq_len or config.max_seq_len
     verbose = trainer.is_main
-    train_set = SFTDataset(args.data, tokenizer, max_length, strict=args.strict, verbose=verbose)
+    train_set = SFTDataset(args.data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
     val_set = None
     if args.val_data:
-        val_set = SFTDataset(args.val_data, tokenizer, max_length, strict=args.strict, verbose=verbose)
+        val_set = SFTDataset(args.val_data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
 
     domain = adapter_name(args)
     folder = adapter_dir(out_dir, domain, config)  # out/lora_{domain}_{tag}/, also the prefix of the engine's files

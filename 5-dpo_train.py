@@ -19,7 +19,7 @@ on the training batches and on the held-out pairs.
 The loss is native (model/dpo.py) rather than trl's DPOTrainer, so DPO runs through the same engine as
 every other stage (resume, DDP, logging, checkpoints); model/dpo.py says why in full.
 
-Reads out/full_sft_{tag}.pth (or --init_from) and dataset/dpo.jsonl + dataset/dpo_val.jsonl from
+Reads out/full_sft_{tag}.pth (or --ckpt) and dataset/dpo.jsonl + dataset/dpo_val.jsonl from
 `python data_process.py dpo`. Writes, under --out_dir:
 
     dpo_{tag}.pth  + .json   the aligned weights (with --lora: base + adapter merged)
@@ -53,10 +53,10 @@ def parse_args(argv=None):
     group.add_argument("--data", default=str(ROOT / "dataset" / "dpo.jsonl"), help="preference pairs jsonl")
     group.add_argument("--val_data", default=str(ROOT / "dataset" / "dpo_val.jsonl"),
                        help="held-out pairs; 'none' to skip validation")
-    group.add_argument("--init_from", default=None, help="policy and reference weights (default out/full_sft_{tag}.pth)")
+    group.add_argument("--ckpt", default=None, help="policy and reference weights (default out/full_sft_{tag}.pth)")
     group.add_argument("--beta", type=float, default=0.1, help="strength of the pull towards the reference")
     group.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight")
-    group.add_argument("--max_length", type=int, default=None, help="tokens per prompt + reply (default: max_seq_len)")
+    group.add_argument("--seq_len", type=int, default=None, help="tokens per prompt + reply (default: max_seq_len)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     add_lora_args(parser)
@@ -81,7 +81,7 @@ def check_start(trainer: Trainer, model, loss_fn: DPOLoss, dataset: DPODataset) 
     trainer.print(f"step 0 | DPO loss {loss:.6f} (ln 2 = {math.log(2):.6f}) | logp_margin {metrics['logp_margin']:.3f}")
     if abs(loss - math.log(2)) > 1e-3:
         raise SystemExit(f"the DPO loss before training is {loss:.6f}, not ln 2: the policy does not start from "
-                         f"the reference (check --init_from)")
+                         f"the reference (check --ckpt)")
 
 
 def main(argv=None):
@@ -89,7 +89,7 @@ def main(argv=None):
     trainer = Trainer(TrainConfig.from_args(args))
     out_dir = Path(args.out_dir)
 
-    init_path = previous_stage_weights(args.init_from, out_dir, "full_sft", config_from_args(args), args.preset)
+    init_path = previous_stage_weights(args.ckpt, out_dir, "full_sft", config_from_args(args), args.preset)
     model = load_with_flags(init_path, args, say=trainer.print)  # its .json config decides the shape
     config = model.config
     trainer.print(f"policy from {init_path}: {describe(model)}")
@@ -105,15 +105,15 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.tokenizer)
     if len(tokenizer) > config.vocab_size:
         raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
-    max_length = args.max_length or config.max_seq_len
+    seq_len = args.seq_len or config.max_seq_len
     verbose = trainer.is_main
-    train_set = DPODataset(args.data, tokenizer, max_length, strict=args.strict, verbose=verbose)
+    train_set = DPODataset(args.data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
     val_set = None
     if args.val_data.lower() != "none":
         if not Path(args.val_data).exists():
             raise SystemExit(f"{args.val_data} not found: build it with `python data_process.py dpo`, "
                              f"or pass --val_data none to train without held-out pairs")
-        val_set = DPODataset(args.val_data, tokenizer, max_length, strict=args.strict, verbose=verbose)
+        val_set = DPODataset(args.val_data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
 
     name = f"dpo_{config.tag()}"
     resuming = args.resume and (out_dir / f"{name}_resume.pth").exists()

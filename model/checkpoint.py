@@ -93,12 +93,12 @@ def weights_path(out_dir, stage: str, config: LMConfig) -> Path:
 _MADE_BY = {"pretrain": "1-pretrain.py", "full_sft": "3-full_sft.py", "dpo": "5-dpo_train.py"}
 
 
-def previous_stage_weights(init_from, out_dir, stage: str, config: LMConfig, preset: str) -> Path:
-    """`init_from` if given, else out/{stage}_{tag}.pth; exits with the command to run when it is missing."""
-    path = Path(init_from) if init_from else weights_path(out_dir, stage, config)
+def previous_stage_weights(ckpt, out_dir, stage: str, config: LMConfig, preset: str) -> Path:
+    """`ckpt` if given, else out/{stage}_{tag}.pth; exits with the command to run when it is missing."""
+    path = Path(ckpt) if ckpt else weights_path(out_dir, stage, config)
     if not path.exists():
         raise MiniMindError(f"{path} does not exist: run `python {_MADE_BY.get(stage, stage)} --preset {preset}` "
-                         f"first, or pass --init_from")
+                         f"first, or pass --ckpt")
     return path
 
 

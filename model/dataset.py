@@ -323,10 +323,10 @@ class ChatEncoder:
         return ids, mask
 
 
-def shift_and_truncate(ids: list[int], mask: list[bool], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x = ids[:-1], y = ids[1:] with -100 where the predicted token is not a target; at most max_length long.
+def shift_and_truncate(ids: list[int], mask: list[bool], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = ids[:-1], y = ids[1:] with -100 where the predicted token is not a target; at most seq_len long.
     The mask is computed before truncation, so cutting the end never turns a prompt token into a target."""
-    ids, mask = ids[: max_length + 1], mask[: max_length + 1]
+    ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
     x = torch.tensor(ids[:-1], dtype=torch.long)
     y = torch.tensor([t if m else IGNORE for t, m in zip(ids[1:], mask[1:])], dtype=torch.long)
     return x, y
@@ -360,15 +360,15 @@ class SFTDataset(Dataset):
     """Conversations from a jsonl file, tokenized once at load time, as (x, y) with only assistant tokens
     as targets (every assistant turn's content plus its `</s>`).
 
-    A conversation longer than max_length + 1 tokens is cut after its last whole assistant answer that fits,
+    A conversation longer than seq_len + 1 tokens is cut after its last whole assistant answer that fits,
     so no example teaches an answer that runs on without `</s>`; one whose first answer does not fit is
     dropped and counted. Invalid lines are skipped and counted (strict=True stops).
     `SFTDataset.collate` pads a batch to its longest row (x with <unk>=0, y with -100).
     """
 
-    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True,
+    def __init__(self, jsonl_path, tokenizer, seq_len: int = 512, strict: bool = False, verbose: bool = True,
                  show_skips: int = 3):
-        self.max_length = max_length
+        self.seq_len = seq_len
         encoder = ChatEncoder(tokenizer)
         self.items = _PackedTokens()
         self.skips = Skips(strict, show_skips)  # show_skips: how many skips of each reason to print
@@ -380,21 +380,21 @@ class SFTDataset(Dataset):
                 reason = "no assistant message"
             if not reason:
                 ids, mask = encoder.encode(messages, lambda i, m: m["role"] == "assistant")
-                if len(ids) > max_length + 1:
+                if len(ids) > seq_len + 1:
                     # A target </s> closes an assistant answer (a typed "</s>" is text, never EOS_ID).
-                    ends = [i + 1 for i in range(max_length + 1) if mask[i] and ids[i] == EOS_ID]
+                    ends = [i + 1 for i in range(seq_len + 1) if mask[i] and ids[i] == EOS_ID]
                     if ends:
                         ids, mask = ids[: ends[-1]], mask[: ends[-1]]
                         self.truncated += 1
                     else:
-                        reason = f"first assistant answer ends beyond max_length={max_length}"
+                        reason = f"first assistant answer ends beyond seq_len={seq_len}"
             if reason:
                 self.skips.add(f"{jsonl_path}:{number}", reason, detail)
                 continue
             self.items.add(ids, mask)
         self.items.freeze()
         if verbose:
-            report(jsonl_path, len(self.items), self.skips, self.truncated, max_length, " after a whole answer")
+            report(jsonl_path, len(self.items), self.skips, self.truncated, seq_len, " after a whole answer")
         if len(self.items) == 0:
             raise MiniMindError(f"{jsonl_path}: no usable conversations")
 
@@ -402,7 +402,7 @@ class SFTDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-        return shift_and_truncate(*self.items[index], self.max_length)
+        return shift_and_truncate(*self.items[index], self.seq_len)
 
     @staticmethod
     def collate(batch):
@@ -417,10 +417,10 @@ class SFTDataset(Dataset):
         return xs, ys
 
 
-def report(path, kept: int, skips: Skips, truncated: int, max_length: int, cut_at: str = "") -> None:
+def report(path, kept: int, skips: Skips, truncated: int, seq_len: int, cut_at: str = "") -> None:
     line = f"{path}: {kept} examples"
     if truncated:
-        line += f", {truncated} cut{cut_at} at max_length={max_length}"
+        line += f", {truncated} cut{cut_at} at seq_len={seq_len}"
     if skips.total():
         line += f"; skipped {skips.total()}: {skips.summary()}"
     print(line)
@@ -445,9 +445,9 @@ class DPODataset(Dataset):
     one forward pass.
     """
 
-    def __init__(self, jsonl_path, tokenizer, max_length: int = 512, strict: bool = False, verbose: bool = True,
+    def __init__(self, jsonl_path, tokenizer, seq_len: int = 512, strict: bool = False, verbose: bool = True,
                  show_skips: int = 3):
-        self.max_length = max_length
+        self.seq_len = seq_len
         encoder = ChatEncoder(tokenizer)
         self.chosen, self.rejected = _PackedTokens(), _PackedTokens()
         self.skips = Skips(strict, show_skips)  # show_skips: how many skips of each reason to print
@@ -464,19 +464,19 @@ class DPODataset(Dataset):
                     ids, mask = encoder.encode(
                         row["prompt"] + row[key], lambda i, m: i >= n_prompt and m["role"] == "assistant"
                     )
-                    if not any(mask[1 : max_length + 1]):
-                        reason = f"no {key} response token within max_length={max_length}"
+                    if not any(mask[1 : seq_len + 1]):
+                        reason = f"no {key} response token within seq_len={seq_len}"
                     pair.append((ids, mask))
             if reason:
                 self.skips.add(f"{jsonl_path}:{number}", reason, detail)
                 continue
-            self.truncated += any(len(ids) > max_length + 1 for ids, _ in pair)
+            self.truncated += any(len(ids) > seq_len + 1 for ids, _ in pair)
             self.chosen.add(*pair[0])
             self.rejected.add(*pair[1])
         self.chosen.freeze()
         self.rejected.freeze()
         if verbose:
-            report(jsonl_path, len(self.chosen), self.skips, self.truncated, max_length)
+            report(jsonl_path, len(self.chosen), self.skips, self.truncated, seq_len)
         if len(self.chosen) == 0:
             raise MiniMindError(f"{jsonl_path}: no usable preference pairs")
 
@@ -484,8 +484,8 @@ class DPODataset(Dataset):
         return len(self.chosen)
 
     def __getitem__(self, index: int) -> dict:
-        chosen_x, chosen_y = shift_and_truncate(*self.chosen[index], self.max_length)
-        rejected_x, rejected_y = shift_and_truncate(*self.rejected[index], self.max_length)
+        chosen_x, chosen_y = shift_and_truncate(*self.chosen[index], self.seq_len)
+        rejected_x, rejected_y = shift_and_truncate(*self.rejected[index], self.seq_len)
         return dict(chosen_x=chosen_x, chosen_y=chosen_y, rejected_x=rejected_x, rejected_y=rejected_y)
 
     @staticmethod
@@ -504,7 +504,7 @@ class DPODataset(Dataset):
 
 
 class PackedChatDataset(Dataset):
-    """Whole conversations packed into rows of up to max_length + 1 tokens, so a batch spends its
+    """Whole conversations packed into rows of up to seq_len + 1 tokens, so a batch spends its
     compute on text instead of padding (the median training conversation is a third of a 256 window).
 
     Conversations are taken in order and a row is closed when the next one does not fit; none is cut
@@ -514,10 +514,10 @@ class PackedChatDataset(Dataset):
     template included: pretraining on the conversations in the very format the chat uses.
     """
 
-    def __init__(self, conversations: list, max_length: int, targets: str = "assistant"):
+    def __init__(self, conversations: list, seq_len: int, targets: str = "assistant"):
         if targets not in ("assistant", "all"):
             raise ValueError(f"targets must be 'assistant' or 'all', got {targets!r}")
-        self.max_length = max_length
+        self.seq_len = seq_len
         self.rows = _PackedTokens()
         row_ids, row_mask = [], []
         count = 0
@@ -526,7 +526,7 @@ class PackedChatDataset(Dataset):
                 ids, mask = dataset.items[i]
                 if targets == "all":
                     mask = [True] * len(ids)
-                if row_ids and len(row_ids) + len(ids) > max_length + 1:
+                if row_ids and len(row_ids) + len(ids) > seq_len + 1:
                     self.rows.add(row_ids, row_mask)
                     row_ids, row_mask = [], []
                 row_ids += ids
@@ -542,6 +542,6 @@ class PackedChatDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int):
-        return shift_and_truncate(*self.rows[index], self.max_length)
+        return shift_and_truncate(*self.rows[index], self.seq_len)
 
     collate = staticmethod(SFTDataset.collate)

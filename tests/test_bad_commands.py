@@ -87,7 +87,7 @@ def make_files(folder: Path) -> dict:
 
 
 # (id, command line with {placeholders} from make_files, text the message must contain). Each kind of
-# problem appears once per way in (--ckpt through model/cli.py, --init_from in a training script, a data
+# problem appears once per way in (--ckpt through model/cli.py and through a training script, a data
 # folder, a data or tokenizer command); the loaders behind them are checked on every bad file in-process below.
 TABLE = [
     ("chat garbage .pth", "2-eval.py --ckpt {garbage}", "garbage.pth: cannot read the weights"),
@@ -102,7 +102,7 @@ TABLE = [
     ("server crafted .pth", "my_openai_api.py --ckpt {crafted}", "crafted.pth: refused to load"),
     ("ceval mapping number", "eval_ceval.py --data_dir {ceval} --ckpt {good}",
      "subject_mapping.json: unreadable JSON value"),
-    ("pretrain --init_from crafted", "1-pretrain.py --init_from {crafted} --out_dir {out}",
+    ("pretrain --ckpt crafted", "1-pretrain.py --ckpt {crafted} --out_dir {out}",
      "crafted.pth: refused to load"),
     ("pretrain --dim 100 heads 8", "1-pretrain.py --preset tiny --dim 100 --n_heads 8 --out_dir {out}",
      "dim (100) must divide by n_heads (8)"),
@@ -110,8 +110,8 @@ TABLE = [
      "meta.json: not valid JSON"),
     ("pretrain meta unreadable", "1-pretrain.py --preset tiny --data_dir {meta_unreadable} --out_dir {out}",
      "meta.json: cannot read it"),
-    ("sft --init_from crafted", "3-full_sft.py --init_from {crafted} --out_dir {out}", "crafted.pth: refused to load"),
-    ("dpo --init_from garbage", "5-dpo_train.py --init_from {garbage} --out_dir {out}",
+    ("sft --ckpt crafted", "3-full_sft.py --ckpt {crafted} --out_dir {out}", "crafted.pth: refused to load"),
+    ("dpo --ckpt garbage", "5-dpo_train.py --ckpt {garbage} --out_dir {out}",
      "garbage.pth: cannot read the weights"),
     ("data sft missing --jsonl", "data_process.py sft --raw {missing} --jsonl {missing} --out {out}",
      "does_not_exist: no such file"),
@@ -201,7 +201,7 @@ def test_bad_command_ends_with_one_clear_line(results, name, command, expected):
 
 
 def test_crafted_pickle_is_refused_by_every_loader_in_process(tmp_path):
-    """load_model (--ckpt, --weight, --init_from all go through it) and the LoRA merge refuse the file;
+    """load_model (--ckpt, --weight, --ckpt all go through it) and the LoRA merge refuse the file;
     the marker the pickle would create never appears."""
     from model.checkpoint import read_state_dict
 

@@ -31,12 +31,12 @@ def test_json_file_sets_flags_of_every_kind(scripts, tmp_path):
     config = write(tmp_path / "sft.json", {
         "preset": "tiny", "dim": 128, "use_moe": True,               # model fields
         "batch_size": 3, "learning_rate": 2e-4, "schedule": "wsd",   # TrainConfig fields
-        "data": ["a.jsonl", "b.jsonl"], "pack": True, "max_length": 96, "min_lr": None,  # the script's own
+        "data": ["a.jsonl", "b.jsonl"], "pack": True, "seq_len": 96, "min_lr": None,  # the script's own
     })
     args = scripts["3-full_sft.py"].parse_args(["--config", str(config)])
     assert (args.preset, args.dim, args.use_moe) == ("tiny", 128, True)
     assert (args.batch_size, args.learning_rate, args.schedule) == (3, 2e-4, "wsd")
-    assert args.data == ["a.jsonl", "b.jsonl"] and args.pack is True and args.max_length == 96
+    assert args.data == ["a.jsonl", "b.jsonl"] and args.pack is True and args.seq_len == 96
     assert args.min_lr is None
     assert args.config == str(config)
     # What the file does not name keeps the script's own default.

@@ -42,7 +42,7 @@ def test_sft_mask_two_turns_token_by_token(tokenizer, tmp_path):
         {"role": "assistant", "content": "全长约六千三百公里。"},
     ]
     path = write_jsonl(tmp_path / "sft.jsonl", [{"conversations": conversation}])
-    x, y = SFTDataset(path, tokenizer, max_length=256)[0]
+    x, y = SFTDataset(path, tokenizer, seq_len=256)[0]
 
     enc = lambda text: tokenizer.encode(text, add_special_tokens=False)
     expected_ids, expected_target = [], []
@@ -90,7 +90,7 @@ def test_sft_cut_keeps_whole_answers_and_never_makes_prompt_a_target(tokenizer, 
         {"conversations": [{"role": "user", "content": long_text}, {"role": "assistant", "content": "好的"}]},
     ]
     path = write_jsonl(tmp_path / "sft.jsonl", rows)
-    data = SFTDataset(path, tokenizer, max_length=32)
+    data = SFTDataset(path, tokenizer, seq_len=32)
     # The first keeps its first exchange; the others have no whole answer inside the window: dropped, counted.
     assert len(data) == 1 and data.truncated == 1 and data.skips.total() == 2
     x, y = data[0]
@@ -113,13 +113,13 @@ def test_sft_bad_lines_skipped_and_counted_or_strict(tokenizer, tmp_path, capsys
     path = write_jsonl(tmp_path / "sft.jsonl", rows)
     with open(path, "ab") as f:
         f.write('{"conversations": "中文"}\n'.encode("gbk"))
-    data = SFTDataset(path, tokenizer, max_length=64)
+    data = SFTDataset(path, tokenizer, seq_len=64)
     assert len(data) == 2 and data.skips.total() == 5
     out = capsys.readouterr().out
     assert f"{path}:2: not valid JSON" in out and f"{path}:4: no assistant message" in out
     assert f"{path}:7: not valid UTF-8" in out
     with pytest.raises(SystemExit, match=r"sft.jsonl:2: not valid JSON"):
-        SFTDataset(path, tokenizer, max_length=64, strict=True)
+        SFTDataset(path, tokenizer, seq_len=64, strict=True)
 
 
 def test_sft_collate_pads_right(tokenizer, tmp_path):
@@ -132,7 +132,7 @@ def test_sft_collate_pads_right(tokenizer, tmp_path):
             ]
         },
     ]
-    data = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", rows), tokenizer, max_length=64)
+    data = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", rows), tokenizer, seq_len=64)
     x, y = SFTDataset.collate([data[0], data[1]])
     n0 = len(data[0][0])
     assert x.shape == y.shape == (2, len(data[1][0]))
@@ -154,7 +154,7 @@ def test_dpo_masks_cover_only_the_final_reply(tokenizer, tmp_path):
         "chosen": [{"role": "assistant", "content": "全长约六千三百公里。"}],
         "rejected": [{"role": "assistant", "content": "不知道"}],
     }
-    data = DPODataset(write_jsonl(tmp_path / "dpo.jsonl", [row, {"prompt": prompt}]), tokenizer, max_length=128)
+    data = DPODataset(write_jsonl(tmp_path / "dpo.jsonl", [row, {"prompt": prompt}]), tokenizer, seq_len=128)
     assert len(data) == 1 and data.skips.total() == 1
     batch = DPODataset.collate([data[0]])
     for side, reply in (("chosen", "全长约六千三百公里。"), ("rejected", "不知道")):

@@ -247,7 +247,7 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
     medical = read_rows(out / "lora_medical.jsonl")
     assert medical[0]["conversations"][1]["content"] == "可以适量服用。"  # GBK decoded
     assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
-    assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, max_length=512)) == len(single)
+    assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, seq_len=512)) == len(single)
 
     with pytest.raises(SystemExit, match=r"s\.jsonl:1: reply claims"):
         data_process.main(["sft", "--raw", str(raw), "--out", str(out), "--strict"])
@@ -304,4 +304,4 @@ def test_dpo_converters(tmp_path, tokenizer, capsys):
     assert (
         "1 exact duplicate" in report and "1 chosen and rejected are identical" in report and "not valid JSON" in report
     )
-    assert len(DPODataset(out / "dpo.jsonl", tokenizer, max_length=256)) == 4
+    assert len(DPODataset(out / "dpo.jsonl", tokenizer, seq_len=256)) == 4

@@ -42,10 +42,10 @@ def dpo_files(tmp_path):
 
 def run_dpo(tokenizer_dir, base, train, val, out_dir, *extra):
     load_script("5-dpo_train.py").main([
-        "--init_from", str(base), "--data", str(train), "--val_data", str(val), "--tokenizer", str(tokenizer_dir),
+        "--ckpt", str(base), "--data", str(train), "--val_data", str(val), "--tokenizer", str(tokenizer_dir),
         "--out_dir", str(out_dir), "--batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "1",
         "--eval_batches", "1", "--eval_interval", "0", "--log_interval", "2", "--save_interval", "0",
-        "--max_length", "48", "--device", "cpu", "--dtype", "float32", "--threads", "1", *extra])
+        "--seq_len", "48", "--device", "cpu", "--dtype", "float32", "--threads", "1", *extra])
 
 
 def heldout_logp_margin(model, dataset) -> float:
@@ -79,7 +79,7 @@ def test_loss_and_rewards_match_hand_computation():
 def test_sequence_logps_sum_only_response_tokens(dpo_files, tokenizer):
     _, train, _ = dpo_files
     model = MiniMindForCausalLM(tiny_config()).eval()
-    dataset = DPODataset(train, tokenizer, max_length=48, verbose=False)
+    dataset = DPODataset(train, tokenizer, seq_len=48, verbose=False)
     batch = DPODataset.collate([dataset[0], dataset[1]])
     x, y = batch["rejected_x"], batch["rejected_y"]
     got, _ = sequence_logps(model, x, y)
@@ -102,7 +102,7 @@ def test_step0_loss_is_ln2(kind, dpo_files, tokenizer):
     if kind == "lora":
         policy, reference = apply_lora(policy, LoraSettings(rank=4)), None
     loss_fn = DPOLoss(reference, beta=0.1)
-    batch = DPODataset.collate([DPODataset(train, tokenizer, max_length=48, verbose=False)[i] for i in range(4)])
+    batch = DPODataset.collate([DPODataset(train, tokenizer, seq_len=48, verbose=False)[i] for i in range(4)])
     policy.train()  # as in training: LoRA dropout is active, yet B = 0 keeps the policy equal to the reference
     loss, metrics = loss_fn(policy, batch)
     dpo = loss - metrics.get("aux_loss", 0.0)
@@ -123,7 +123,7 @@ def test_heldout_margin_rises(dpo_files, tokenizer_dir, tokenizer, tmp_path, cap
     run_dpo(tokenizer_dir, base, train, val, tmp_path, "--max_steps", "8")
     printed = capsys.readouterr().out
     assert f"DPO loss {math.log(2):.6f}" in printed  # the script's own step-0 check
-    held_out = DPODataset(val, tokenizer, max_length=48, verbose=False)
+    held_out = DPODataset(val, tokenizer, seq_len=48, verbose=False)
     before = heldout_logp_margin(load_model(base), held_out)
     after = heldout_logp_margin(load_model(tmp_path / "dpo_64x2.pth"), held_out)
     assert after > before + 1.0, f"held-out chosen-minus-rejected log-prob margin went {before:.3f} -> {after:.3f}"

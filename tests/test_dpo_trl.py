@@ -66,7 +66,7 @@ def test_our_dpo_loss_equals_trls_on_the_same_batches(models, tokenizer, tmp_pat
                          train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
     ours = DPOLoss(reference, beta=BETA)
 
-    data = DPODataset(pairs, tokenizer, max_length=48, verbose=False)
+    data = DPODataset(pairs, tokenizer, seq_len=48, verbose=False)
     for start in range(0, len(data), 4):
         batch = DPODataset.collate([data[i] for i in range(start, start + 4)])
         policy.zero_grad()

@@ -365,10 +365,10 @@ def test_stage_scripts_chain_on_the_gpu(cuda_device, pretrain_shards, tokenizer_
 
     load_script("1-pretrain.py").main([*common, "--data_dir", str(pretrain_shards), "--max_steps", "6"])
     load_script("3-full_sft.py").main([*common, "--data", str(sft_data), "--val_data", str(sft_data),
-                                       "--max_length", "32", "--max_steps", "4", "--eos_check", "0"])
+                                       "--seq_len", "32", "--max_steps", "4", "--eos_check", "0"])
     load_script("5-dpo_train.py").main([*common, "--data", str(dpo_data), "--val_data", str(dpo_val),
-                                        "--max_length", "32", "--max_steps", "3"])
-    load_script("4-lora_sft.py").main([*common, "--data", str(sft_data), "--name", "identity", "--max_length", "32",
+                                        "--seq_len", "32", "--max_steps", "3"])
+    load_script("4-lora_sft.py").main([*common, "--data", str(sft_data), "--name", "identity", "--seq_len", "32",
                                        "--max_steps", "3", "--lora_rank", "4", "--merge"])
     stages = {stage: weights(stage) for stage in ("pretrain", "full_sft", "dpo", "lora_identity")}
     for stage, state in stages.items():

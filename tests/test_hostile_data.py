@@ -304,7 +304,7 @@ def test_sft_dataset_hostile(tokenizer, tmp_path, capsys):
                  '{"role": "assistant", "content": "x"}]}').encode()]
     path = tmp_path / "sft.jsonl"
     keep, skip = build(path, with_common(good, specific))
-    data = SFTDataset(path, tokenizer, max_length=128, show_skips=1000)
+    data = SFTDataset(path, tokenizer, seq_len=128, show_skips=1000)
     check(capsys.readouterr().out, path, keep, skip, len(data))
     assert data.skips.total() == len(skip) == 9
 
@@ -315,7 +315,7 @@ def test_dpo_dataset_hostile(tokenizer, tmp_path, capsys):
                 ('{"prompt": [{"role": "user", "content": "' + SURROGATE + '"}], "chosen": [], "rejected": []}').encode()]
     path = tmp_path / "dpo.jsonl"
     keep, skip = build(path, with_common(good, specific))
-    data = DPODataset(path, tokenizer, max_length=128, show_skips=1000)
+    data = DPODataset(path, tokenizer, seq_len=128, show_skips=1000)
     check(capsys.readouterr().out, path, keep, skip, len(data))
     assert data.skips.total() == len(skip) == 9
 
@@ -325,6 +325,6 @@ def test_loaders_strict_stop_at_the_first_hostile_line(loader, tokenizer, tmp_pa
     path = tmp_path / "data.jsonl"
     good = line({"conversations": chat(0)} if loader is SFTDataset else pair(0))
     build(path, [(good, True), (b"[" * 100_000 + b"]" * 100_000, False)])
-    assert len(loader(path, tokenizer, max_length=512)) == 1
+    assert len(loader(path, tokenizer, seq_len=512)) == 1
     with pytest.raises(SystemExit, match=r"data\.jsonl:2: JSON nested too deeply"):
-        loader(path, tokenizer, max_length=512, strict=True)
+        loader(path, tokenizer, seq_len=512, strict=True)

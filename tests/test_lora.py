@@ -145,7 +145,7 @@ def lora_files(tmp_path):
 
 def run_lora(tokenizer_dir, base, data, out_dir, *extra):
     load_script("4-lora_sft.py").main([
-        "--init_from", str(base), "--data", str(data), "--tokenizer", str(tokenizer_dir), "--out_dir", str(out_dir),
+        "--ckpt", str(base), "--data", str(data), "--tokenizer", str(tokenizer_dir), "--out_dir", str(out_dir),
         "--batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "1", "--max_steps", "4",
         "--log_interval", "2", "--save_interval", "0", "--lora_rank", "4",
         "--device", "cpu", "--dtype", "float32", "--threads", "1", *extra])

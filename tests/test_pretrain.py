@@ -78,9 +78,9 @@ def test_pretrain_writes_weights_and_beats_the_unigram_entropy(shards, tokenizer
     assert f"validation loss {val[-1][1]:.4f}" in out
 
 
-def test_max_tokens_sets_the_number_of_steps(shards, tokenizer_dir, tmp_path, capsys):
+def test_train_tokens_sets_the_number_of_steps(shards, tokenizer_dir, tmp_path, capsys):
     folder, _ = shards
-    pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--max_tokens", "600", "--eval_interval", "0"))
+    pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--train_tokens", "600", "--eval_interval", "0"))
     # 600 tokens / (8 rows x 32 tokens) per step -> 3 steps
     assert "pretrain_64x2: 3 steps" in capsys.readouterr().out
 

@@ -115,9 +115,9 @@ def test_muon_resume_is_bit_exact(tmp_path):
 
 def test_packing_keeps_every_conversation_whole_and_its_targets(tmp_path, tokenizer):
     path = chat_file(tmp_path / "chat.jsonl", 30)
-    plain = SFTDataset(path, tokenizer, max_length=64, verbose=False)
+    plain = SFTDataset(path, tokenizer, seq_len=64, verbose=False)
     assert len(plain) == 30
-    packed = PackedChatDataset([plain], max_length=160)
+    packed = PackedChatDataset([plain], seq_len=160)
     assert packed.conversations == 30 and len(packed) < 30  # several conversations share a row
     assert packed.tokens == sum(len(plain.items[i][0]) for i in range(30))  # nothing cut, nothing lost
     flat_ids = [t for i in range(len(packed)) for t in packed.rows[i][0]]
@@ -129,7 +129,7 @@ def test_packing_keeps_every_conversation_whole_and_its_targets(tmp_path, tokeni
     x, y = packed[0]
     row_ids, row_mask = packed.rows[0]
     assert [int(t) for t in y if t != IGNORE] == [t for t, m in zip(row_ids[1:], row_mask[1:]) if m]
-    everything = PackedChatDataset([plain], max_length=160, targets="all")
+    everything = PackedChatDataset([plain], seq_len=160, targets="all")
     assert len(everything) == len(packed)
     assert all(bool((everything[i][1] != IGNORE).all()) for i in range(len(everything)))
 
@@ -143,7 +143,7 @@ def test_bits_per_char_is_the_summed_answer_loss_over_answer_characters(tmp_path
     conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
     result = bits_per_char(model, tokenizer, conversations, batch_size=3)
     nats = 0.0
-    data = SFTDataset(chat_file(tmp_path / "c.jsonl", 4), tokenizer, max_length=64, verbose=False)
+    data = SFTDataset(chat_file(tmp_path / "c.jsonl", 4), tokenizer, seq_len=64, verbose=False)
     for i in range(4):  # one conversation at a time, no padding: the reference
         x, y = data[i]
         logits = model(input_ids=x[None]).logits[0]

@@ -11,7 +11,7 @@ from model.checkpoint import save_weights
 from model.dataset import SFTDataset
 from model.model import MiniMindForCausalLM
 
-TINY = ["--max_length", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
+TINY = ["--seq_len", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
         "--learning_rate", "3e-3", "--warmup_steps", "1"]
 QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
       ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
@@ -40,14 +40,14 @@ def sft_files(tmp_path_factory):
 
 def args_for(files: Path, tokenizer_dir, out_dir, *extra) -> list[str]:
     return [*TINY, "--data", str(files / "train.jsonl"), "--val_data", str(files / "val.jsonl"),
-            "--init_from", str(files / "pretrain_64x2.pth"), "--tokenizer", str(tokenizer_dir),
+            "--ckpt", str(files / "pretrain_64x2.pth"), "--tokenizer", str(tokenizer_dir),
             "--out_dir", str(out_dir), *extra]
 
 
 def test_sft_loss_counts_only_assistant_tokens(sft_files, tokenizer):
     """sft_loss equals the cross-entropy over exactly the assistant positions of a two-turn example, and
     does not move when the logits at every other position change."""
-    data = SFTDataset(sft_files / "train.jsonl", tokenizer, max_length=64, verbose=False)
+    data = SFTDataset(sft_files / "train.jsonl", tokenizer, seq_len=64, verbose=False)
     x, y = SFTDataset.collate([data[1]])  # conversation(1) has two turns
     model = MiniMindForCausalLM(tiny_config(max_seq_len=64)).eval()
     loss, _ = sft.sft_loss(model, (x, y))
@@ -103,13 +103,13 @@ def test_full_sft_resume_is_bit_exact(sft_files, tokenizer_dir, tmp_path):
 
 def test_missing_pretrain_weights_is_a_clear_error(sft_files, tokenizer_dir, tmp_path):
     flags = args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "1")
-    flags[flags.index("--init_from") + 1] = str(tmp_path / "nope.pth")
+    flags[flags.index("--ckpt") + 1] = str(tmp_path / "nope.pth")
     with pytest.raises(SystemExit, match="nope.pth does not exist: run `python 1-pretrain.py"):
         sft.main(flags)
 
 
 def test_default_start_is_the_pretrain_checkpoint_of_the_preset(sft_files, tokenizer_dir, tmp_path):
     flags = args_for(sft_files, tokenizer_dir, tmp_path, "--preset", "tiny")
-    del flags[flags.index("--init_from"):flags.index("--init_from") + 2]
+    del flags[flags.index("--ckpt"):flags.index("--ckpt") + 2]
     with pytest.raises(SystemExit, match=r"pretrain_256x4\.pth does not exist"):
         sft.main(flags)
