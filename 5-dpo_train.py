@@ -30,6 +30,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
+import copy
 import math
 from pathlib import Path
 
@@ -98,8 +99,7 @@ def main(argv=None):
         trainer.print(trainable_summary(model) + "; reference: the same model with the adapters off")
         reference = None
     else:
-        # A frozen copy (DPOLoss keeps it in eval mode); the flags it ignores were named for the policy.
-        reference = load_with_flags(init_path, args, say=lambda _: None, device=trainer.device)
+        reference = copy.deepcopy(model).to(trainer.device)  # frozen copy; DPOLoss keeps it in eval mode
     loss_fn = DPOLoss(reference, beta=args.beta)
 
     tokenizer = load_tokenizer(args.tokenizer)
