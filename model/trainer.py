@@ -45,6 +45,7 @@ import math
 import os
 import random
 import signal
+import tempfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -285,9 +286,9 @@ def check_writable(out_dir: Path) -> None:
     """Fail before any work is done, not at the first save, when `out_dir` cannot be written."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a probe with a unique name: two runs starting in the same folder must not delete each other's
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test.", suffix=".tmp"):
+            pass
     except OSError as error:
         raise MiniMindError(f"--out_dir {out_dir} cannot be written ({error.strerror or error}): pick another folder")
 

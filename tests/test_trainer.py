@@ -382,3 +382,16 @@ def test_metrics_file_records_every_log_line_and_validation_and_survives_resume(
     train(tmp_path / "split", CountingData(64), max_steps=6, log_interval=2, save_interval=2, resume=True)
     resumed = [json.loads(line) for line in (tmp_path / "split" / "unit_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == [2, 4, 6] and 99.0 not in [r["loss"] for r in resumed]
+
+
+def test_runs_starting_together_in_one_folder_do_not_trip_each_others_write_check(tmp_path):
+    # Each run probes --out_dir with a file of its own; with a shared probe name one run's unlink removed
+    # the other's file and a perfectly writable folder was reported as unwritable.
+    from concurrent.futures import ThreadPoolExecutor
+    from model.trainer import check_writable
+
+    out_dir = tmp_path / "out"
+    with ThreadPoolExecutor(8) as pool:
+        errors = [f.exception() for f in [pool.submit(check_writable, out_dir) for _ in range(400)]]
+    assert errors == [None] * 400
+    assert list(out_dir.iterdir()) == []  # no probe left behind
