@@ -249,17 +249,20 @@ def check(difference: float, what: Path, tolerance: float = 1e-4) -> None:
 
 def export_gguf(args, model, base, adapter, tokenizer, name: str) -> Path:
     """--format gguf: the model (or, with --keep_adapter, the base and a LoRA adapter GGUF beside it)."""
-    from model.gguf_export import rounded_like_gguf, write_gguf, write_lora_gguf
+    from model.gguf_export import rounded_like_gguf, write_gguf, write_lora_gguf, write_modelfile
 
     out = Path(args.out) if args.out else Path(args.out_dir) / "gguf" / f"{name}-{args.outtype}.gguf"
     if out.is_dir():
         raise SystemExit(f"--out {out} is a folder: with --format gguf it names the .gguf file to write")
     written = write_gguf(base if base is not None else model, tokenizer, out, args.outtype, name=f"MiniMind {name}")
     print(f"exported GGUF ({args.outtype}) to {written}")
+    lora = None
     if base is not None:
         lora = write_lora_gguf(adapter, base.config, out.with_name(out.stem + "-lora.gguf"), args.outtype,
                                name=f"MiniMind {name} LoRA")
         print(f"exported the LoRA adapter as GGUF to {lora} (llama.cpp: -m {out.name} --lora {lora.name})")
+    modelfile = write_modelfile(written, model.config, lora)
+    print(f"wrote {modelfile} (Ollama: ollama create minimind -f {modelfile})")
     if not args.no_verify:
         # The reference holds the weights rounded as the file stores them: a difference can only come
         # from the conversion (names, Q/K order, metadata), not from the precision chosen.

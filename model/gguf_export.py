@@ -398,6 +398,28 @@ def apply_lora_gguf(llama, path, cfg) -> None:
             module.weight += (alpha / a.shape[0]) * (b @ a)
 
 
+# ----------------------------------------------------------------------------- Ollama
+
+
+def write_modelfile(gguf: Path, cfg, adapter: Path | None = None) -> Path:
+    """An Ollama Modelfile beside `gguf` (`ollama create NAME -f FILE`). Ollama renders prompts with its own
+    template language, not the Jinja template inside the GGUF, so the chat template is written again; `</s>`
+    ends a turn, and the sampling defaults are the chat's."""
+    from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
+    from model.tokenizer import OLLAMA_TEMPLATE
+
+    lines = [f"FROM ./{gguf.name}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER ./{adapter.name}")
+    lines += [f'TEMPLATE """{OLLAMA_TEMPLATE}"""', 'PARAMETER stop "</s>"',
+              f"PARAMETER temperature {CHAT_TEMPERATURE}", f"PARAMETER top_p {CHAT_TOP_P}",
+              f"PARAMETER num_ctx {context_length(cfg)}"]
+    path = gguf.with_suffix(".Modelfile")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    share_readable(path)
+    return path
+
+
 # ----------------------------------------------------------------------------- sharing
 
 def share_readable(path) -> None:

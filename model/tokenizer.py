@@ -30,6 +30,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}"
 )
 
+# The same template in Ollama's language (Go's text/template over .Messages), for the Modelfile written
+# beside a GGUF export. tests/test_gguf.py renders it with Go and compares it with CHAT_TEMPLATE.
+OLLAMA_TEMPLATE = (
+    "{{ range .Messages }}<s>{{ .Role }}\n"
+    "{{ .Content }}</s>\n"
+    "{{ end }}<s>assistant\n"
+)
+
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent / "minimind_tokenizer"
 
 

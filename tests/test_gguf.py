@@ -204,6 +204,7 @@ def test_lora_exports_as_base_gguf_plus_adapter_gguf(tmp_path, tokenizer_dir):
             "--keep_adapter", "--out", str(tmp_path / "g" / "demo.gguf")]
     out = export_model.main(argv)  # verifies base and base + adapter through transformers
     adapter = out.with_name("demo-lora.gguf")
+    assert modelfile_fields(out.with_suffix(".Modelfile"))[1][:2] == ["FROM ./demo.gguf", "ADAPTER ./demo-lora.gguf"]
     fields, tensors = read_fields(adapter)
     assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
     assert fields["adapter.lora.alpha"] == 8.0
@@ -216,6 +217,89 @@ def test_lora_exports_as_base_gguf_plus_adapter_gguf(tmp_path, tokenizer_dir):
         difference = (loaded(x).logits - merged(x).logits).abs().max()
         assert difference < 1e-4
         assert (merged(x).logits - base(x).logits).abs().max() > 1e-2, "the adapter must change the model"
+
+
+GO_RENDER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+type Message struct{ Role, Content string }
+
+func main() {
+	var in struct {
+		Template      string
+		Conversations [][]Message
+	}
+	if err := json.NewDecoder(os.Stdin).Decode(&in); err != nil {
+		panic(err)
+	}
+	t := template.Must(template.New("prompt").Parse(in.Template))
+	var out []string
+	for _, messages := range in.Conversations {
+		var b strings.Builder
+		if err := t.Execute(&b, struct{ Messages []Message }{messages}); err != nil {
+			panic(err)
+		}
+		out = append(out, b.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+
+
+def modelfile_fields(path):
+    """FROM / ADAPTER / TEMPLATE / PARAMETER lines of a Modelfile, the template between its triple quotes."""
+    text = path.read_text(encoding="utf-8")
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    lines = [line for line in text.replace(template, "").splitlines() if line.strip()]
+    return template, lines
+
+
+def test_gguf_export_writes_an_ollama_modelfile_beside_the_file(tmp_path, tokenizer_dir):
+    model, path = checkpoint(tmp_path, tiny_config())
+    out = export(path, tokenizer_dir, tmp_path / "g" / "m-f16.gguf", "--no_verify")
+    modelfile = out.with_suffix(".Modelfile")
+    template, lines = modelfile_fields(modelfile)
+    assert lines[0] == "FROM ./m-f16.gguf" and (modelfile.parent / "m-f16.gguf").is_file()
+    assert 'PARAMETER stop "</s>"' in lines
+    assert f"PARAMETER temperature {CHAT_TEMPERATURE}" in lines and f"PARAMETER top_p {CHAT_TOP_P}" in lines
+    assert f"PARAMETER num_ctx {model.config.max_seq_len}" in lines
+    assert not any(line.startswith("ADAPTER") for line in lines)
+    assert stat.S_IMODE(os.stat(modelfile).st_mode) == 0o644
+
+
+def test_ollama_template_renders_the_prompts_of_our_chat_template(tmp_path, tokenizer_dir, tokenizer):
+    """Ollama renders prompts with Go's text/template; run the Modelfile's template through it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("go") is None:
+        pytest.skip("needs the Go toolchain to run Ollama's template engine (text/template); not installed")
+    model, path = checkpoint(tmp_path, tiny_config())
+    out = export(path, tokenizer_dir, tmp_path / "m.gguf", "--no_verify")
+    template, _ = modelfile_fields(out.with_suffix(".Modelfile"))
+    conversations = [
+        [{"role": "user", "content": "为什么天空是蓝色的？"}],
+        [{"role": "system", "content": "你是 MiniMind。"}, {"role": "user", "content": "你好"},
+         {"role": "assistant", "content": "你好！有什么可以帮你？\n第二行"}, {"role": "user", "content": "1+1=?"}],
+        [{"role": "user", "content": "quotes \" and {{ braces }} and <s> stay text"}],
+    ]
+    (tmp_path / "render.go").write_text(GO_RENDER, encoding="utf-8")
+    request = json.dumps({"Template": template,
+                          "Conversations": [[{"Role": m["role"], "Content": m["content"]} for m in c]
+                                            for c in conversations]})
+    env = dict(os.environ, GOCACHE=str(tmp_path / "gocache"), GOPATH=str(tmp_path / "gopath"), GOFLAGS="-mod=mod")
+    done = subprocess.run(["go", "run", str(tmp_path / "render.go")], input=request, capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rendered = json.loads(done.stdout)
+    expected = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    assert rendered == expected
 
 
 def test_llama_cpp_agrees_when_installed(tmp_path, tokenizer_dir):
