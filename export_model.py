@@ -46,7 +46,8 @@ with --outtype f32, f16 or q8_0. Dense models are llama.cpp's `llama`; MoE model
 when llama.cpp computes the same thing (norm_topk_prob false, or top-1 routing), and are refused with
 the reason otherwise. The check loads the file with transformers (gguf_file=...), which undoes the
 format's Q/K row order and dequantizes, and compares its logits with the checkpoint's weights rounded
-the same way.
+the same way. Beside the file goes FILE.Modelfile for Ollama (`ollama create NAME -f FILE.Modelfile`):
+our chat template in Ollama's template language, `</s>` as the stop, and the chat's sampling defaults.
 
 --keep_adapter, with --weight lora_NAME: the base is exported unmerged and the adapter beside it, so
 peft applies it at load time: for remote/native the adapter goes to FOLDER/adapter/, its

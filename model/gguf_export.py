@@ -3,7 +3,7 @@
     write_gguf(model, tokenizer, "out/gguf/full_sft_512x8-q8_0.gguf", outtype="q8_0")
     write_lora_gguf(peft_adapter_dir, model.config, "out/gguf/lora_identity_512x8-f16.gguf", outtype="f16")
 
-export_model.py --format gguf calls these. What goes into the file, and why:
+export_model.py --format gguf calls these, and write_modelfile for Ollama. What goes into the file, and why:
 
 Architecture  a dense model is llama.cpp's `llama`: the same pre-norm blocks, bias-free grouped-query
               attention, SwiGLU and RMSNorm. The tied LM head is simply left out (llama.cpp then reads
