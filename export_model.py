@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import atomic_write_folder
-from model.cli import RUNTIME_FIELDS, add_model_args, load_from_args, resolve_checkpoint
+from model.cli import add_model_args, load_from_args, load_with_flags, resolve_checkpoint
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
 from model.gguf_export import OUTTYPES, share_readable
 from model.native import native_config, rope_parameters
@@ -287,9 +287,7 @@ def main(argv=None) -> Path:
     model, tokenizer = load_from_args(args)  # with a LoRA adapter: merged
     base = None
     if args.keep_adapter:
-        from model.checkpoint import load_model
-        overrides = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k, None) is not None}
-        base = load_model(path, device="cpu", **overrides)
+        base = load_with_flags(path, args, say=lambda _: None)  # ignored flags were named by load_from_args
         if args.format == "native" and base.config.use_moe:
             raise SystemExit("--keep_adapter with --format native: Qwen2MoeForCausalLM fuses the experts' "
                              "projections, so an adapter on them cannot be applied; use --format remote")

@@ -132,12 +132,10 @@ def save_weights(model, path, stage: str | None = None) -> None:
 
 def load_config(path) -> LMConfig:
     """The LMConfig saved beside the weights `path` (its .json), checked field by field."""
-    from model.dataset import read_json_object
-
     cfg_file = config_path(path)
     if not cfg_file.is_file():
         raise MiniMindError(f"{path}: no config file {cfg_file.name} beside the weights")
-    fields = read_json_object(cfg_file, "a JSON object of config fields", ": not a model config")
+    fields = read_config_fields(cfg_file)
     fields.pop("model_type", None)
     fields.pop(STAGE_KEY, None)
     check_field_types(fields, cfg_file)
@@ -150,13 +148,18 @@ def load_config(path) -> LMConfig:
 def checkpoint_stage(path) -> str | None:
     """The stage recorded beside the weights `path` (see STAGE_KEY), or None: an exported folder, a file
     from an older version, or weights saved without a stage."""
-    from model.dataset import read_json_object
-
     cfg_file = config_path(path)
     if Path(path).is_dir() or not cfg_file.is_file():
         return None
-    stage = read_json_object(cfg_file, "a JSON object of config fields", ": not a model config").get(STAGE_KEY)
+    stage = read_config_fields(cfg_file).get(STAGE_KEY)
     return stage if isinstance(stage, str) else None
+
+
+def read_config_fields(cfg_file: Path) -> dict:
+    """The JSON object in a checkpoint's .json; a MiniMindError naming the file when it is anything else."""
+    from model.dataset import read_json_object
+
+    return read_json_object(cfg_file, "a JSON object of config fields", ": not a model config")
 
 
 def read_state_dict(path) -> dict:
