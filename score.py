@@ -21,7 +21,7 @@ from pathlib import Path
 from model.checkpoint import atomic_write
 from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, is_pretrain_checkpoint, load_from_args
 from model.dataset import MiniMindError
-from model.scoreboard import first_question, read_conversations, score
+from model.scoreboard import first_question, judge_data, read_conversations, score
 
 
 def parse_args(argv=None):
@@ -54,6 +54,9 @@ def print_board(board: dict, name: str) -> None:
         print(f"  {kind:<8} on topic {100 * s['on_topic']:5.1f}% ({s['on_topic_count']} of {s['questions']}) | "
               f"echo {100 * s['echo']:4.1f}% | ended {100 * s['ended']:5.1f}% | distinct-2 {s['distinct_2']:.3f} | "
               f"looped {100 * s['looped']:4.1f}% | {s['mean_tokens']:.0f} tokens per answer")
+    data = board["held_out_data"]
+    print(f"  {'data':<8} on topic {100 * data['on_topic']:5.1f}% ({data['on_topic_count']} of {data['questions']}) | "
+          f"echo {100 * data['echo']:4.1f}% (the held-out replies themselves, judged by the same rule)")
 
 
 def main(argv=None):
@@ -73,7 +76,7 @@ def main(argv=None):
     start = time.perf_counter()
     board = score(model, tokenizer, conversations, question_sets, raw_text, args.max_new_tokens, args.seed)
     name = args.ckpt or args.weight
-    board.update(checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
+    board.update(held_out_data=judge_data(asked), checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
                  val_data=str(val_path), seconds=round(time.perf_counter() - start, 1))
     print_board(board, name)
     for kind in ("held_out", "demo"):

@@ -9,6 +9,8 @@
 - on topic: the share of sampled answers whose first sentence holds a topic word of the question and is not
   an echo of it (model/ontopic.py). Sampling uses the chat's temperature and top-p with a fixed seed.
 - ended: the share of answers that emit </s> within the token budget (the model stops by itself).
+- data: the held-out conversations' own first replies, judged by the same rule. A model that answered exactly
+  like its data would score this, so it is the rule's ceiling on these questions, not 100%.
 - distinct-2: distinct character bigrams over all bigrams, per answer, averaged (1.0: no bigram repeats);
   looped: the share of answers in which some 8-character string occurs three times or more.
 
@@ -51,6 +53,25 @@ def read_conversations(path, limit: int = 0, show_skips: int = 0) -> tuple[list[
 
 def first_question(messages: list[dict]) -> str:
     return next(m["content"].strip() for m in messages if m["role"] == "user" and m["content"].strip())
+
+
+def first_reply(messages: list[dict]) -> str:
+    """The assistant's reply to the first question ("" when the conversation has none)."""
+    asked = False
+    for m in messages:
+        if m["role"] == "user" and m["content"].strip():
+            asked = True
+        elif asked and m["role"] == "assistant":
+            return m["content"].strip()
+    return ""
+
+
+def judge_data(conversations: list[list[dict]]) -> dict:
+    """The conversations' own first replies judged like a model's answers: on topic and echo shares."""
+    verdicts = [judge(first_question(m), first_reply(m))[0] for m in conversations]
+    n = len(verdicts)
+    return {"questions": n, "on_topic": verdicts.count("on topic") / n, "on_topic_count": verdicts.count("on topic"),
+            "echo": verdicts.count("echo") / n}
 
 
 @torch.no_grad()

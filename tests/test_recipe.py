@@ -12,7 +12,7 @@ from model.dataset import IGNORE, PackedChatDataset, SFTDataset
 from model.model import MiniMindForCausalLM
 from model.muon import Muon, orthogonalize, split_for_muon
 from model.ontopic import judge, on_topic
-from model.scoreboard import bits_per_char, distinct_2, looped, summarize
+from model.scoreboard import bits_per_char, distinct_2, judge_data, looped, summarize
 from model.trainer import TrainConfig, Trainer, lr_at
 
 QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
@@ -171,3 +171,20 @@ def test_summary_counts_ended_loops_and_distinct_bigrams():
     assert s["ended"] == pytest.approx(2 / 3) and s["looped"] == pytest.approx(1 / 3)
     assert distinct_2("哈哈哈哈") == pytest.approx(1 / 3) and distinct_2("长江全长") == 1.0
     assert looped("abcdefgh" * 3) and not looped("abcdefgh" * 2)
+
+
+def test_data_line_judges_each_question_with_its_own_first_reply():
+    question = "为什么天空是蓝色的？"
+    conversations = [
+        # the first reply is on topic; the later one (off topic) must not be the one judged
+        [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": question},
+         {"role": "assistant", "content": "天空是蓝色的，因为阳光被空气散射。"},
+         {"role": "user", "content": "还有呢？"}, {"role": "assistant", "content": "他推开门。"}],
+        [{"role": "user", "content": "长江有多长？"}, {"role": "assistant", "content": "长江有多长？"}],  # echo
+        [{"role": "user", "content": "  "}, {"role": "user", "content": question},
+         {"role": "assistant", "content": "他推开门。"}],  # off topic
+        [{"role": "user", "content": question}],  # no reply at all: off topic
+    ]
+    data = judge_data(conversations)
+    assert data["questions"] == 4 and data["on_topic_count"] == 1
+    assert data["on_topic"] == pytest.approx(1 / 4) and data["echo"] == pytest.approx(1 / 4)
