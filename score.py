@@ -76,7 +76,8 @@ def main(argv=None):
     start = time.perf_counter()
     board = score(model, tokenizer, conversations, question_sets, raw_text, args.max_new_tokens, args.seed)
     name = args.ckpt or args.weight
-    board.update(held_out_data=judge_data(asked), checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
+    board["held_out_data"] = judge_data(asked)  # the rule's ceiling on the questions asked
+    board.update(checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
                  val_data=str(val_path), seconds=round(time.perf_counter() - start, 1))
     print_board(board, name)
     for kind in ("held_out", "demo"):
