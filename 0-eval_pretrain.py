@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from data.datasets import PretrainDataset
 from model.cli import PRETRAIN_PROMPTS, ROOT, add_model_args, load_from_args
-from model.dataset import PretrainDataset
 from model.generate import stream_generate
 from model.tokenizer import EOS_ID, tokenizer_hash
 

@@ -23,11 +23,13 @@ import argparse
 import math
 from pathlib import Path
 
+from data.datasets import PackedChatDataset, PretrainDataset, SFTDataset
+from engine.config_file import parse_with_config
+from engine.trainer import TrainConfig, Trainer, add_train_args
 from model.cli import load_with_flags
-from model.dataset import PretrainDataset
 from model.LMConfig import add_config_args, config_from_args, describe
-from model.tokenizer import DEFAULT_TOKENIZER_DIR, tokenizer_hash
-from model.trainer import TrainConfig, Trainer, add_train_args
+from model.model import MiniMindForCausalLM
+from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer, tokenizer_hash
 
 ROOT = Path(__file__).resolve().parent
 
@@ -48,16 +50,12 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR),
                        help="the tokenizer the shards must have been made with (checked by its hash, when present)")
     add_train_args(parser, learning_rate=5e-4, batch_size=32, eval_interval=100, eval_batches=10, save_interval=200)
-    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
     return parse_with_config(parser, argv)
 
 
 def chat_text(args, seq_len: int, verbose: bool):
     """(train, validation) sets of whole conversations in the chat template, packed into windows, every
     token a target: the text of the conversations, laid out exactly as the chat will show it to the model."""
-    from model.dataset import PackedChatDataset, SFTDataset
-    from model.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(args.tokenizer)
     read = [SFTDataset(path, tokenizer, seq_len, verbose=verbose) for path in args.chat_data]
     train_set = PackedChatDataset(read, seq_len, targets="all")
@@ -89,8 +87,6 @@ def main(argv=None):
         model = load_with_flags(args.ckpt, args, say=trainer.print)
         trainer.print(f"initialised from {args.ckpt} (its config decides the shape)")
     else:
-        from model.model import MiniMindForCausalLM
-
         model = MiniMindForCausalLM(config_from_args(args))
     config = model.config
     seq_len = args.seq_len or config.max_seq_len

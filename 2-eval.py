@@ -13,7 +13,7 @@
 
 --auto answers its questions in batches (without history) and prints each answer when its batch is done.
 --judge marks each answer on topic when its first sentence contains a topic word of the question, and
-prints the share (the rule is in model/ontopic.py); a pretrained model is judged the same way on its
+prints the share (the rule is in evaluation/ontopic.py); a pretrained model is judged the same way on its
 continuation of the bare question.
 
 Sampling: --temperature (0 = greedy), --top_p, --top_k, --repetition_penalty, --max_new_tokens, --seed.
@@ -29,13 +29,19 @@ from pathlib import Path
 
 import torch
 
+from data.datasets import Skips
+from evaluation.ontopic import on_topic
+from evaluation.scoreboard import answer_all, first_question, read_conversations
 from model.chat import continuation_prompt, prompt_budget
-from model.cli import (DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, is_pretrain_checkpoint, load_from_args,
-                       render_chat)
-from model.dataset import Skips
+from model.cli import (
+    DEMO_QUESTIONS,
+    PRETRAIN_PROMPTS,
+    add_model_args,
+    is_pretrain_checkpoint,
+    load_from_args,
+    render_chat,
+)
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, stream_generate
-from model.ontopic import on_topic
-from model.scoreboard import answer_all, first_question, read_conversations
 
 
 def parse_args(argv=None):
@@ -51,7 +57,7 @@ def parse_args(argv=None):
                              "(the first user message of each conversation)")
     parser.add_argument("--limit", type=int, default=0, help="with --questions, ask only the first N (0 = all)")
     parser.add_argument("--judge", action="store_true",
-                        help="with --auto, mark each answer on topic or not and print the share (model/ontopic.py)")
+                        help="with --auto, mark each answer on topic or not and print the share (evaluation/ontopic.py)")
     parser.add_argument("--quiet", action="store_true", help="with --auto, print only the summary lines")
     parser.add_argument("--batch_size", type=int, default=16, help="questions answered at once by --auto")
     parser.add_argument("--history_turns", type=int, default=0, help="earlier exchanges kept in the prompt (0 = none)")
@@ -165,7 +171,7 @@ def ask_all(chat: Chat, questions: list[str], judge: bool, quiet: bool = False) 
     print(f"{len(questions)} answers, {tokens} tokens in {seconds:.1f}s ({tokens / seconds:.0f} tokens/s)")
     if judge:
         print(f"on topic: {hits} of {len(questions)} ({100 * hits / len(questions):.0f}%): the first sentence of the "
-              f"answer contains a topic word of the question (model/ontopic.py)")
+              f"answer contains a topic word of the question (evaluation/ontopic.py)")
 
 
 def interactive(chat: Chat) -> None:

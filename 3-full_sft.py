@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from data.datasets import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl, sft_loss
+from engine.config_file import parse_with_config
+from engine.trainer import TrainConfig, Trainer, add_train_args
 from model.checkpoint import previous_stage_weights
 from model.cli import load_with_flags
-from model.dataset import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl, sft_loss
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer
-from model.trainer import TrainConfig, Trainer, add_train_args
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = [ROOT / "dataset" / "sft_single.jsonl", ROOT / "dataset" / "sft_multi.jsonl"]
@@ -62,7 +63,6 @@ def parse_args(argv=None):
     group.add_argument("--eos_check_tokens", type=int, default=128, help="token budget per answer in that check")
     add_train_args(parser, learning_rate=1e-4, batch_size=16, weight_decay=0.01, eval_interval=100,
                    eval_batches=10, save_interval=200)
-    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
     return parse_with_config(parser, argv)
 
 

@@ -27,14 +27,22 @@ import argparse
 import re
 from pathlib import Path
 
+from data.datasets import SFTDataset, sft_loss
+from engine.config_file import parse_with_config
+from engine.trainer import TrainConfig, Trainer, add_train_args
 from model.checkpoint import previous_stage_weights, weights_path
 from model.cli import load_with_flags
-from model.dataset import SFTDataset, sft_loss
 from model.LMConfig import add_config_args, config_from_args, describe
-from model.lora import (add_lora_args, adapter_dir, apply_lora, lora_settings_from_args, save_adapter, save_merged,
-                        trainable_summary)
+from model.lora import (
+    adapter_dir,
+    add_lora_args,
+    apply_lora,
+    lora_settings_from_args,
+    save_adapter,
+    save_merged,
+    trainable_summary,
+)
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
-from model.trainer import TrainConfig, Trainer, add_train_args
 
 ROOT = Path(__file__).resolve().parent
 
@@ -54,7 +62,6 @@ def parse_args(argv=None):
     add_lora_args(parser)
     add_train_args(parser, learning_rate=1e-4, batch_size=16, epochs=10, weight_decay=0.01,
                    log_interval=10, eval_interval=100, save_interval=200)
-    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
     return parse_with_config(parser, argv)
 
 

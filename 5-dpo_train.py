@@ -16,8 +16,8 @@ Logged besides the loss: reward_chosen / reward_rejected (beta * log-ratio), rew
 (share of pairs whose chosen reward is higher) and logp_margin (policy log p(chosen) - log p(rejected)),
 on the training batches and on the held-out pairs.
 
-The loss is native (model/dpo.py) rather than trl's DPOTrainer, so DPO runs through the same engine as
-every other stage (resume, DDP, logging, checkpoints); model/dpo.py says why in full.
+The loss is native (engine/dpo.py) rather than trl's DPOTrainer, so DPO runs through the same engine as
+every other stage (resume, DDP, logging, checkpoints); engine/dpo.py says why in full.
 
 Reads out/full_sft_{tag}.pth (or --ckpt) and dataset/dpo.jsonl + dataset/dpo_val.jsonl from
 `python data_process.py dpo`. Writes, under --out_dir:
@@ -34,15 +34,15 @@ import copy
 import math
 from pathlib import Path
 
-
+from data.datasets import DPODataset
+from engine.config_file import parse_with_config
+from engine.dpo import DPOLoss
+from engine.trainer import TrainConfig, Trainer, add_train_args
 from model.checkpoint import previous_stage_weights, weights_path
 from model.cli import load_with_flags
-from model.dataset import DPODataset
-from model.dpo import DPOLoss
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import add_lora_args, apply_lora, lora_settings_from_args, save_merged, trainable_summary
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
-from model.trainer import TrainConfig, Trainer, add_train_args
 
 ROOT = Path(__file__).resolve().parent
 
@@ -66,7 +66,6 @@ def parse_args(argv=None):
     add_train_args(parser, learning_rate=None, batch_size=8, epochs=1, log_interval=10, eval_interval=100,
                    eval_batches=10, save_interval=200)
     parser._option_string_actions["--learning_rate"].help = "peak learning rate (default 5e-6; 5e-5 with --lora)"
-    from model.config_file import parse_with_config  # --config FILE fills the flags; flags given win
     args = parse_with_config(parser, argv)
     if args.learning_rate is None:
         args.learning_rate = 5e-5 if args.lora else 5e-6

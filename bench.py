@@ -8,7 +8,7 @@ Contenders run in one process, interleaved round by round (A, B, A, B, ...), so 
 slows both alike; the tables report medians, the spread (min-max over rounds) and our/reference ratios.
 
   train     one optimizer step: forward + loss + backward + clip_grad_norm_(1.0) + AdamW step, with
-            the training engine's parameter groups (model/trainer.py) and fused AdamW (--optimizer:
+            the training engine's parameter groups (engine/trainer.py) and fused AdamW (--optimizer:
             on CPU fused is ~6x faster than foreach, see PERF.md). MiniMind trains on `shift_labels`
             as the engine does; the reference on `labels`.
   generate  batch 1, a 32-token prompt, 256 new tokens, greedy, KV cache: ours through
@@ -56,14 +56,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.trainer import param_groups
+from export.native import native_config
 from model.checkpoint import atomic_write, load_model
 from model.generate import generate
 from model.LMConfig import LMConfig
 from model.model import MiniMindForCausalLM
-from model.native import native_config
 from model.quantize import INT8_THREADS, quantize_int8
 from model.runtime import train_flops_per_token
-from model.trainer import param_groups
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MD_START, MD_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -72,7 +72,7 @@ MD_START, MD_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # ----------------------------------------------------------------------------- the contenders
 
 def reference_model(cfg: LMConfig) -> nn.Module:
-    """transformers' native model of the same shape as MiniMind `cfg` (model/native.py's config)."""
+    """transformers' native model of the same shape as MiniMind `cfg` (export/native.py's config)."""
     from transformers import LlamaForCausalLM, Qwen2MoeForCausalLM
 
     if not cfg.use_moe:

@@ -10,7 +10,7 @@ Every subcommand prints what it read, wrote and skipped per source with reasons:
 either kept or skipped and counted (read = kept + skipped), and the first few of each reason are shown
 as file:line (`--show_skips N` shows more); `--strict` stops at the first problem instead. Lines no
 reader can use (not UTF-8 or JSON, blank, nested too deeply, a number too long, a lone surrogate) are
-skipped like any other bad record: the jsonl reader is model/dataset.py's, shared with training.
+skipped like any other bad record: the jsonl reader is data/datasets.py's, shared with training.
 
 This file is the command line only; the pipelines are the model/data package, one module each
 (fetch, read, clean, pretrain, sft, dpo).
@@ -18,7 +18,7 @@ This file is the command line only; the pipelines are the model/data package, on
 Files (all under dataset/, git-ignored; flags move each of them):
 
     dataset/sources_full.tsv.gz       manifest: local_path, url (raw file at a pinned commit), sha256, bytes;
-                                      the demo set is the subset that model/data/fetch.py's `in_demo` selects
+                                      the demo set is the subset that data/fetch.py's `in_demo` selects
     dataset/raw/<local_path>          fetched files, in the manifest's layout (fetch --raw)
     dataset/pretrain/meta.json        dtype, tokenizer hash, tokens and docs per shard, per-source report
     dataset/pretrain/train_0000.bin   uint16 token ids, each document followed by </s> (id 2), no header
@@ -40,11 +40,11 @@ lines), `sft --jsonl sft_mini_512.jsonl` ({"conversations"} with roles), `sft --
 import argparse
 import sys
 
-from model.data import DATASET
-from model.data.dpo import build_dpo
-from model.data.fetch import fetch, write_manifest
-from model.data.pretrain import PRETRAIN_SOURCES, build_pretrain
-from model.data.sft import SFT_FILES, build_sft
+from data import DATASET
+from data.dpo import build_dpo
+from data.fetch import fetch, write_manifest
+from data.pretrain import PRETRAIN_SOURCES, build_pretrain
+from data.sft import SFT_FILES, build_sft
 from model.tokenizer import DEFAULT_TOKENIZER_DIR
 
 

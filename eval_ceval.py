@@ -50,8 +50,8 @@ from tqdm import tqdm
 from model.chat import ContextTooLong, build_prompt
 from model.checkpoint import atomic_write
 from model.cli import ROOT, add_model_args, load_from_args
-from model.dataset import read_json_object
 from model.generate import context_length
+from model.jsonfile import read_json_object
 from model.tokenizer import PAD_ID
 
 LETTERS = "ABCD"

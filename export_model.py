@@ -41,7 +41,7 @@ down projection (both exact in floating point); several shared experts become on
 width. Mixtral, OLMoE and Qwen3-MoE lack shared experts (and OLMoE/Qwen3 add q/k norms), DeepSeek-V2/V3
 use latent attention and other routing, so Qwen2-MoE is the one native class that matches.
 
---format gguf: one file for llama.cpp, Ollama and LM Studio (model/gguf_export.py says what goes in),
+--format gguf: one file for llama.cpp, Ollama and LM Studio (export/gguf.py says what goes in),
 with --outtype f32, f16 or q8_0. Dense models are llama.cpp's `llama`; MoE models are its `qwen2moe`
 when llama.cpp computes the same thing (norm_topk_prob false, or top-1 routing), and are refused with
 the reason otherwise. The check loads the file with transformers (gguf_file=...), which undoes the
@@ -67,11 +67,20 @@ from pathlib import Path
 
 import torch
 
+from export.gguf import (
+    OUTTYPES,
+    apply_lora_gguf,
+    rounded_like_gguf,
+    share_readable,
+    shared_expert_width,
+    write_gguf,
+    write_lora_gguf,
+    write_modelfile,
+)
+from export.native import native_config, rope_parameters
 from model.checkpoint import atomic_write_folder
-from model.cli import add_model_args, load_from_args, load_with_flags, resolve_checkpoint
+from model.cli import add_model_args, load_from_args, load_with_flags, merge_lora, resolve_checkpoint
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
-from model.gguf_export import OUTTYPES, share_readable
-from model.native import native_config, rope_parameters
 
 
 def parse_args(argv=None):
@@ -234,7 +243,6 @@ def load_gguf(path: Path, cfg):
 
     extra = {}
     if cfg.use_moe:
-        from model.gguf_export import shared_expert_width
         extra = dict(moe_intermediate_size=cfg.hidden_dim, shared_expert_intermediate_size=shared_expert_width(cfg),
                      qkv_bias=False)
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
@@ -250,8 +258,6 @@ def check(difference: float, what: Path, tolerance: float = 1e-4) -> None:
 
 def export_gguf(args, model, base, adapter, tokenizer, name: str) -> Path:
     """--format gguf: the model (or, with --keep_adapter, the base and a LoRA adapter GGUF beside it)."""
-    from model.gguf_export import rounded_like_gguf, write_gguf, write_lora_gguf, write_modelfile
-
     out = Path(args.out) if args.out else Path(args.out_dir) / "gguf" / f"{name}-{args.outtype}.gguf"
     if out.is_dir():
         raise SystemExit(f"--out {out} is a folder: with --format gguf it names the .gguf file to write")
@@ -271,7 +277,6 @@ def export_gguf(args, model, base, adapter, tokenizer, name: str) -> Path:
         reference = base if base is not None else model
         check(logit_difference(rounded_like_gguf(reference, args.outtype), loaded), written)
         if base is not None:
-            from model.gguf_export import apply_lora_gguf
             apply_lora_gguf(loaded, out.with_name(out.stem + "-lora.gguf"), base.config)
             check(logit_difference(rounded_like_gguf(model, args.outtype), loaded), lora,
                   tolerance=1e-4 if args.outtype == "f32" else 5e-2)
@@ -311,7 +316,6 @@ def main(argv=None) -> Path:
         # The reference holds the same rounded weights, so a difference can only come from the export.
         reference = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype).float()
         if base is not None and dtype != torch.float32:  # peft adds the adapter to the rounded base
-            from model.cli import merge_lora
             reference = merge_lora(copy.deepcopy(base).to(dtype).float(), adapter)
         if base is None:
             check(max_logit_difference(reference, out, remote=native is None), out)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from model.checkpoint import atomic_write
 from model.LMConfig import LMConfig
+from model.runtime import pick_dtype
 
 # The budgets. Steps are for a CPU with bf16 instructions (AVX512_BF16 or AMX); on a CPU without them the
 # model trains in float32, about half as fast, and the CPU recipes scale their training steps by
@@ -57,7 +58,6 @@ def for_this_machine(recipe: dict) -> dict:
     """The recipe with its training steps scaled down on a CPU that trains in float32 (no bf16 instructions)."""
     import torch
 
-    from model.runtime import pick_dtype
 
     if not recipe["scale_steps"] or pick_dtype("auto", torch.device("cpu"))[0] == torch.bfloat16:
         return recipe
@@ -105,7 +105,7 @@ def stages(args, n):
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
         # The same questions for the pretrain-only model and the final model, every answer judged by the same
-        # rule (model/scoreboard.py). Pretraining read the conversations in the chat template, so the
+        # rule (evaluation/scoreboard.py). Pretraining read the conversations in the chat template, so the
         # pretrain-only model is asked in it too (given a bare question, it ends the "user turn" at once).
         ("scoreboard: pretrain-only model", [*scored, "--weight", "pretrain", "--prompt", "chat",
                                              "--json", f"{out}/score_pretrain_{tag}.json"]),

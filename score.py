@@ -7,7 +7,7 @@ looped shares of its sampled answers to the held-out questions and to the demo q
 
 A pretrained model (--weight pretrain, or a --ckpt named pretrain_*) is given the bare question to
 continue, as 2-eval.py does, unless --prompt chat says it learned the chat template in pretraining
-(`1-pretrain.py --chat_data`, as the quickstart pretrains). The rules behind every figure are in model/scoreboard.py and model/ontopic.py.
+(`1-pretrain.py --chat_data`, as the quickstart pretrains). The rules behind every figure are in evaluation/scoreboard.py and evaluation/ontopic.py.
 """
 import os
 
@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from data.datasets import MiniMindError
+from evaluation.scoreboard import first_question, judge_data, read_conversations, score
 from model.checkpoint import atomic_write
 from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, is_pretrain_checkpoint, load_from_args
-from model.dataset import MiniMindError
-from model.scoreboard import first_question, judge_data, read_conversations, score
 
 
 def parse_args(argv=None):

@@ -6,7 +6,7 @@
     python train_tokenizer.py --kind sentencepiece --vocab_size 32000 --out model/minimind_tokenizer_32k
     python train_tokenizer.py --jsonl pretrain_hq.jsonl --sources   # upstream {"text"} files only
 
-The text comes from model/data/pretrain.py's converters over dataset/raw (run `data_process.py fetch`
+The text comes from data/pretrain.py's converters over dataset/raw (run `data_process.py fetch`
 first), cleaned and deduplicated exactly as the corpus will be. Training uses a bounded,
 deterministic sample (--sample_mb) of the training split only; the held-out split (the same documents
 that go into val_*.bin) is what --eval measures. Same input, same tokenizer.
@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.data import DATASET
-from model.data.clean import content_hash, is_val
-from model.data.pretrain import PRETRAIN_SOURCES, pretrain_documents
+from data import DATASET
+from data.clean import content_hash, is_val
+from data.pretrain import PRETRAIN_SOURCES, pretrain_documents
 from model.tokenizer import (
     BOS_ID,
     DEFAULT_TOKENIZER_DIR,

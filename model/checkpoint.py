@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 
 from model.errors import MiniMindError, first_line
+from model.jsonfile import read_json_object
 from model.LMConfig import LMConfig, check_field_types
+from model.model import MiniMindForCausalLM
+
 
 def _new_sibling(path: Path, create) -> Path:
     """A fresh name `.{name}.{random}.tmp` beside `path`, made by `create(tmp)`, which raises
@@ -157,8 +160,6 @@ def checkpoint_stage(path) -> str | None:
 
 def read_config_fields(cfg_file: Path) -> dict:
     """The JSON object in a checkpoint's .json; a MiniMindError naming the file when it is anything else."""
-    from model.dataset import read_json_object
-
     return read_json_object(cfg_file, "a JSON object of config fields", ": not a model config")
 
 
@@ -193,8 +194,6 @@ def read_state_dict(path) -> dict:
 def check_shapes(path, config, state: dict) -> None:
     """Compare the state dict's names and shapes with what `config` builds, on the meta device (no memory),
     so a config and weights that do not belong together are refused before the model is allocated."""
-    from model.model import MiniMindForCausalLM
-
     with torch.device("meta"):
         expected = MiniMindForCausalLM(config)
     tied = set(expected.tied_weight_names())
@@ -212,8 +211,6 @@ def check_shapes(path, config, state: dict) -> None:
 
 def load_model(path, device="cpu", dtype=None, **config_overrides):
     """Build a MiniMindForCausalLM from `path` (a stage .pth with its .json, or an exported HF folder)."""
-    from model.model import MiniMindForCausalLM
-
     path = Path(path)
     if path.is_dir():
         try:

@@ -33,10 +33,13 @@ from pathlib import Path
 import torch
 
 from model.chat import build_prompt
-from model.dataset import read_json_object
+from model.checkpoint import checkpoint_stage, load_model
 from model.errors import MiniMindError, first_line
-from model.LMConfig import add_config_args, config_from_args, config_overrides
+from model.jsonfile import read_json_object
+from model.LMConfig import add_config_args, config_from_args, config_overrides, describe
+from model.quantize import INT8_THREADS, quantize_int8
 from model.runtime import DeviceError, pick_device, pick_dtype
+from model.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,8 +77,6 @@ def load_with_flags(path, args, say=print, device="cpu"):
     """The model saved at `path` with its own config, plus the runtime fields (RUNTIME_FIELDS) the command
     line set. A field flag that is not a runtime field and differs from the checkpoint cannot apply to
     trained weights: `say` names each one as ignored instead of dropping it silently."""
-    from model.checkpoint import load_model
-
     overrides = config_overrides(args)
     model = load_model(path, device=device, **{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
     ignored = [f"--{name} {value} (it has {getattr(model.config, name)})" for name, value in overrides.items()
@@ -151,8 +152,6 @@ def is_pretrain_checkpoint(args) -> bool:
     """Whether the checkpoint the arguments name was written by pretraining (the stage recorded in its
     .json): a model that learned to continue text, asked with the bare text by default. An exported folder,
     or a file that records no stage, counts as a chat model."""
-    from model.checkpoint import checkpoint_stage
-
     path, adapter = resolve_checkpoint(args)
     return adapter is None and checkpoint_stage(path) == "pretrain"
 
@@ -160,9 +159,6 @@ def is_pretrain_checkpoint(args) -> bool:
 def load_from_args(args, verbose: bool = True):
     """The model (eval mode, on the chosen device and dtype; an int8-quantised copy with --quantize int8)
     and tokenizer that the arguments name."""
-    from model.LMConfig import describe
-    from model.tokenizer import load_tokenizer
-
     path, adapter = resolve_checkpoint(args)
     int8 = getattr(args, "quantize", "none") == "int8"  # absent where add_model_args(quantize=False)
     try:
@@ -179,7 +175,6 @@ def load_from_args(args, verbose: bool = True):
     model = model.to(device=device, dtype=dtype).eval()
     described = f"{describe(model)}, {device}, {str(dtype).removeprefix('torch.')}"
     if int8:
-        from model.quantize import INT8_THREADS, quantize_int8
         model = quantize_int8(model)
         torch.set_num_threads(INT8_THREADS)
         described += f" with int8 Linear weights, {INT8_THREADS} thread"

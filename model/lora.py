@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from model.checkpoint import atomic_write_folder
+from model.checkpoint import atomic_write_folder, save_weights
 from model.errors import MiniMindError
 
 # Attention and SwiGLU projections, the layers the original MiniMind adapted. In an MoE model the FFN
@@ -102,8 +102,6 @@ def save_adapter(peft_model, path, base_path=None) -> None:
 def save_merged(peft_model, path, stage: str) -> Path:
     """Write base + adapter folded together as a plain stage checkpoint (save_weights), leaving
     `peft_model` itself untouched so training can go on: the merge happens on a copy."""
-    from model.checkpoint import save_weights
-
     merged = copy.deepcopy(peft_model).merge_and_unload()
     save_weights(merged, path, stage)
     return Path(path)

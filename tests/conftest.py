@@ -9,7 +9,6 @@ import torch
 from model.LMConfig import LMConfig
 from model.tokenizer import load_tokenizer, train_bpe
 
-
 # --- the device option and the gpu marker: `python -m pytest -m gpu --device cuda tests/test_gpu.py`
 # runs the device checks on a GPU; without the option they run on the CPU, with small shapes, and the
 # checks that only mean something on CUDA are skipped with the reason.

@@ -21,8 +21,8 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from model.chat import build_prompt
 from model.checkpoint import load_model, save_weights
 from model.model import MiniMindForCausalLM

@@ -12,17 +12,17 @@ both do their arithmetic in the same order.
 import openai
 import pytest
 import torch
+from conftest import tiny_config
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI, OpenAI
+from test_api import start_server
 
-from conftest import tiny_config
 from model.chat import build_prompt, prompt_budget
 from model.checkpoint import load_model, save_weights, weights_path
 from model.generate import stream_generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
 from my_openai_api import API_KEY_ENV, completion_prompt
-from test_api import start_server
 
 KEY = "client-key"
 CAP = 40  # the server's --max_tokens

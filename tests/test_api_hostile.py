@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import my_openai_api
-from conftest import tiny_config
 from model.chat import ContextTooLong, build_prompt
 from model.generate import sample_next, stream_generate
 from model.model import MiniMindForCausalLM

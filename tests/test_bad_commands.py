@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from model.checkpoint import load_model, save_weights
 from model.errors import MiniMindError
 
@@ -164,7 +164,7 @@ def test_load_model_names_the_bad_file(bad_files, name, expected):
 
 @pytest.mark.parametrize("name,expected", BAD_META, ids=[row[0] for row in BAD_META])
 def test_pretrain_dataset_names_the_bad_meta(bad_files, name, expected):
-    from model.dataset import PretrainDataset
+    from data.datasets import PretrainDataset
 
     with pytest.raises(MiniMindError, match=re.escape(expected)):
         PretrainDataset(bad_files[name], seq_len=16)

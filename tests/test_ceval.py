@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from model.checkpoint import save_weights
 from model.model import MiniMindForCausalLM
 

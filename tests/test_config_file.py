@@ -1,4 +1,4 @@
-"""--config FILE on the training scripts (model/config_file.py): the file fills the flags, flags given win,
+"""--config FILE on the training scripts (engine/config_file.py): the file fills the flags, flags given win,
 unknown keys and bad values are refused naming key and file, and a run's _args.json reads back as a config."""
 import json
 import subprocess
@@ -7,11 +7,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
-
 from conftest import load_script
+
+from engine.runlog import RunLog
+from engine.trainer import TrainConfig
 from model.errors import MiniMindError
-from model.runlog import RunLog
-from model.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_SCRIPTS = ["1-pretrain.py", "3-full_sft.py", "4-lora_sft.py", "5-dpo_train.py"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.dataset import DPODataset, EpochSampler, PretrainDataset, SFTDataset
+from data.datasets import DPODataset, EpochSampler, PretrainDataset, SFTDataset
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import data_process
-from model.data.fetch import MANIFEST, in_demo, read_manifest, sha256_file
+from data.fetch import MANIFEST, in_demo, read_manifest, sha256_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

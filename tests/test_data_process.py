@@ -9,8 +9,8 @@ import pytest
 from conftest import synthetic_corpus
 
 import data_process
-from model.data.pretrain import pretrain_documents
-from model.dataset import DPODataset, PretrainDataset, SFTDataset
+from data.datasets import DPODataset, PretrainDataset, SFTDataset
+from data.pretrain import pretrain_documents
 from model.tokenizer import EOS_ID, load_tokenizer
 
 NIUTRANS = "pretrain_zh/niutrans_classical_modern/双语数据"

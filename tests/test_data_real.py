@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import data_process
-from model.data.pretrain import pretrain_documents
+from data.pretrain import pretrain_documents
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(

@@ -6,15 +6,13 @@ import random
 
 import pytest
 import torch
-
 from conftest import load_script, tiny_config, tiny_moe_config
+
+from data.datasets import DPODataset
+from engine.dpo import DPOLoss, dpo_loss, sequence_logps
 from model.checkpoint import checkpoint_stage, load_model, save_weights
-from model.dataset import DPODataset
-from model.dpo import DPOLoss, dpo_loss, sequence_logps
 from model.lora import LoraSettings, apply_lora
 from model.model import MiniMindForCausalLM
-
-
 
 GOOD = ["今天天气很好，我们一起去公园散步吧。", "长江是中国最长的河流。", "他在图书馆里读了一整天的历史书。"]
 BAD = ["The quick brown fox jumps over the lazy dog.", "1234567890", "fox dog fox dog"]

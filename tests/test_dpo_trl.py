@@ -1,4 +1,4 @@
-"""Our DPO loss (model/dpo.py) against trl's, on the same batches.
+"""Our DPO loss (engine/dpo.py) against trl's, on the same batches.
 
 trl 1.x computes its sigmoid loss inside DPOTrainer._compute_loss (there is no loss function of its own to
 call), so the test builds a real DPOTrainer on the native export (export_model.to_llama, what
@@ -10,12 +10,12 @@ import copy
 
 import pytest
 import torch
-
 from conftest import load_script, tiny_config
-from model.dataset import DPODataset
-from model.dpo import DPOLoss
-from model.model import MiniMindForCausalLM
 from test_dpo import write_pairs
+
+from data.datasets import DPODataset
+from engine.dpo import DPOLoss
+from model.model import MiniMindForCausalLM
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")

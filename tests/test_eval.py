@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import load_script, tiny_config
+
 from model.checkpoint import load_model, save_weights
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
 from model.model import MiniMindForCausalLM
@@ -135,9 +135,9 @@ def test_judge_marks_each_answer_and_counts_the_share(out_dir, tokenizer_dir, tm
     def fake_generate(model, prompts, *args, **kwargs):
         return [tokenizer.encode(next(answers)) for _ in prompts]
 
-    import model.scoreboard
+    import evaluation.scoreboard
 
-    monkeypatch.setattr(model.scoreboard, "generate", fake_generate)  # 2-eval.py answers through answer_all
+    monkeypatch.setattr(evaluation.scoreboard, "generate", fake_generate)  # 2-eval.py answers through answer_all
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--judge", "--questions", str(questions),
                                "--batch_size", "2"))
     printed = capsys.readouterr().out
@@ -305,9 +305,9 @@ def test_pretrain_weight_gets_the_demo_questions_as_bare_text_when_asked(out_dir
         prompts.extend(batch)
         return [[] for _ in batch]
 
-    import model.scoreboard
+    import evaluation.scoreboard
 
-    monkeypatch.setattr(model.scoreboard, "generate", recording_generate)  # 2-eval.py answers through answer_all
+    monkeypatch.setattr(evaluation.scoreboard, "generate", recording_generate)  # 2-eval.py answers through answer_all
     tokenizer = load_tokenizer(tokenizer_dir)
     chat_script.main(chat_argv(out_dir, tokenizer_dir, "--weight", "pretrain", "--auto"))
     assert [tokenizer.decode(p) for p in prompts] == [f"</s>{p}" for p in PRETRAIN_PROMPTS]

@@ -9,8 +9,8 @@ import stat
 
 import pytest
 import torch
-
 from conftest import tiny_config, tiny_moe_config
+
 from model.checkpoint import save_weights
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate
 from model.model import MiniMindForCausalLM

@@ -13,15 +13,15 @@ import stat
 
 import pytest
 import torch
-
 from conftest import tiny_config, tiny_moe_config
+
 from model.checkpoint import save_weights
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate
 from model.model import MiniMindForCausalLM
 
 gguf = pytest.importorskip("gguf")
 export_model = importlib.import_module("export_model")
-gguf_export = importlib.import_module("model.gguf_export")
+gguf_export = importlib.import_module("export.gguf")
 
 
 def checkpoint(tmp_path, config, name="full_sft", router_std=None, scale=None):

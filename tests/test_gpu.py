@@ -30,15 +30,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import greedy_by_recompute, load_script, tiny_config, tiny_moe_config
 from torch.utils.data import Dataset
 
-from conftest import greedy_by_recompute, load_script, tiny_config, tiny_moe_config
+from engine.trainer import TrainConfig, Trainer
 from model.checkpoint import load_model, weights_path
 from model.cli import DEMO_QUESTIONS
 from model.generate import generate
 from model.LMConfig import LMConfig
 from model.model import KVCache, MiniMindForCausalLM
-from model.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.gpu
 
@@ -58,7 +58,7 @@ def tf32_restored():
 
 @pytest.fixture(autouse=True)
 def exact_fp32():
-    """Equality checks need true fp32 matmuls. The engine (model/trainer.py) turns TF32 on for training
+    """Equality checks need true fp32 matmuls. The engine (engine/trainer.py) turns TF32 on for training
     on a GPU, which rounds matmul inputs to 10 mantissa bits; so every test here starts with it off, and
     the switches are put back afterwards. (On a CPU they change nothing.)"""
     with tf32_restored():

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import data_process
-from model.data.sft import SFT_FILES
-from model.dataset import DPODataset, SFTDataset, Skips, parse_json, read_jsonl
+from data.datasets import DPODataset, SFTDataset, Skips, read_jsonl
+from data.sft import SFT_FILES
+from model.jsonfile import parse_json
 
 # Lines every jsonl reader must skip and name, whatever its format.
 COMMON_BAD = [
@@ -294,7 +295,7 @@ def test_whole_json_file_sources_survive_hostile_records(tmp_path, capsys):
     assert sft_kept(tmp_path) == 3 and read_kept_line(out, "sft") == (3 + 4, 3)
 
 
-# ----------------------------------------------------------------------------- training loaders (model/dataset.py)
+# ----------------------------------------------------------------------------- training loaders (data/datasets.py)
 
 
 def test_sft_dataset_hostile(tokenizer, tmp_path, capsys):

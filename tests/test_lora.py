@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import load_script, tiny_config, tiny_moe_config
+
 from model.checkpoint import load_model, save_weights
 from model.cli import merge_lora as cli_merge_lora
 from model.lora import LoraSettings, adapter_dir, apply_lora, save_adapter

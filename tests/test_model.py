@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
 from transformers import AutoModelForCausalLM
 
-from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
+from model.generate import generate, sample_next, stream_generate
 from model.LMConfig import PRESETS, LMConfig, count_parameters
 from model.model import KVCache, MiniMindForCausalLM
-from model.generate import generate, sample_next, stream_generate
 
 
 def test_small_T_has_the_original_26_88M_parameters():

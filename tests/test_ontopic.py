@@ -1,5 +1,5 @@
-"""model/ontopic.py: the mechanical on-topic judge used by `2-eval.py --judge` and the quickstart."""
-from model.ontopic import FIRST_SENTENCE_CHARS, first_sentence, on_topic, topic_words
+"""evaluation/ontopic.py: the mechanical on-topic judge used by `2-eval.py --judge` and the quickstart."""
+from evaluation.ontopic import FIRST_SENTENCE_CHARS, first_sentence, on_topic, topic_words
 
 
 def test_topic_words_drop_function_and_instruction_words():

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_script, synthetic_corpus
+
 from model.checkpoint import load_model
 from model.tokenizer import EOS_ID, tokenizer_hash
 

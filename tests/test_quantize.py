@@ -4,9 +4,9 @@ import argparse
 import pytest
 import torch
 import torch.nn as nn
+from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
 from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
-from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
 from model.checkpoint import save_weights
 from model.cli import add_model_args, load_from_args
 from model.generate import generate

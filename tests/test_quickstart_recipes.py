@@ -4,7 +4,6 @@ import argparse
 
 import pytest
 import torch
-
 from conftest import load_script
 
 quickstart = load_script("quickstart.py")
@@ -30,12 +29,10 @@ def test_every_stage_command_parses(recipe):
 
 
 def test_float32_cpus_get_fewer_steps(monkeypatch):
-    import model.runtime as runtime
-
-    monkeypatch.setattr(runtime, "pick_dtype", lambda name, device: (torch.float32, "no bf16"))
+    monkeypatch.setattr(quickstart, "pick_dtype", lambda name, device: (torch.float32, "no bf16"))
     scaled = quickstart.for_this_machine(quickstart.FULL)
     assert scaled["pretrain_steps"] == round(quickstart.FULL["pretrain_steps"] * quickstart.FP32_STEP_SHARE)
     assert scaled["sft_steps"] == round(quickstart.FULL["sft_steps"] * quickstart.FP32_STEP_SHARE)
     assert quickstart.for_this_machine(quickstart.GPU) is quickstart.GPU  # a GPU recipe is never scaled
-    monkeypatch.setattr(runtime, "pick_dtype", lambda name, device: (torch.bfloat16, "bf16"))
+    monkeypatch.setattr(quickstart, "pick_dtype", lambda name, device: (torch.bfloat16, "bf16"))
     assert quickstart.for_this_machine(quickstart.FULL) is quickstart.FULL

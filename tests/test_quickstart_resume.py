@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import load_script
 
 REPO = Path(__file__).resolve().parent.parent

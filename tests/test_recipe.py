@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import load_script, tiny_config
-from model.dataset import IGNORE, PackedChatDataset, SFTDataset
+
+from data.datasets import IGNORE, PackedChatDataset, SFTDataset
+from engine.muon import Muon, orthogonalize, split_for_muon
+from engine.trainer import TrainConfig, Trainer, lr_at
+from evaluation.ontopic import judge, on_topic
+from evaluation.scoreboard import bits_per_char, distinct_2, judge_data, looped, summarize
 from model.model import MiniMindForCausalLM
-from model.muon import Muon, orthogonalize, split_for_muon
-from model.ontopic import judge, on_topic
-from model.scoreboard import bits_per_char, distinct_2, judge_data, looped, summarize
-from model.trainer import TrainConfig, Trainer, lr_at
 
 QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
       ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]

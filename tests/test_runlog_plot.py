@@ -1,9 +1,9 @@
-"""The loss PNG of a DPO run also shows the validation reward accuracy and margin (model/runlog.py)."""
+"""The loss PNG of a DPO run also shows the validation reward accuracy and margin (engine/runlog.py)."""
 import matplotlib.image
 import pytest
 
-import model.runlog as runlog
-from model.runlog import RunLog, plot_losses
+import engine.runlog as runlog
+from engine.runlog import RunLog, plot_losses
 
 HISTORY = {"train": [(2, 0.69), (4, 0.6), (6, 0.5)], "val": [(3, 0.68), (6, 0.55)],
            "lr": [(1, 1e-4), (6, 5e-5)]}

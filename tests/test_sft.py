@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import load_script, tiny_config
+
+from data.datasets import SFTDataset
 from model.checkpoint import save_weights
-from model.dataset import SFTDataset
 from model.model import MiniMindForCausalLM
 
 TINY = ["--seq_len", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",

@@ -6,12 +6,13 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_config, tiny_moe_config
 from torch.utils.data import Dataset
 
-from conftest import tiny_config, tiny_moe_config
+from engine.trainer import TrainConfig, Trainer, lr_at, param_groups
 from model.checkpoint import atomic_torch_save, atomic_write
 from model.model import MiniMindForCausalLM
-from model.trainer import TrainConfig, Trainer, lr_at, param_groups
+
 
 class CountingData(Dataset):
     """Row i counts up from a pseudo-random start (mod vocab): easy to learn, different per index."""
@@ -388,7 +389,8 @@ def test_runs_starting_together_in_one_folder_do_not_trip_each_others_write_chec
     # Each run probes --out_dir with a file of its own; with a shared probe name one run's unlink removed
     # the other's file and a perfectly writable folder was reported as unwritable.
     from concurrent.futures import ThreadPoolExecutor
-    from model.trainer import check_writable
+
+    from engine.trainer import check_writable
 
     out_dir = tmp_path / "out"
     with ThreadPoolExecutor(8) as pool:

@@ -17,8 +17,9 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_config  # noqa: E402
+
+from engine.trainer import TrainConfig, Trainer  # noqa: E402
 from model.model import MiniMindForCausalLM  # noqa: E402
-from model.trainer import TrainConfig, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS, STEPS = 4, 4  # rows per process per step; optimizer steps

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
 from my_openai_api import Defaults, create_app

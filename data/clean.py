@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from model.dataset import find_lone_surrogate
+from model.jsonfile import find_lone_surrogate
 
 
 def has_lone_surrogate(text: str) -> bool:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data import DATASET
 from model.checkpoint import atomic_write
-from model.data import DATASET
 from model.errors import MiniMindError
 
 MANIFEST = DATASET / "sources_full.tsv.gz"  # every source file; the demo set is the subset in_demo() picks

@@ -20,6 +20,7 @@ import reprlib
 from pathlib import Path
 
 from model.errors import MiniMindError, first_line
+from model.jsonfile import read_json_object
 
 _OWN = ("help", "config")  # destinations that a config file cannot set
 
@@ -45,8 +46,6 @@ def read_config_file(path) -> dict:
             if not isinstance(key, str):
                 raise MiniMindError(f"--config {path}: key {key!r} is not a flag name")
         return value
-    from model.dataset import read_json_object
-
     try:
         return read_json_object(path)
     except MiniMindError as error:

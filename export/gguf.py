@@ -31,6 +31,8 @@ import torch
 
 from model.checkpoint import atomic_write
 from model.errors import MiniMindError
+from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
+from model.tokenizer import OLLAMA_TEMPLATE
 
 OUTTYPES = ("f32", "f16", "q8_0")
 # The llama.cpp gate weight that stands in for our unweighted shared experts (see moe_tensors).
@@ -261,9 +263,7 @@ def add_tensors(writer, named, outtype: str) -> None:
 
 def write_gguf(model, tokenizer, path, outtype: str = "f32", name: str = "MiniMind") -> Path:
     """Write `model` (float weights) and `tokenizer` as one GGUF file; returns its path."""
-    import gguf
-
-    from .generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
+    import gguf  # optional: only the GGUF export needs it
 
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
@@ -405,9 +405,6 @@ def write_modelfile(gguf: Path, cfg, adapter: Path | None = None) -> Path:
     """An Ollama Modelfile beside `gguf` (`ollama create NAME -f FILE`). Ollama renders prompts with its own
     template language, not the Jinja template inside the GGUF, so the chat template is written again; `</s>`
     ends a turn, and the sampling defaults are the chat's."""
-    from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
-    from model.tokenizer import OLLAMA_TEMPLATE
-
     lines = [f"FROM ./{gguf.name}"]
     if adapter is not None:
         lines.append(f"ADAPTER ./{adapter.name}")

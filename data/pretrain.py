@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data.clean import SeenBefore, has_lone_surrogate, is_val, normalize
+from data.datasets import Skips, check_messages
+from data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records
 from model.checkpoint import atomic_write_folder
-from model.data.clean import SeenBefore, has_lone_surrogate, is_val, normalize
-from model.data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records
-from model.dataset import Skips, check_messages
 from model.errors import MiniMindError
 from model.tokenizer import EOS_ID, tokenizer_hash
-
 
 # Each pretraining converter yields (where, document): where names the file, and the line or record
 # inside it, so a short or duplicate document is reported at its place.

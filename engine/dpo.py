@@ -10,7 +10,7 @@ reference, so both log-ratios are 0 and the loss is -log sigmoid(0) = ln 2 at st
 
 Why not trl's DPOTrainer for our own stage: it is a transformers Trainer with its own loop, optimizer,
 checkpoints, resume and logging, which would duplicate (and drift from) the shared engine in
-model/trainer.py that every other stage uses. trl trains the native export (`export_model.py --format
+engine/trainer.py that every other stage uses. trl trains the native export (`export_model.py --format
 native`, a plain LlamaForCausalLM) as it is, and tests/test_dpo_trl.py holds this loss, its rewards and
 every gradient against trl's on the same pairs (to 1e-6). The loss itself is a few lines (trl's
 `loss_type="sigmoid"`).

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model.data.clean import VENDOR_CLAIM, SeenBefore, ceval_guard, has_lone_surrogate, is_val, message, normalize
-from model.data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records, write_jsonl
-from model.dataset import Skips, check_messages
+from data.clean import VENDOR_CLAIM, SeenBefore, ceval_guard, has_lone_surrogate, is_val, message, normalize
+from data.datasets import Skips, check_messages
+from data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records, write_jsonl
 from model.errors import MiniMindError
 
 

@@ -7,7 +7,7 @@
   reply's </s> included, divided by the characters of those replies and by ln 2. A character count does not
   depend on the tokenizer, so recipes with different vocabularies compare on it.
 - on topic: the share of sampled answers whose first sentence holds a topic word of the question and is not
-  an echo of it (model/ontopic.py). Sampling uses the chat's temperature and top-p with a fixed seed.
+  an echo of it (evaluation/ontopic.py). Sampling uses the chat's temperature and top-p with a fixed seed.
 - ended: the share of answers that emit </s> within the token budget (the model stops by itself).
 - data: the held-out conversations' own first replies, judged by the same rule. A model that answered exactly
   like its data would score this, so it is the rule's ceiling on these questions, not 100%.
@@ -23,11 +23,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.dataset import (IGNORE, ChatEncoder, MiniMindError, SFTDataset, Skips, check_messages, read_jsonl,
-                           shift_and_truncate)
+from data.datasets import (
+    IGNORE,
+    ChatEncoder,
+    MiniMindError,
+    SFTDataset,
+    Skips,
+    check_messages,
+    read_jsonl,
+    shift_and_truncate,
+)
+from evaluation.ontopic import judge
 from model.chat import build_prompt, continuation_prompt, prompt_budget
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, generate
-from model.ontopic import judge
 
 LOOP_CHARS, LOOP_REPEATS = 8, 3
 

@@ -8,8 +8,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.datasets import Skips, read_jsonl
 from model.checkpoint import atomic_write
-from model.dataset import Skips, find_lone_surrogate, parse_json, read_jsonl
+from model.jsonfile import find_lone_surrogate, parse_json
 
 
 @dataclass
@@ -69,7 +70,7 @@ def read_json_file(path: Path, report: Report):
 
 
 def read_jsonl_file(path: Path, report: Report):
-    """Yield (where, object) per usable line (model/dataset.py's reader: a .gz file is read transparently).
+    """Yield (where, object) per usable line (data/datasets.py's reader: a .gz file is read transparently).
     Every other line is a skip named by file:line, so lines in = lines yielded + skips."""
     for number, row in read_jsonl(path, report.skips):
         yield f"{path}:{number}", row

@@ -6,10 +6,10 @@ import re
 import time
 from pathlib import Path
 
-from model.data.clean import VENDOR_CLAIM, SeenBefore, ceval_guard, has_lone_surrogate, is_val, message, normalize
-from model.data.read import Report, read_json_file, read_jsonl_file, records, write_jsonl
-from model.data.sft import sharegpt_conversations
-from model.dataset import Skips, check_messages
+from data.clean import VENDOR_CLAIM, SeenBefore, ceval_guard, has_lone_surrogate, is_val, message, normalize
+from data.datasets import Skips, check_messages
+from data.read import Report, read_json_file, read_jsonl_file, records, write_jsonl
+from data.sft import sharegpt_conversations
 from model.errors import MiniMindError
 
 

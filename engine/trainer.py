@@ -3,10 +3,10 @@
 A stage script is a recipe: it builds a model, a dataset, a collate function and a loss function;
 the engine runs the loop. `Trainer.fit` below is that loop, read top to bottom: set the learning rate,
 run the micro-steps (forward, backward), clip, step the optimizers, then log, validate, save. What
-surrounds it lives in small modules: model/runtime.py (device, precision, FLOPs), model/runstate.py (the
-run's position and the resume file), model/runlog.py (log lines, metrics file, loss curves).
+surrounds it lives in small modules: model/runtime.py (device, precision, FLOPs), engine/runstate.py (the
+run's position and the resume file), engine/runlog.py (log lines, metrics file, loss curves).
 
-    from model.trainer import TrainConfig, Trainer, add_train_args
+    from engine.trainer import TrainConfig, Trainer, add_train_args
 
     parser = argparse.ArgumentParser()
     add_train_args(parser, learning_rate=5e-4)        # every TrainConfig field as a flag; stage defaults
@@ -56,10 +56,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader
 
+from data.datasets import EpochSampler
+from engine.muon import Muon, split_for_muon
+from engine.runlog import MetricWindow, RunLog
+from engine.runstate import RunState, StopFlag, read_resume, rng_state, set_rng_state, write_resume
 from model.checkpoint import save_weights
-from model.dataset import EpochSampler
-from model.runlog import MetricWindow, RunLog
-from model.runstate import RunState, StopFlag, read_resume, rng_state, set_rng_state, write_resume
 from model.errors import MiniMindError
 from model.runtime import DeviceError, FlopsPerToken, dtype_name, peak_flops, pick_device, pick_dtype
 
@@ -210,8 +211,6 @@ def build_optimizers(model: nn.Module, cfg: "TrainConfig", device: torch.device,
     groups = param_groups(model, cfg.weight_decay)
     optimizers = []
     if cfg.optimizer == "muon":
-        from model.muon import Muon, split_for_muon
-
         matrices, groups[0]["params"] = split_for_muon(model, groups[0]["params"])
         if matrices:
             ns_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
