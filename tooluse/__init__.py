@@ -1,0 +1,4 @@
+"""Tool use for the tiny model: a safe calculator tool (calculator.py), the Hermes/Qwen `<tool_call>` text
+format a model writes its calls in (calls.py), and a seeded generator of Chinese everyday arithmetic word
+problems with their tool-calling conversations, split by phrasing family into train and held-out
+(problems.py). Every module here is a leaf: standard library only."""
