@@ -30,9 +30,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
-from data.datasets import ChatEncoder, PackedChatDataset, SFTDataset, Skips, check_messages, read_jsonl, sft_loss
+from data.datasets import (
+    ChatEncoder,
+    PackedChatDataset,
+    SFTDataset,
+    Skips,
+    conversation_of,
+    read_jsonl,
+    sft_loss,
+)
 from engine.config_file import parse_with_config
 from engine.trainer import TrainConfig, Trainer, add_train_args
+from model.chat import generation_header
 from model.checkpoint import previous_stage_weights
 from model.cli import load_with_flags
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
@@ -73,12 +82,11 @@ def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[tuple
     encoder = ChatEncoder(tokenizer)
     prompts = []
     for _, row in read_jsonl(path, Skips(show=0)):
-        messages = row.get("conversations") if isinstance(row, dict) else None
-        reason, _ = check_messages(messages, "conversations")
+        messages, reason, _ = conversation_of(row)
         last = 0 if reason else max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
         if last == 0:
             continue
-        ids = encoder.encode(messages[:last], lambda i, m: False)[0] + encoder.headers["assistant"]
+        ids = encoder.encode(messages[:last], lambda i, m: False)[0] + generation_header(tokenizer)
         if len(ids) <= max_prompt:
             answer = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"]
             prompts.append((list(ids), len(answer)))

@@ -29,6 +29,7 @@ from model.tokenizer import (
     DEFAULT_TOKENIZER_DIR,
     EOS_ID,
     SPECIAL_TOKENS,
+    TOOL_TOKENS,
     UNK_ID,
     load_tokenizer,
     save_tokenizer,
@@ -76,7 +77,7 @@ def train_sentencepiece(texts, vocab_size: int, out_dir: Path) -> None:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
             model_prefix=str(prefix),
-            vocab_size=vocab_size,
+            vocab_size=vocab_size - len(TOOL_TOKENS),  # save_tokenizer adds the tool tokens at the end
             model_type="bpe",
             character_coverage=0.9995,
             byte_fallback=True,

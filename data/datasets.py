@@ -34,10 +34,12 @@ from torch.utils.data import Dataset, Sampler
 
 from model.errors import MiniMindError, first_line
 from model.jsonfile import parse_json, read_json_object
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from model.chat import encode_messages, turn_header
+from model.tokenizer import EOS_ID, PAD_ID
+from model.toolcall import plain_messages
 
 IGNORE = -100  # target value that cross_entropy(ignore_index=-100) skips
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -233,34 +235,45 @@ def check_messages(messages, field: str) -> tuple[str, str]:
     return "", ""
 
 
+def conversation_of(row) -> tuple[list | None, str, str]:
+    """(messages, '', '') for an SFT record {"conversations": [...], "tools"?: [...]}, the messages plain
+    (tools offered in the system turn, assistant tool calls written as call blocks); or (None, reason,
+    detail) saying what is wrong with it."""
+    if not isinstance(row, dict):
+        return None, "'conversations' missing or not a non-empty list", ""
+    messages, tools = row.get("conversations"), row.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)):
+        return None, "'tools' is not a list of tool schemas", ""
+    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        try:
+            messages = plain_messages(messages, tools)
+        except ValueError as error:
+            return None, "a malformed tool call", str(error)
+    reason, detail = check_messages(messages, "conversations")
+    return (None, reason, detail) if reason else (messages, "", "")
+
+
 class ChatEncoder:
     """Tokenizes messages turn by turn in the chat template's layout, marking which tokens are targets.
 
-    Each message is `<s>{role}\\n` + content + `</s>` + `\\n`. Content is tokenized on its own, exactly as
-    at inference, where the prompt ends in `<s>assistant\\n` and the model continues from there. For a
-    target message, the content tokens and its `</s>` are targets; the header and trailing newline never are.
+    Each message is `<s>{role}\\n` + content + `</s>` + `\\n`, encoded by model/chat.py's encode_messages,
+    exactly as at inference, where the prompt ends in `<s>assistant\\n` and the model continues from there.
+    For a target message, the content tokens and its `</s>` are targets; the header and trailing newline
+    never are. Messages are plain {role, content} (model/toolcall.plain_messages folds tools and calls in).
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.headers = {role: [BOS_ID] + self._encode(role + "\n") for role in ROLES}
-        self.newline = self._encode("\n")
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        self.header_len = {role: len(turn_header(tokenizer, role)) for role in ROLES}
+        self.newline_len = len(tokenizer.encode("\n", add_special_tokens=False))
 
     def encode(self, messages, is_target) -> tuple[list[int], list[bool]]:
         """`is_target(i, message)` decides which messages are learned."""
-        # "</s>" typed inside a message is text, as at inference: only the template makes turn boundaries
-        contents = self.tokenizer(
-            [m["content"] for m in messages], add_special_tokens=False, split_special_tokens=True
-        )["input_ids"]
         ids, mask = [], []
-        for i, (message, content) in enumerate(zip(messages, contents)):
-            target = is_target(i, message)
-            header = self.headers[message["role"]]
-            ids += header + content + [EOS_ID] + self.newline
-            mask += [False] * len(header) + [target] * (len(content) + 1) + [False] * len(self.newline)
+        for i, (message, turn) in enumerate(zip(messages, encode_messages(self.tokenizer, messages))):
+            head, tail = self.header_len[message["role"]], self.newline_len
+            ids += turn
+            mask += [False] * head + [is_target(i, message)] * (len(turn) - head - tail) + [False] * tail
         return ids, mask
 
 
@@ -315,8 +328,7 @@ class SFTDataset(Dataset):
         self.skips = Skips(strict, show_skips)  # show_skips: how many skips of each reason to print
         self.truncated = 0
         for number, row in read_jsonl(jsonl_path, self.skips):
-            messages = row.get("conversations") if isinstance(row, dict) else None
-            reason, detail = check_messages(messages, "conversations")
+            messages, reason, detail = conversation_of(row)
             if not reason and not any(m["role"] == "assistant" for m in messages):
                 reason = "no assistant message"
             if not reason:

@@ -16,7 +16,8 @@ message cannot forge a turn of another role.
 """
 
 from model.errors import MiniMindError
-from model.tokenizer import EOS_ID
+from model.tokenizer import BOS_ID, EOS_ID
+from model.toolcall import plain_messages
 
 
 class ContextTooLong(MiniMindError):
@@ -37,26 +38,36 @@ def encode_message(tokenizer, message: dict) -> list:
     return encode_messages(tokenizer, [message])[0]
 
 
+def turn_header(tokenizer, role: str) -> list:
+    """The ids that open a turn of `role`: <s>{role}\\n."""
+    return [BOS_ID] + tokenizer.encode(role + "\n", add_special_tokens=False)
+
+
 def encode_messages(tokenizer, messages: list) -> list:
-    """encode_message for each of `messages`, in one call."""
-    return tokenizer.apply_chat_template([[m] for m in messages], add_generation_prompt=False, tokenize=True,
-                                         return_dict=False, sanitize_control_tokens=True)
+    """encode_message for each of `messages` (plain {role, content}; see model/toolcall.plain_messages), in
+    one call. A "<s>" or "</s>" typed in a content is text (split_special_tokens); the two tool-call tokens
+    are not special, so a call block in an assistant turn keeps them, as the template does."""
+    contents = tokenizer([m["content"] for m in messages], add_special_tokens=False,
+                         split_special_tokens=True)["input_ids"]
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    return [turn_header(tokenizer, m["role"]) + ids + [EOS_ID] + newline for m, ids in zip(messages, contents)]
 
 
 def generation_header(tokenizer) -> list:
     """The ids the template adds for add_generation_prompt (<s>assistant\\n)."""
-    probe = [{"role": "user", "content": ""}]
-    with_header = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=True, return_dict=False,
-                                                sanitize_control_tokens=True)
-    return with_header[len(encode_message(tokenizer, probe[0])):]
+    return turn_header(tokenizer, "assistant")
 
 
-def build_prompt(tokenizer, messages: list, max_prompt_tokens: int, cut: bool = False) -> tuple[list, int]:
+def build_prompt(tokenizer, messages: list, max_prompt_tokens: int, cut: bool = False,
+                 tools: list | None = None) -> tuple[list, int]:
     """Token ids of the conversation plus the assistant header, dropping the oldest turns to fit in
-    `max_prompt_tokens`. Returns (ids, number of messages dropped).
+    `max_prompt_tokens`. Returns (ids, number of messages dropped). `tools` (OpenAI function schemas) are
+    offered in the system turn, which is never dropped; assistant tool calls and tool results are part of
+    the turn of the user message before them.
 
     Each message is encoded at most once, and the history is encoded newest first only until the budget
     is spent: the cost follows the context size, not the length of the conversation."""
+    messages = plain_messages(messages, tools)
     last = len(messages) - 1
     systems = [i for i in range(last) if messages[i]["role"] == "system"]
     fixed = systems + [last]

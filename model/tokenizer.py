@@ -9,6 +9,19 @@ A conversation renders as
     <s>system\\n{content}</s>\\n<s>user\\n{content}</s>\\n<s>assistant\\n{content}</s>\\n
 
 and `add_generation_prompt=True` appends `<s>assistant\\n` for the model to continue.
+
+Tools (OpenAI function schemas, passed as `apply_chat_template(messages, tools=...)`) are offered in the
+system turn, the assistant calls one in the Hermes / Qwen form, and the result comes back in a `tool` turn:
+
+    <s>system\\n{system}\\n\\n# 工具\\n<tools>\\n{one tool's JSON per line}\\n</tools></s>\\n
+    <s>user\\n...</s>\\n
+    <s>assistant\\n<tool_call>\\n{"name": "calculator", "arguments": {"expression": "3*4"}}\\n</tool_call></s>\\n
+    <s>tool\\n12</s>\\n
+    <s>assistant\\n一共12个。</s>\\n
+
+`<tool_call>` and `</tool_call>` are two added tokens (the last two ids of the vocabulary, not special, so
+decoding keeps them): a parser such as vLLM's `hermes` looks them up by id, and a tiny model writes one
+token where it would otherwise spell out eleven bytes. model/toolcall.py renders and parses the same text.
 `train_tokenizer.py` trains it on the pretraining text; tests train a tiny one on the fly.
 """
 import json
@@ -19,15 +32,37 @@ from typing import Iterable
 from model.errors import MiniMindError
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]  # added last, so they take the vocabulary's last two ids
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 PAD_ID = UNK_ID
 ASSISTANT_HEADER = "<s>assistant\n"
 
+# Tool calls: arguments given as a dict are written with tojson (json.dumps with ensure_ascii=False, as
+# model/toolcall.py writes them); a JSON string (OpenAI's form) is written as it is.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<s>' + message['role'] + '\\n' + message['content'] + '</s>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}"
+    "{%- if tools %}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{%- set system = messages[0]['content'] %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = '' %}{%- endif %}"
+    "{{- '<s>system\\n' }}{%- if system %}{{- system + '\\n\\n' }}{%- endif %}{{- '# 工具\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\\n</tools></s>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<s>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}{%- endif %}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{%- if call['function'] is defined %}{%- set call = call['function'] %}{%- endif %}"
+    "{%- if not loop.first or message['content'] %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": ' + (call['name'] | tojson) + ', \"arguments\": ' }}"
+    "{%- if call['arguments'] is string %}{{- call['arguments'] }}{%- else %}{{- call['arguments'] | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '</s>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<s>assistant\\n' }}{%- endif %}"
 )
 
 # The same template in Ollama's language (Go's text/template over .Messages), for the Modelfile written
@@ -49,7 +84,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir, max_token_length: 
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(TOOL_TOKENS),  # save_tokenizer adds the tool tokens at the end
         special_tokens=SPECIAL_TOKENS,  # added first, so they get ids 0, 1, 2
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         max_token_length=max_token_length,
@@ -62,8 +97,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir, max_token_length: 
 
 
 def save_tokenizer(tokenizer, out_dir) -> None:
-    """Write tokenizer.json plus the config that makes it a PreTrainedTokenizerFast with our chat template."""
+    """Write tokenizer.json plus the config that makes it a PreTrainedTokenizerFast with our chat template.
+    The tool-call tokens are added here, after the trained vocabulary."""
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
+
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in TOOL_TOKENS])
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -88,3 +88,37 @@ def render_tools_system(tools: list[dict], system: str = "") -> str:
     """The text of a system turn offering `tools` (each an OpenAI-style tool schema), after `system`."""
     lines = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
     return (f"{system}\n\n" if system else "") + f"# 工具\n<tools>\n{lines}\n</tools>"
+
+
+def plain_messages(messages: list[dict], tools: list[dict] | None = None) -> list[dict]:
+    """The conversation as plain {"role", "content"} messages, laid out as the chat template lays it out:
+    the tools folded into the system turn (one is added when there is none), each assistant `tool_calls`
+    entry (OpenAI's {"function": {...}} or transformers' bare {"name", "arguments"}) written as a call
+    block after the message's text (whose null content is read as empty). Other messages pass as they are. Training (data/datasets.py) and
+    prompting (model/chat.py) both go through it, so a conversation tokenizes the same way in both.
+    Raises ValueError for a call without a name or with arguments that are not a JSON object."""
+    plain = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if calls:
+            content = content if isinstance(content, str) else ""
+            if not isinstance(calls, list):
+                raise ValueError(f"messages[{i}].tool_calls must be a list")
+            blocks = []
+            for k, call in enumerate(calls):
+                function = call.get("function", call) if isinstance(call, dict) else None
+                if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                    raise ValueError(f"messages[{i}].tool_calls[{k}] has no function name")
+                try:
+                    blocks.append(render_call(function["name"], function.get("arguments", {})))
+                except ValueError as error:
+                    raise ValueError(f"messages[{i}].tool_calls[{k}]: {error}") from None
+            content = "\n".join(([content] if content else []) + blocks)
+        plain.append({**message, "content": content} if calls else message)
+    if tools:
+        if plain and plain[0]["role"] == "system":
+            plain[0] = {**plain[0], "content": render_tools_system(tools, plain[0]["content"] or "")}
+        else:
+            plain.insert(0, {"role": "system", "content": render_tools_system(tools)})
+    return plain
