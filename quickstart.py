@@ -35,7 +35,8 @@ from model.runtime import pick_dtype
 # FP32_STEP_SHARE so that the wall time stays about the same.
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=20, dpo_steps=30,
-            ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True)
+            ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
+            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200)
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
 # over the conversations) and 2.9M of SFT. SFT runs at lower learning rates than the quickstart's (AdamW 3e-4 and
 # Muon 0.002 against 1e-3 and 0.01): the pretrained model already answers in the chat template, and at the full
@@ -49,7 +50,7 @@ GPU = dict(FULL, preset="small-T", pretrain_steps=500, pretrain_batch=64, sft_st
            lora_steps=60, dpo_steps=100, score_limit=0, save_interval=100, scale_steps=False)
 FAST = dict(FULL, data="demo", tokenizer_mb=1, pretrain_steps=6, pretrain_batch=16, sft_steps=4, sft_batch=16,
             lora_steps=3, dpo_steps=3, ceval_limit=1, score_limit=4, generate_tokens=12, eval_batches=2,
-            save_interval=2, scale_steps=False)
+            save_interval=2, scale_steps=False, tool_problems=200, tool_ordinary=50, score_tool_problems=4)
 RECIPES = {"full": FULL, "long": LONG, "gpu": GPU, "fast": FAST}
 FP32_STEP_SHARE = 0.5
 
@@ -75,7 +76,7 @@ def stages(args, n):
     # --fast keeps its tokenizer and data under out/fast/, so it never touches a real run's files.
     data = f"{out}/dataset" if args.fast else "dataset"
     tok = f"{out}/tokenizer" if args.fast else "model/minimind_tokenizer"
-    chat = [f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl"]
+    chat = [f"{data}/sft_single.jsonl", f"{data}/sft_multi.jsonl", f"{data}/sft_tools.jsonl"]
     model = ["--preset", preset, "--out_dir", out, "--tokenizer", tok]
     train = model + ["--resume", "--eval_batches", str(n["eval_batches"]), "--save_interval", str(n["save_interval"])]
     muon = ["--optimizer", "muon"]
@@ -86,6 +87,8 @@ def stages(args, n):
          ["data_process.py", "fetch", "--set", n["data"]] + (["--mirror", args.mirror] if args.mirror else [])),
         ("build SFT conversations", ["data_process.py", "sft", "--out", data]),
         ("build DPO pairs", ["data_process.py", "dpo", "--out", data]),
+        ("build tool-use conversations", ["data_process.py", "tools", "--out", data, "--problems",
+                                          str(n["tool_problems"]), "--ordinary", str(n["tool_ordinary"])]),
         ("train the tokenizer on the chat text",
          ["train_tokenizer.py", "--out", tok, "--sample_mb", str(n["tokenizer_mb"]), "--sources",
           "--chat_jsonl", *chat, f"{data}/dpo.jsonl"]),
@@ -110,6 +113,9 @@ def stages(args, n):
         ("scoreboard: pretrain-only model", [*scored, "--weight", "pretrain", "--prompt", "chat",
                                              "--json", f"{out}/score_pretrain_{tag}.json"]),
         ("scoreboard: final model", [*scored, "--weight", "dpo", "--json", f"{out}/score_dpo_{tag}.json"]),
+        # Being right: held-out word problems through the tool loop, for the SFT model and the final one.
+        ("tool scoreboard: SFT model", [*scored, "--weight", "full_sft", "--only_tools", "--tool_problems",
+                                        str(n["score_tool_problems"]), "--json", f"{out}/score_tools_full_sft_{tag}.json"]),
     ]
 
 

@@ -1,0 +1,76 @@
+"""The scoreboard of being right: word problems whose answer is checked, not judged.
+
+    board = tool_board(model, tokenizer, generate(200, seed=1, split="held_out"), ordinary_questions)
+
+Three figures, all greedy:
+- with tools: the problem asked with the calculator offered, run through the real tool loop
+  (tooluse/agent.py: the model's call is computed and the result handed back); right when the last
+  number of the final answer is the problem's answer (tooluse/problems.answer_is_right);
+- without tools: the same problems asked with no tool offered, judged by the same rule;
+- false calls: ordinary held-out questions asked with the calculator offered; a false call is a reply
+  that calls it.
+The problems come from phrasing families held out of training whole (tooluse/problems.py), so the score
+measures reading problems worded in ways the model never saw, not memory of templates.
+"""
+import math
+
+from evaluation.scoreboard import answer_all
+from model.chat import build_prompt, prompt_budget
+from model.generate import context_length
+from model.toolcall import parse_reply
+from tooluse.agent import offered_calls, run_with_tools
+from tooluse.calculator import CALCULATOR
+from tooluse.problems import KINDS, answer_is_right
+
+
+def share(right: list[bool]) -> dict:
+    return {"right": sum(right), "of": len(right), "share": sum(right) / len(right) if right else 0.0}
+
+
+def tool_board(model, tokenizer, problems: list, ordinary_questions: list[str], max_new_tokens: int = 64,
+               batch_size: int = 32) -> dict:
+    """{"with_tools", "without_tools", "false_calls", "by_kind", "problems"}: the three figures and each
+    problem's call, answers and verdicts, in order (for a question-by-question comparison of two models)."""
+    questions = [[{"role": "user", "content": p.question}] for p in problems]
+    rollouts = []
+    for start in range(0, len(questions), batch_size):
+        rollouts += run_with_tools(model, tokenizer, questions[start:start + batch_size], [CALCULATOR],
+                                   max_new_tokens)
+    budget = prompt_budget(context_length(model.config), max_new_tokens)
+    bare = [build_prompt(tokenizer, q, budget, cut=True)[0] for q in questions]
+    plain = answer_all(model, tokenizer, [p.question for p in problems], bare, max_new_tokens, batch_size=batch_size)
+
+    offered = [build_prompt(tokenizer, [{"role": "user", "content": q}], budget, cut=True, tools=[CALCULATOR])[0]
+               for q in ordinary_questions]
+    replies = answer_all(model, tokenizer, ordinary_questions, offered, max_new_tokens, batch_size=batch_size)
+    called = [bool(offered_calls(parse_reply(r["answer"])[1], [CALCULATOR])) for r in replies]
+
+    records = []
+    for p, rollout, no_tool in zip(problems, rollouts, plain):
+        call = next((m["tool_calls"][0]["function"]["arguments"].get("expression")
+                     for m in rollout.messages if m.get("tool_calls")), None)
+        records.append({"family": p.family, "kind": p.kind, "question": p.question, "expression": p.expression,
+                        "answer": p.answer, "call": call, "final": rollout.final,
+                        "right": answer_is_right(rollout.final, p.answer),
+                        "no_tool_answer": no_tool["answer"],
+                        "right_without_tools": answer_is_right(no_tool["answer"], p.answer)})
+    return {
+        "with_tools": share([r["right"] for r in records]),
+        "without_tools": share([r["right_without_tools"] for r in records]),
+        "called": share([r["call"] is not None for r in records]),
+        "false_calls": share(called),
+        "by_kind": {kind: share([r["right"] for r in records if r["kind"] == kind])
+                    for kind in KINDS if any(r["kind"] == kind for r in records)},
+        "problems": records,
+        "false_call_questions": [r["question"] for r, c in zip(replies, called) if c],
+    }
+
+
+def sign_test(a: list[bool], b: list[bool]) -> dict:
+    """Question by question, how often only `a` is right and how often only `b` is, and the two-sided
+    exact sign test's p-value on those discordant pairs (ties carry no information about which is better)."""
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": p}
