@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.clean import SeenBefore, has_lone_surrogate, is_val, normalize
-from data.datasets import Skips, check_messages
+from data.datasets import Skips, check_messages, conversation_of
 from data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records
 from model.checkpoint import atomic_write_folder
 from model.errors import MiniMindError
@@ -123,10 +123,14 @@ def text_jsonl(path: Path, report: Report):
 def chat_text(path: Path, report: Report):
     """The messages of a chat jsonl (`{"conversations"}` as sft writes, or `{"prompt", "chosen"}` as dpo
     writes) as plain text, one message per line: question-and-answer prose to pretrain on, as upstream
-    MiniMind's pretrain_hq is. Only pass training splits, or the held-out sets leak into pretraining."""
+    MiniMind's pretrain_hq is. A record that offers tools keeps its system turn (the tools' schemas) and its
+    calls as text, so a tokenizer trained on it learns to write them in few tokens. Only pass training splits, or the held-out sets leak into pretraining."""
     for where, row in read_jsonl_file(path, report):
         if isinstance(row, dict) and "conversations" in row:
-            messages = row["conversations"]
+            messages, reason, detail = conversation_of(row)  # tools offered and calls made become text too
+            if reason:
+                report.skips.add(where, reason, detail)
+                continue
         elif isinstance(row, dict) and isinstance(row.get("prompt"), list) and isinstance(row.get("chosen"), list):
             messages = row["prompt"] + row["chosen"]
         else:
@@ -136,7 +140,7 @@ def chat_text(path: Path, report: Report):
         if reason:
             report.skips.add(where, reason, detail)
             continue
-        yield where, "\n".join(m["content"] for m in messages if m["role"] != "system")
+        yield where, "\n".join(m["content"] for m in messages if m["role"] != "system" or row.get("tools"))
 
 
 # name -> (glob under the raw folder, converter)
