@@ -19,16 +19,17 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from data.datasets import PretrainDataset
 from model.cli import PRETRAIN_PROMPTS, ROOT, add_model_args, load_from_args
+from model.errors import run_main
 from model.generate import stream_generate
+from model.model import lm_loss
 from model.tokenizer import EOS_ID, tokenizer_hash
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="pretrain")
@@ -43,7 +44,11 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default=str(ROOT / "dataset" / "pretrain"), help="token shards with meta.json")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--val_batches", type=int, default=0, help="stop after this many batches (0 = the whole split)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def continue_prompts(model, tokenizer, prompts, args) -> None:
@@ -72,8 +77,7 @@ def validation_loss(model, dataset, batch_size: int, max_batches: int = 0) -> tu
         if max_batches and i >= max_batches:
             break
         x, y = x.to(model.device), y.to(model.device)
-        logits = model(x).logits
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+        total += lm_loss(model(x).logits, y, reduction="sum").item()
         count += y.numel()
     return total / count, count
 
@@ -92,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,9 +24,10 @@ import math
 from pathlib import Path
 
 from data.datasets import PackedChatDataset, PretrainDataset, SFTDataset
-from engine.config_file import parse_with_config
+from engine.config_file import add_config_file_arg, parse_with_config
 from engine.trainer import TrainConfig, Trainer, add_train_args
 from model.cli import load_with_flags
+from model.errors import MiniMindError, run_main
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.model import MiniMindForCausalLM
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer, tokenizer_hash
@@ -34,7 +35,7 @@ from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer, tokenizer_has
 ROOT = Path(__file__).resolve().parent
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     group = parser.add_argument_group("pretraining")
@@ -50,7 +51,12 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR),
                        help="the tokenizer the shards must have been made with (checked by its hash, when present)")
     add_train_args(parser, learning_rate=5e-4, batch_size=32, eval_interval=100, eval_batches=10, save_interval=200)
-    return parse_with_config(parser, argv)
+    add_config_file_arg(parser)  # --config FILE: read by parse_with_config
+    return parser
+
+
+def parse_args(argv=None):
+    return parse_with_config(build_parser(), argv)
 
 
 def chat_text(args, seq_len: int, verbose: bool):
@@ -91,22 +97,22 @@ def main(argv=None):
     config = model.config
     seq_len = args.seq_len or config.max_seq_len
     if seq_len > config.max_seq_len:
-        raise SystemExit(f"--seq_len {seq_len} is longer than the model's max_seq_len {config.max_seq_len}")
+        raise MiniMindError(f"--seq_len {seq_len} is longer than the model's max_seq_len {config.max_seq_len}")
 
     if args.chat_data:
         train_set, val_set = chat_text(args, seq_len, verbose=trainer.is_main)
         shard_vocab = None
     else:
         if not (Path(args.tokenizer) / "tokenizer.json").is_file():
-            raise SystemExit(f"--tokenizer {args.tokenizer}: no tokenizer.json there (train one with "
-                             f"`python train_tokenizer.py`): the shards are checked against it")
+            raise MiniMindError(f"--tokenizer {args.tokenizer}: no tokenizer.json there (train one with "
+                                f"`python train_tokenizer.py`): the shards are checked against it")
         expected_hash = tokenizer_hash(args.tokenizer)
         train_set = PretrainDataset(args.data_dir, seq_len, "train", tokenizer_hash=expected_hash)
         val_set = PretrainDataset(args.data_dir, seq_len, "val", tokenizer_hash=expected_hash)
         shard_vocab = train_set.meta.get("vocab_size")
     if shard_vocab and shard_vocab > config.vocab_size:
-        raise SystemExit(f"{args.data_dir} was tokenized with a {shard_vocab}-token vocabulary, but the model has "
-                         f"vocab_size {config.vocab_size}: pick a preset with a matching vocabulary or --vocab_size")
+        raise MiniMindError(f"{args.data_dir} was tokenized with a {shard_vocab}-token vocabulary, but the model has "
+                            f"vocab_size {config.vocab_size}: pick a preset with a matching vocabulary or --vocab_size")
 
     max_steps = trainer.steps_for_tokens(args.train_tokens, seq_len) if args.train_tokens else None
     tokens = train_set.tokens if args.chat_data else len(train_set) * seq_len
@@ -124,4 +130,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -41,10 +41,11 @@ from model.cli import (
     load_from_args,
     render_chat,
 )
+from model.errors import MiniMindError, run_main
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, stream_generate
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
@@ -68,6 +69,11 @@ def parse_args(argv=None):
     parser.add_argument("--top_k", type=int, default=0, help="0 = no top-k cut")
     parser.add_argument("--repetition_penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None, help="fix the sampling for reproducible answers")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.history_turns < 0 or args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         parser.error("need --history_turns >= 0, --max_new_tokens >= 1, --temperature >= 0 and 0 < --top_p <= 1")
@@ -132,7 +138,7 @@ def read_questions(path, limit: int) -> list[str]:
     """Questions from a .txt file (one a line) or a chat .jsonl (each conversation's first user message)."""
     path = Path(path)
     if not path.exists():
-        raise SystemExit(f"--questions: {path} not found")
+        raise MiniMindError(f"--questions: {path} not found")
     questions, skips = [], Skips()
     if path.suffix == ".jsonl":
         conversations, skips = read_conversations(path, show_skips=3)
@@ -141,11 +147,11 @@ def read_questions(path, limit: int) -> list[str]:
         try:
             questions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as error:
-            raise SystemExit(f"--questions: {path} is not UTF-8 text (byte {error.start})")
+            raise MiniMindError(f"--questions: {path} is not UTF-8 text (byte {error.start})")
     if skips.total():
         print(f"{path}: skipped {skips.total()} lines ({skips.summary()})")
     if not questions:
-        raise SystemExit(f"--questions: {path} holds no questions")
+        raise MiniMindError(f"--questions: {path} holds no questions")
     return questions[:limit] if limit else questions
 
 
@@ -208,4 +214,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

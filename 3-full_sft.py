@@ -39,11 +39,12 @@ from data.datasets import (
     read_jsonl,
     sft_loss,
 )
-from engine.config_file import parse_with_config
+from engine.config_file import add_config_file_arg, parse_with_config
 from engine.trainer import TrainConfig, Trainer, add_train_args
 from model.chat import generation_header
-from model.checkpoint import previous_stage_weights
+from model.checkpoint import check_vocabulary, previous_stage_weights
 from model.cli import load_with_flags
+from model.errors import MiniMindError, run_main
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate_steps
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, EOS_ID, load_tokenizer
@@ -53,7 +54,7 @@ DEFAULT_DATA = [ROOT / "dataset" / "sft_single.jsonl", ROOT / "dataset" / "sft_m
 DEFAULT_VAL = ROOT / "dataset" / "sft_val.jsonl"
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     group = parser.add_argument_group("supervised fine-tuning")
@@ -72,7 +73,12 @@ def parse_args(argv=None):
     group.add_argument("--eos_check_tokens", type=int, default=128, help="token budget per answer in that check")
     add_train_args(parser, learning_rate=1e-4, batch_size=16, weight_decay=0.01, eval_interval=100,
                    eval_batches=10, save_interval=200)
-    return parse_with_config(parser, argv)
+    add_config_file_arg(parser)  # --config FILE: read by parse_with_config
+    return parser
+
+
+def parse_args(argv=None):
+    return parse_with_config(build_parser(), argv)
 
 
 def held_out_prompts(path, tokenizer, count: int, max_prompt: int) -> list[tuple[list[int], int]]:
@@ -123,12 +129,12 @@ def main(argv=None):
     trainer.print(f"starting from {ckpt}: {describe(model)}")
 
     tokenizer = load_tokenizer(args.tokenizer)
-    if len(tokenizer) > config.vocab_size:
-        raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
+    check_vocabulary(tokenizer, config.vocab_size, args.tokenizer)
     seq_len = args.seq_len or config.max_seq_len
     data_files = args.data or [path for path in DEFAULT_DATA if path.exists()]
     if not data_files:
-        raise SystemExit(f"no SFT data: build {DEFAULT_DATA[0].name} with `python data_process.py sft`, or pass --data")
+        raise MiniMindError(f"no SFT data: build {DEFAULT_DATA[0].name} with `python data_process.py sft`, "
+                            f"or pass --data")
     verbose = trainer.is_main
     read = [SFTDataset(f, tokenizer, seq_len, strict=args.strict, verbose=verbose) for f in data_files]
     train_set = PackedChatDataset(read, seq_len) if args.pack else ConcatDataset(read)
@@ -164,4 +170,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

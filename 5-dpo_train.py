@@ -35,11 +35,12 @@ import math
 from pathlib import Path
 
 from data.datasets import DPODataset
-from engine.config_file import parse_with_config
+from engine.config_file import add_config_file_arg, parse_with_config
 from engine.dpo import DPOLoss
 from engine.trainer import TrainConfig, Trainer, add_train_args
-from model.checkpoint import previous_stage_weights, weights_path
+from model.checkpoint import check_vocabulary, previous_stage_weights, weights_path
 from model.cli import load_with_flags
+from model.errors import MiniMindError, run_main
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import add_lora_args, apply_lora, lora_settings_from_args, save_merged, trainable_summary
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
@@ -47,7 +48,7 @@ from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 ROOT = Path(__file__).resolve().parent
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     group = parser.add_argument_group("DPO")
@@ -66,7 +67,12 @@ def parse_args(argv=None):
     add_train_args(parser, learning_rate=None, batch_size=8, epochs=1, log_interval=10, eval_interval=100,
                    eval_batches=10, save_interval=200)
     parser._option_string_actions["--learning_rate"].help = "peak learning rate (default 5e-6; 5e-5 with --lora)"
-    args = parse_with_config(parser, argv)
+    add_config_file_arg(parser)  # --config FILE: read by parse_with_config
+    return parser
+
+
+def parse_args(argv=None):
+    args = parse_with_config(build_parser(), argv)
     if args.learning_rate is None:
         args.learning_rate = 5e-5 if args.lora else 5e-6
     return args
@@ -80,8 +86,8 @@ def check_start(trainer: Trainer, model, loss_fn: DPOLoss, dataset: DPODataset) 
     loss = metrics["loss"] - metrics.get("aux_loss", 0.0)  # the MoE balance loss is not part of DPO's
     trainer.print(f"step 0 | DPO loss {loss:.6f} (ln 2 = {math.log(2):.6f}) | logp_margin {metrics['logp_margin']:.3f}")
     if abs(loss - math.log(2)) > 1e-3:
-        raise SystemExit(f"the DPO loss before training is {loss:.6f}, not ln 2: the policy does not start from "
-                         f"the reference (check --ckpt)")
+        raise MiniMindError(f"the DPO loss before training is {loss:.6f}, not ln 2: the policy does not start from "
+                            f"the reference (check --ckpt)")
 
 
 def main(argv=None):
@@ -102,16 +108,15 @@ def main(argv=None):
     loss_fn = DPOLoss(reference, beta=args.beta)
 
     tokenizer = load_tokenizer(args.tokenizer)
-    if len(tokenizer) > config.vocab_size:
-        raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
+    check_vocabulary(tokenizer, config.vocab_size, args.tokenizer)
     seq_len = args.seq_len or config.max_seq_len
     verbose = trainer.is_main
     train_set = DPODataset(args.data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
     val_set = None
     if args.val_data.lower() != "none":
         if not Path(args.val_data).exists():
-            raise SystemExit(f"{args.val_data} not found: build it with `python data_process.py dpo`, "
-                             f"or pass --val_data none to train without held-out pairs")
+            raise MiniMindError(f"{args.val_data} not found: build it with `python data_process.py dpo`, "
+                                f"or pass --val_data none to train without held-out pairs")
         val_set = DPODataset(args.val_data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
 
     name = f"dpo_{config.tag()}"
@@ -134,4 +139,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

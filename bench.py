@@ -54,16 +54,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from engine.trainer import param_groups
+from engine.optim import param_groups
 from export.native import native_config
 from model.checkpoint import atomic_write, load_model
+from model.errors import MiniMindError, run_main
 from model.generate import generate
-from model.LMConfig import LMConfig
+from model.LMConfig import LMConfig, parse_bool
 from model.model import MiniMindForCausalLM
 from model.quantize import INT8_THREADS, quantize_int8
-from model.runtime import train_flops_per_token
+from model.runtime import matmul_flops, train_flops_per_token
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MD_START, MD_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -78,7 +78,7 @@ def reference_model(cfg: LMConfig) -> nn.Module:
     if not cfg.use_moe:
         return LlamaForCausalLM(native_config(cfg))
     if cfg.n_shared_experts > 1:
-        raise SystemExit("the Qwen2-MoE reference has one shared expert; use --n_shared_experts 0 or 1")
+        raise MiniMindError("the Qwen2-MoE reference has one shared expert; use --n_shared_experts 0 or 1")
     return Qwen2MoeForCausalLM(native_config(cfg))
 
 
@@ -94,22 +94,16 @@ def build_pair(preset: str, ckpt: str | None = None) -> dict[str, nn.Module]:
         with torch.no_grad():
             a, b = ours(x, labels=x).loss, ref(input_ids=x, labels=x).loss
         if abs(a - b) > 1e-3:
-            raise SystemExit(f"{preset}: MiniMind and the Llama reference disagree (loss {a:.5f} vs {b:.5f})")
+            raise MiniMindError(f"{preset}: MiniMind and the Llama reference disagree (loss {a:.5f} vs {b:.5f})")
     return {"ours": ours, "reference": ref}
 
 
 # ----------------------------------------------------------------------------- measurements
 
-def matmul_peak(dtype: torch.dtype, reps: int = 5) -> float:
-    """FLOP/s of the median of `reps` (2048 x 512) @ (512 x 1408) matmuls."""
-    x, w = torch.randn(2048, 512, dtype=dtype), torch.randn(1408, 512, dtype=dtype)
-    F.linear(x, w)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        F.linear(x, w)
-        times.append(time.perf_counter() - start)
-    return 2 * 2048 * 512 * 1408 / statistics.median(times)
+def matmul_peaks() -> dict[str, float]:
+    """FLOP/s per dtype of the median of 5 (2048 x 512) @ (512 x 1408) matmuls, small-T's FFN shape."""
+    return {name: matmul_flops(torch.device("cpu"), dtype, 2048, 512, 1408, reps=5, statistic=statistics.median)
+            for name, dtype in DTYPES.items()}
 
 
 def make_train_step(name: str, model: nn.Module, dtype: torch.dtype, compiled: bool, adamw: str = "fused"):
@@ -345,7 +339,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny + small-T, fp32 eager, 3 rounds (~2 min)")
     parser.add_argument("--presets", default=None, help="comma list, '' for none (default: tiny,small-T,moe; quick: tiny,small-T)")
@@ -364,12 +358,17 @@ def main():
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--heavy_presets", default="tiny",
                         help="presets that also run torch.compile, and bf16 where it is emulated (minutes each)")
-    parser.add_argument("--memory", default=None, help="true/false: peak-RSS runs at batch 8 x 512 (default: not in quick)")
+    parser.add_argument("--memory", type=parse_bool, default=None,
+                        help="true/false: peak-RSS runs at batch 8 x 512 (default: not in quick)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per available core)")
     parser.add_argument("--json", default="out/bench.json")
     parser.add_argument("--md", default="PERF.md", help="file whose bench block is replaced with the tables ('' to skip)")
     parser.add_argument("--_rss_child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     if args._rss_child:
@@ -381,10 +380,10 @@ def main():
     modes = (args.modes or ("eager" if quick else "eager,compile")).split(",")
     rounds = args.rounds or (3 if quick else 5)
     heavy = (args.heavy_presets or "").split(",")
-    memory = (args.memory or ("false" if quick else "true")).lower() in ("1", "true", "yes")
+    memory = args.memory if args.memory is not None else not quick
     for name, values, allowed in (("dtypes", dtypes, DTYPES), ("modes", modes, ("eager", "compile"))):
         if bad := [v for v in values if v not in allowed]:
-            raise SystemExit(f"--{name}: unknown {bad}; choose from {', '.join(allowed)}")
+            raise MiniMindError(f"--{name}: unknown {bad}; choose from {', '.join(allowed)}")
     log = lambda text: print(text, flush=True)
     started = time.perf_counter()
 
@@ -395,7 +394,7 @@ def main():
                           "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "optimizer": args.optimizer,
                           "load_avg": os.getloadavg()},
               "peaks": {}, "rows": [], "memory": []}
-    result["peaks"]["start"] = {name: matmul_peak(dtype) for name, dtype in DTYPES.items()}
+    result["peaks"]["start"] = matmul_peaks()
     log(f"matmul peak at start: fp32 {result['peaks']['start']['fp32'] / 1e9:.1f}, "
         f"bf16 {result['peaks']['start']['bf16'] / 1e9:.1f} GFLOP/s")
     # Without bf16 instructions (AVX-512 BF16 / AMX) bf16 matmuls are emulated and several times slower
@@ -423,7 +422,7 @@ def main():
             result["memory"].append(peak_rss_of_training(contender, "small-T", 8, 512, args.optimizer))
             log(f"  memory {contender}: peak RSS {result['memory'][-1]['peak_rss_mib']:.0f} MiB")
 
-    result["peaks"]["end"] = {name: matmul_peak(dtype) for name, dtype in DTYPES.items()}
+    result["peaks"]["end"] = matmul_peaks()
     result["peak_flops"] = {name: max(result["peaks"][w][name] for w in ("start", "end")) for name in DTYPES}
     result["seconds"] = time.perf_counter() - started
     log(f"matmul peak at end: fp32 {result['peaks']['end']['fp32'] / 1e9:.1f}, "
@@ -438,4 +437,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

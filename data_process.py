@@ -26,6 +26,8 @@ Files (all under dataset/, git-ignored; flags move each of them):
     dataset/sft_single.jsonl          {"conversations": [{"role": "user"|"assistant"|"system", "content"}]}, one reply
     dataset/sft_multi.jsonl           same format, two or more assistant replies
     dataset/sft_val.jsonl             held-out conversations (single and multi)
+    dataset/sft_tools.jsonl           {"tools": [calculator], "conversations"}: word problems solved with calls, and
+                                      ordinary conversations that offer the calculator and do not call it
     dataset/lora_identity.jsonl       self-introduction conversations (name/author from --bot_name/--bot_author)
     dataset/lora_medical.jsonl        patient/doctor conversations, a domain for LoRA
     dataset/dpo.jsonl                 {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
@@ -39,30 +41,32 @@ lines), `sft --jsonl sft_mini_512.jsonl` ({"conversations"} with roles), `sft --
 
 import argparse
 import sys
+from pathlib import Path
 
 from data import DATASET
 from data.dpo import build_dpo
 from data.fetch import fetch, write_manifest
 from data.pretrain import PRETRAIN_SOURCES, build_pretrain
 from data.sft import SFT_FILES, build_sft
+from data.tools import build_tools
+from model.errors import run_main
 from model.tokenizer import DEFAULT_TOKENIZER_DIR
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+def command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand with the flags every data step takes: --raw, --strict, --show_skips."""
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.add_argument("--raw", default=str(DATASET / "raw"), help="folder of fetched source files")
+    sub.add_argument(
+        "--strict", action="store_true", help="stop at the first malformed record instead of skipping it"
+    )
+    sub.add_argument("--show_skips", type=int, default=3, metavar="N",
+                     help="print the first N skipped records of each reason with their file:line (default 3)")
+    return sub
 
-    def command(name, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--raw", default=str(DATASET / "raw"), help="folder of fetched source files")
-        sub.add_argument(
-            "--strict", action="store_true", help="stop at the first malformed record instead of skipping it"
-        )
-        sub.add_argument("--show_skips", type=int, default=3, metavar="N",
-                         help="print the first N skipped records of each reason with their file:line (default 3)")
-        return sub
 
-    sub = command("fetch", "download the pinned source files, verifying each sha256")
+def add_fetch(commands) -> None:
+    sub = command(commands, "fetch", "download the pinned source files, verifying each sha256")
     sub.add_argument(
         "--set", choices=["demo", "full"], default="demo", help="demo: minutes on a CPU; full: all sources"
     )
@@ -75,11 +79,15 @@ def main(argv=None) -> None:
     sub.add_argument("--workers", type=int, default=8, help="parallel downloads")
     sub.set_defaults(run=lambda a: fetch(a.raw, a.set, a.manifest, a.mirror, a.workers, a.strict))
 
+
+def add_manifest(commands) -> None:
     sub = commands.add_parser("manifest", help="rebuild dataset/sources_full.tsv.gz from a sources.tsv listing")
     sub.add_argument("--sources", required=True, help="a sources.tsv (local_path, url, sha256, bytes)")
     sub.set_defaults(run=lambda a: write_manifest(a.sources))
 
-    sub = command("pretrain", "clean, deduplicate and tokenize the pretraining text into uint16 shards")
+
+def add_pretrain(commands) -> None:
+    sub = command(commands, "pretrain", "clean, deduplicate and tokenize the pretraining text into uint16 shards")
     sub.add_argument("--out", default=str(DATASET / "pretrain"))
     sub.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"text"} jsonl files (pretrain_hq, seq-monkey)')
@@ -98,7 +106,9 @@ def main(argv=None) -> None:
         a.shard_tokens, a.batch_docs, a.strict, a.show_skips,
     ))
 
-    sub = command("sft", "build chat jsonl (single-turn, multi-turn and held-out files)")
+
+def add_sft(commands) -> None:
+    sub = command(commands, "sft", "build chat jsonl (single-turn, multi-turn and held-out files)")
     sub.add_argument("--out", default=str(DATASET), help="folder for " + ", ".join(SFT_FILES.values()))
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"conversations": [{role, content}]} files')
     sub.add_argument("--sharegpt", nargs="*", default=[], help='extra {"conversations": [{from, value}]} files')
@@ -115,7 +125,22 @@ def main(argv=None) -> None:
         a.strict, a.show_skips,
     ))
 
-    sub = command("dpo", "build preference pairs jsonl (prompt, chosen, rejected as messages)")
+
+def add_tools(commands) -> None:
+    sub = command(commands, "tools", "build tool-use conversations: word problems solved with the calculator, "
+                                     "and ordinary conversations that offer it without calling it")
+    sub.add_argument("--out", default=str(DATASET), help="folder for sft_tools.jsonl")
+    sub.add_argument("--chat", default=None, help="SFT conversations to offer the calculator in "
+                                                  "(default OUT/sft_single.jsonl)")
+    sub.add_argument("--problems", type=int, default=20_000, help="word problems (training phrasing families)")
+    sub.add_argument("--ordinary", type=int, default=5_000, help="ordinary conversations with the tool offered")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.set_defaults(run=lambda a: build_tools(a.out, a.chat or Path(a.out) / "sft_single.jsonl", a.problems,
+                                               a.ordinary, a.seed))
+
+
+def add_dpo(commands) -> None:
+    sub = command(commands, "dpo", "build preference pairs jsonl (prompt, chosen, rejected as messages)")
     sub.add_argument("--out", default=str(DATASET), help="folder for dpo.jsonl and dpo_val.jsonl")
     sub.add_argument("--jsonl", nargs="*", default=[], help='extra {"chosen": [...], "rejected": [...]} files')
     sub.add_argument(
@@ -127,9 +152,20 @@ def main(argv=None) -> None:
         a.raw, a.out, a.jsonl, a.ceval, a.max_chars, a.val_fraction, a.strict, a.show_skips,
     ))
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per step, each carrying the function that runs it (`run`)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_fetch, add_manifest, add_pretrain, add_sft, add_tools, add_dpo):
+        add(commands)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     args.run(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -50,7 +50,8 @@ from tqdm import tqdm
 from model.chat import ContextTooLong, build_prompt
 from model.checkpoint import atomic_write
 from model.cli import ROOT, add_model_args, load_from_args
-from model.generate import context_length
+from model.errors import MiniMindError, run_main
+from model.generate import context_length, left_pad
 from model.jsonfile import read_json_object
 from model.tokenizer import PAD_ID
 
@@ -60,7 +61,7 @@ DEFAULT_DATA_DIRS = (ROOT / "dataset" / "raw" / "ceval", ROOT.parent / "shared" 
 HEADER = "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。"
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
@@ -72,6 +73,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=0, help="score only the first N questions of each subject (0 = all)")
     parser.add_argument("--out", default=None, help="output folder (default out/ceval/{weight}_{tag})")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.shots < 0 or args.batch_size < 1 or args.limit < 0:
         parser.error("--shots and --limit must be >= 0, --batch_size >= 1")
@@ -103,20 +109,20 @@ def find_data_dir(arg) -> Path:
     if arg:
         path = Path(arg)
         if not path.is_dir():
-            raise SystemExit(f"--data_dir {path} is not a folder")
+            raise MiniMindError(f"--data_dir {path} is not a folder")
         return path
     for path in DEFAULT_DATA_DIRS:
         if path.is_dir():
             return path
     tried = " or ".join(str(p) for p in DEFAULT_DATA_DIRS)
-    raise SystemExit(f"no C-Eval data at {tried}: run `python data_process.py fetch`, or pass --data_dir")
+    raise MiniMindError(f"no C-Eval data at {tried}: run `python data_process.py fetch`, or pass --data_dir")
 
 
 def subject_files(data_dir: Path, split: str) -> dict[str, Path]:
     folder = data_dir / split
     files = sorted(folder.glob("*.csv"))
     if not files:
-        raise SystemExit(f"{folder}: no CSV files (expected {split}/{{subject}}_{split}.csv)")
+        raise MiniMindError(f"{folder}: no CSV files (expected {split}/{{subject}}_{split}.csv)")
     return {f.stem.removesuffix(f"_{split}"): f for f in files}
 
 
@@ -125,11 +131,13 @@ def read_questions(path: Path, subject: str) -> tuple[list[Question], int]:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as error:
-        raise SystemExit(f"{path}: not a readable UTF-8 CSV ({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})")
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise MiniMindError(f"{path}: not a readable UTF-8 CSV ({detail})")
     columns = {str(c).strip().lower(): c for c in frame.columns}
     missing = [c for c in ("question", "a", "b", "c", "d", "answer") if c not in columns]
     if missing:
-        raise SystemExit(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})")
+        raise MiniMindError(f"{path}: missing column(s) {', '.join(missing)} "
+                            f"(found {', '.join(map(str, frame.columns))})")
     records = frame.rename(columns={original: name for name, original in columns.items()}).to_dict("records")
     questions, skipped = [], 0
     for number, row in enumerate(records, start=1):
@@ -156,7 +164,7 @@ def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=N
     if only:
         unknown = sorted(set(only) - set(files))
         if unknown:
-            raise SystemExit(f"--subjects: {', '.join(unknown)} not in {data_dir / split}")
+            raise MiniMindError(f"--subjects: {', '.join(unknown)} not in {data_dir / split}")
         files = {name: files[name] for name in only}
     dev_files = subject_files(data_dir, dev_split) if shots else {}
     subjects = []
@@ -164,13 +172,14 @@ def load_subjects(data_dir: Path, split: str, dev_split: str, shots: int, only=N
         questions, skipped = read_questions(path, name)
         entry = mapping.get(name, [name, name.replace("_", " "), "Other"])
         if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(x, str) for x in entry)):
-            raise SystemExit(f"{mapping_file}: {name!r} must map to [English name, Chinese name, category], "
-                             f"got {reprlib.repr(entry)}")
+            raise MiniMindError(f"{mapping_file}: {name!r} must map to [English name, Chinese name, category], "
+                                f"got {reprlib.repr(entry)}")
         _, title, category = entry
         subject = Subject(name, title, category, questions, skipped=skipped)
         if shots:
             if name not in dev_files:
-                raise SystemExit(f"--shots {shots}: no {dev_split} file for subject {name} in {data_dir / dev_split}")
+                raise MiniMindError(f"--shots {shots}: no {dev_split} file for subject {name} "
+                                    f"in {data_dir / dev_split}")
             subject.shots = read_questions(dev_files[name], name)[0][:shots]
         subjects.append(subject)
     return subjects
@@ -208,7 +217,7 @@ def letter_token_ids(tokenizer) -> dict[str, list[int]]:
             groups[text[0]].append(token_id)
     empty = [letter for letter in LETTERS if not groups[letter]]
     if empty:
-        raise SystemExit(f"the tokenizer has no token that reads as the answer letter(s) {', '.join(empty)}")
+        raise MiniMindError(f"the tokenizer has no token that reads as the answer letter(s) {', '.join(empty)}")
     return groups
 
 
@@ -216,13 +225,8 @@ def letter_token_ids(tokenizer) -> dict[str, list[int]]:
 def letter_probabilities(model, batch: list[list[int]], groups: dict[str, list[int]]) -> torch.Tensor:
     """(len(batch), 4) probabilities of A/B/C/D as the next token after each prompt.
     Prompts are left-padded and masked, so the last position is the next-token position of every row."""
-    width = max(len(ids) for ids in batch)
-    tokens = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros_like(tokens)
-    for row, ids in enumerate(batch):
-        tokens[row, width - len(ids):] = torch.tensor(ids)
-        mask[row, width - len(ids):] = 1
-    logits = model(tokens.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=1).logits[:, -1]
+    tokens, mask = left_pad(batch, PAD_ID, model.device)
+    logits = model(tokens, attention_mask=mask, logits_to_keep=1).logits[:, -1]
     probs = logits.float().softmax(dim=-1).cpu()
     return torch.stack([probs[:, groups[letter]].sum(dim=-1) for letter in LETTERS], dim=-1)
 
@@ -328,4 +332,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,10 +11,12 @@
     python export_model.py --weight lora_medical --format gguf --keep_adapter    # base GGUF + LoRA adapter GGUF
 
 Every folder holds config.json, model.safetensors, generation_config.json (the chat's sampling
-defaults, so transformers' generate and pipeline sample as our chat does instead of decoding greedily)
-and the tokenizer with its chat template, is written atomically and readable by everyone, and is
-checked after writing: it is loaded back and its logits are compared with the checkpoint's, with the
-weights rounded to --dtype_out the same way (--no_verify skips this). The conversion runs on the CPU in
+defaults, so transformers' generate and pipeline sample as our chat does instead of decoding greedily),
+the tokenizer with its chat template, and README.md, a model card whose YAML block the Hugging Face Hub
+reads (export/card.py; with the run's scoreboard when out/score_{weight}_{tag}.json sits beside the
+checkpoint). It is written atomically and readable by everyone, and checked after writing: it is
+loaded back and its logits are compared with the checkpoint's, with the weights rounded to --dtype_out
+the same way (--no_verify skips this). The conversion runs on the CPU in
 float32 whatever --device/--dtype say. The tokenizer files name PreTrainedTokenizerFast and the native
 config.json carries the legacy rope_theta/rope_scaling keys beside rope_parameters: the names and keys
 transformers 4.x reads (the folders are tested with 5.x).
@@ -77,13 +79,18 @@ from export.gguf import (
     write_lora_gguf,
     write_modelfile,
 )
+from data.fetch import source_repositories
+from export.card import model_card
 from export.native import native_config, rope_parameters
 from model.checkpoint import atomic_write_folder
 from model.cli import add_model_args, load_from_args, load_with_flags, merge_lora, resolve_checkpoint
+from model.errors import MiniMindError, run_main
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length
+from model.jsonfile import read_json_object
+from model.LMConfig import describe
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft", quantize=False)
@@ -99,7 +106,11 @@ def parse_args(argv=None):
     parser.add_argument("--keep_adapter", action="store_true",
                         help="with --weight lora_NAME: export the base unmerged plus the adapter (peft or GGUF LoRA)")
     parser.add_argument("--no_verify", action="store_true", help="skip loading the folder back to compare logits")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- native configs and weights
@@ -175,6 +186,19 @@ def portable_files(folder: Path, cfg, native: bool) -> None:
                      eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id).save_pretrained(str(folder))
 
 
+def scoreboard_beside(path: Path, stem: str) -> dict | None:
+    """The run's scoreboard of this export, score_{stem}.json beside the checkpoint (where the quickstart's
+    `score.py --json` writes it), or None. One that cannot be read is named and left out of the card."""
+    board_file = path.parent / f"score_{stem}.json"
+    if not board_file.is_file():
+        return None
+    try:
+        return read_json_object(board_file)
+    except MiniMindError as error:
+        print(f"warning: {error}: the model card goes without a scoreboard")
+        return None
+
+
 def write_adapter(adapter: Path, into: Path, base: Path, tokenizer) -> None:
     """Copy a peft adapter into `into`, its config naming the exported base folder `base` (an absolute
     path, so that AutoPeftModelForCausalLM finds it from anywhere on this machine). The tokenizer goes
@@ -191,12 +215,14 @@ def write_adapter(adapter: Path, into: Path, base: Path, tokenizer) -> None:
 
 # ----------------------------------------------------------------------------- writing and checking
 
-def save_folder(model, tokenizer, out: Path, dtype: torch.dtype, native: bool = False, adapter: Path = None) -> None:
+def save_folder(model, tokenizer, out: Path, dtype: torch.dtype, native: bool = False, adapter: Path = None,
+                card: str = None) -> None:
     """save_pretrained into a temporary sibling, then rename it over `out`: never a half-written folder.
     Only an earlier export (a folder with config.json) is replaced, never an unrelated folder.
-    With `adapter`, that peft adapter is written to out/adapter/, naming `out` as its base."""
+    With `adapter`, that peft adapter is written to out/adapter/, naming `out` as its base; `card` is
+    written as out/README.md (export/card.py)."""
     if out.exists() and not (out / "config.json").is_file() and (out.is_file() or any(out.iterdir())):
-        raise SystemExit(f"--out {out} exists and is not an exported model folder: choose a new or empty folder")
+        raise MiniMindError(f"--out {out} exists and is not an exported model folder: choose a new or empty folder")
     if dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)  # the caller's model stays in full precision
 
@@ -208,6 +234,8 @@ def save_folder(model, tokenizer, out: Path, dtype: torch.dtype, native: bool = 
             write_adapter(adapter, tmp / "adapter", out, tokenizer)
             portable_files(tmp / "adapter", source_config(model), native=False)
             (tmp / "adapter" / "generation_config.json").unlink()  # generation settings belong to the base
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         share_readable(tmp)  # transformers and peft write their weights 0600
 
     atomic_write_folder(out, write)
@@ -253,14 +281,14 @@ def check(difference: float, what: Path, tolerance: float = 1e-4) -> None:
     verdict = "OK" if difference <= tolerance else "MISMATCH"
     print(f"reloaded with transformers: max |logit difference| {difference:.2e} ({verdict}, tolerance {tolerance:g})")
     if difference > tolerance:
-        raise SystemExit(f"{what}: the exported model does not reproduce the checkpoint's logits")
+        raise MiniMindError(f"{what}: the exported model does not reproduce the checkpoint's logits")
 
 
 def export_gguf(args, model, base, adapter, tokenizer, name: str) -> Path:
     """--format gguf: the model (or, with --keep_adapter, the base and a LoRA adapter GGUF beside it)."""
     out = Path(args.out) if args.out else Path(args.out_dir) / "gguf" / f"{name}-{args.outtype}.gguf"
     if out.is_dir():
-        raise SystemExit(f"--out {out} is a folder: with --format gguf it names the .gguf file to write")
+        raise MiniMindError(f"--out {out} is a folder: with --format gguf it names the .gguf file to write")
     written = write_gguf(base if base is not None else model, tokenizer, out, args.outtype, name=f"MiniMind {name}")
     print(f"exported GGUF ({args.outtype}) to {written}")
     lora = None
@@ -288,14 +316,14 @@ def main(argv=None) -> Path:
     args.device, args.dtype = "cpu", "float32"  # export converts weights on the CPU, in full precision
     path, adapter = resolve_checkpoint(args)
     if args.keep_adapter and adapter is None:
-        raise SystemExit("--keep_adapter exports a LoRA adapter beside its base: use it with --weight lora_NAME")
+        raise MiniMindError("--keep_adapter exports a LoRA adapter beside its base: use it with --weight lora_NAME")
     model, tokenizer = load_from_args(args)  # with a LoRA adapter: merged
     base = None
     if args.keep_adapter:
         base = load_with_flags(path, args, say=lambda _: None)  # ignored flags were named by load_from_args
         if args.format == "native" and base.config.use_moe:
-            raise SystemExit("--keep_adapter with --format native: Qwen2MoeForCausalLM fuses the experts' "
-                             "projections, so an adapter on them cannot be applied; use --format remote")
+            raise MiniMindError("--keep_adapter with --format native: Qwen2MoeForCausalLM fuses the experts' "
+                                "projections, so an adapter on them cannot be applied; use --format remote")
     stem = path.stem if args.ckpt else f"{args.weight}_{model.config.tag()}"
     if args.format == "gguf":
         return export_gguf(args, model, base, adapter, tokenizer, stem)
@@ -308,8 +336,10 @@ def main(argv=None) -> Path:
         native, suffix = None, ""
     out = Path(args.out) if args.out else Path(args.out_dir) / "hf" / f"{stem}{suffix}"
     dtype = getattr(torch, args.dtype_out)
+    card = model_card(stem, source.config, remote=native is None, datasets=source_repositories(),
+                      board=scoreboard_beside(path, stem), parameters=describe(source))
     save_folder(native if native is not None else source, tokenizer, out, dtype, native=native is not None,
-                adapter=adapter if base is not None else None)
+                adapter=adapter if base is not None else None, card=card)
     kind = type(native).__name__ if native is not None else "MiniMindForCausalLM (trust_remote_code=True)"
     print(f"exported {kind} to {out}/" + (f", the LoRA adapter to {out}/adapter/" if base is not None else ""))
     if not args.no_verify:
@@ -328,4 +358,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from model.checkpoint import atomic_write
+from model.errors import run_main
 from model.LMConfig import LMConfig
 from model.runtime import pick_dtype
 
@@ -183,4 +184,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

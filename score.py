@@ -14,17 +14,24 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from data.datasets import MiniMindError
 from evaluation.scoreboard import first_question, judge_data, read_conversations, score
+from evaluation.tools import tool_board
 from model.checkpoint import atomic_write
-from model.cli import DEMO_QUESTIONS, ROOT, add_model_args, is_pretrain_checkpoint, load_from_args
+from model.cli import (
+    DEMO_QUESTIONS,
+    ROOT,
+    add_model_args,
+    is_pretrain_checkpoint,
+    load_from_args,
+)
+from model.errors import MiniMindError, run_main
+from tooluse.problems import generate
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     add_model_args(parser, default_weight="full_sft")
@@ -36,11 +43,24 @@ def parse_args(argv=None):
     parser.add_argument("--prompt", default="auto", choices=["auto", "chat", "raw"],
                         help="chat: the question in the chat template; raw: the bare question to continue; "
                              "auto: raw for a pretrain checkpoint, chat otherwise (default %(default)s)")
+    parser.add_argument("--tool_problems", type=int, default=0,
+                        help="also score N held-out word problems with the calculator (and without it), and the "
+                             "false-call rate on the held-out questions asked with it offered (0 = skip)")
+    parser.add_argument("--tool_seed", type=int, default=1, help="seed of the held-out word problems")
+    parser.add_argument("--only_tools", action="store_true",
+                        help="skip the chat scoreboard (bits per character, on topic): only the tool figures")
     parser.add_argument("--json", default=None, help="also write the board, answers included, to this file")
     parser.add_argument("--show", type=int, default=0, help="print the first N answers of each question set")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.limit < 0 or args.max_new_tokens < 1 or args.show < 0:
-        parser.error("need --limit >= 0, --max_new_tokens >= 1 and --show >= 0")
+    if args.limit < 0 or args.max_new_tokens < 1 or args.show < 0 or args.tool_problems < 0:
+        parser.error("need --limit >= 0, --max_new_tokens >= 1, --show >= 0 and --tool_problems >= 0")
+    if args.only_tools and not args.tool_problems:
+        parser.error("--only_tools needs --tool_problems N")
     return args
 
 
@@ -59,31 +79,51 @@ def print_board(board: dict, name: str) -> None:
           f"echo {100 * data['echo']:4.1f}% (the held-out replies themselves, judged by the same rule)")
 
 
+def print_tool_board(tools: dict, name: str, show: int) -> None:
+    def figure(s):
+        return f"{100 * s['share']:5.1f}% ({s['right']} of {s['of']})"
+    print(f"{name}: held-out word problems right with the calculator {figure(tools['with_tools'])}, "
+          f"without it {figure(tools['without_tools'])}; called it on {figure(tools['called'])}")
+    print("  by kind: " + ", ".join(f"{kind} {figure(s)}" for kind, s in tools["by_kind"].items()))
+    print(f"  ordinary questions with the calculator offered that called it: {figure(tools['false_calls'])}")
+    for item in tools["problems"][:show]:
+        print(f"  👶 {item['question']}\n  🔧 {item['call']}\n  🤖 {item['final']}  "
+              f"[{'right' if item['right'] else 'wrong'}: {item['answer']:g}]")
+
+
 def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load_from_args(args)
     raw_text = args.prompt == "raw" or (args.prompt == "auto" and is_pretrain_checkpoint(args))
     val_path = Path(args.val_data)
     if not val_path.exists():
-        raise SystemExit(f"--val_data {val_path} not found: build it with `python data_process.py sft`")
+        raise MiniMindError(f"--val_data {val_path} not found: build it with `python data_process.py sft`")
     conversations, skips = read_conversations(val_path)
     if skips.total():
         print(f"{val_path}: skipped {skips.total()} lines ({skips.summary()})")
     if not conversations:
-        raise SystemExit(f"--val_data {val_path} holds no usable conversations")
+        raise MiniMindError(f"--val_data {val_path} holds no usable conversations")
     asked = conversations[:args.limit] if args.limit else conversations
     question_sets = {"held_out": [first_question(m) for m in asked], "demo": list(DEMO_QUESTIONS)}
-    start = time.perf_counter()
-    board = score(model, tokenizer, conversations, question_sets, raw_text, args.max_new_tokens, args.seed)
     name = args.ckpt or args.weight
-    board["held_out_data"] = judge_data(asked)  # the rule's ceiling on the questions asked
+    start = time.perf_counter()
+    board = {}
+    if not args.only_tools:
+        board = score(model, tokenizer, conversations, question_sets, raw_text, args.max_new_tokens, args.seed)
+        board["held_out_data"] = judge_data(asked)  # the rule's ceiling on the questions asked
+    if args.tool_problems:
+        problems = generate(args.tool_problems, args.tool_seed, "held_out")
+        board["tools"] = tool_board(model, tokenizer, problems, question_sets["held_out"])
     board.update(checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
                  val_data=str(val_path), seconds=round(time.perf_counter() - start, 1))
-    print_board(board, name)
-    for kind in ("held_out", "demo"):
-        for item in board["answers"][kind][:args.show]:
-            word = f" ({item['topic_word']})" if item["topic_word"] else ""
-            print(f"  👶 {item['question']}\n  🤖 {item['answer']}\n  [{item['verdict']}{word}]")
+    if not args.only_tools:
+        print_board(board, name)
+        for kind in ("held_out", "demo"):
+            for item in board["answers"][kind][:args.show]:
+                word = f" ({item['topic_word']})" if item["topic_word"] else ""
+                print(f"  👶 {item['question']}\n  🤖 {item['answer']}\n  [{item['verdict']}{word}]")
+    if args.tool_problems:
+        print_tool_board(board["tools"], name, args.show)
     if args.json:
         text = json.dumps(board, ensure_ascii=False, indent=1)
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -91,7 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except MiniMindError as error:
-        sys.exit(f"error: {error}")
+    run_main(main)

@@ -24,6 +24,7 @@ from pathlib import Path
 from data import DATASET
 from data.clean import content_hash, is_val
 from data.pretrain import PRETRAIN_SOURCES, pretrain_documents
+from model.errors import run_main
 from model.tokenizer import (
     BOS_ID,
     DEFAULT_TOKENIZER_DIR,
@@ -252,4 +253,4 @@ def main(argv=None) -> Evaluation | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

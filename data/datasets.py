@@ -34,11 +34,11 @@ from torch.utils.data import Dataset, Sampler
 
 from model.errors import MiniMindError, first_line
 from model.jsonfile import parse_json, read_json_object
+from model.model import IGNORE  # the target that counts nothing (-100), re-exported for callers
 from model.chat import encode_messages, turn_header
 from model.tokenizer import EOS_ID, PAD_ID
 from model.toolcall import plain_messages
 
-IGNORE = -100  # target value that cross_entropy(ignore_index=-100) skips
 ROLES = ("system", "user", "assistant", "tool")
 
 

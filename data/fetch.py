@@ -50,6 +50,17 @@ def read_manifest(path) -> list[Source]:
     return sources
 
 
+def source_repositories(manifest=None) -> list[str]:
+    """owner/name of every GitHub repository the training data comes from (C-Eval, which is only ever
+    evaluated on, left out), sorted: what an exported model card lists as its datasets."""
+    repos = set()
+    for source in read_manifest(manifest or MANIFEST):
+        parts = source.url.split("/")
+        if not source.local_path.startswith("ceval/") and len(parts) > 4 and parts[2].endswith("githubusercontent.com"):
+            repos.add(f"{parts[3]}/{parts[4]}")
+    return sorted(repos, key=str.lower)
+
+
 def sha256_file(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -19,20 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from model.errors import MiniMindError
-
-IGNORE = -100
+from model.model import lm_loss
 
 
 def sequence_logps(model, x: torch.Tensor, y: torch.Tensor):
-    """Sum of log p(y[i] | x[:i+1]) over the positions where y != -100, per row; and the MoE balance loss.
+    """Sum of log p(y[i] | x[:i+1]) over the positions where y is not IGNORE, per row; and the MoE balance loss.
 
     Rows are right-padded, so no attention mask is needed: under causal attention a real token never
     sees the padding that follows it, and the plain causal path is the fastest one.
     """
     out = model(input_ids=x)
-    # cross_entropy gives -log p per token and exactly 0 where the target is ignored.
-    token_logps = -F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="none")
-    return token_logps.view_as(y).sum(dim=-1), out.aux_loss
+    # The language-model loss per position is -log p of the target, and exactly 0 where it is IGNORE.
+    token_logps = -lm_loss(out.logits, y, reduction="none")
+    return token_logps.sum(dim=-1), out.aux_loss
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):

@@ -3,8 +3,10 @@
 A stage script is a recipe: it builds a model, a dataset, a collate function and a loss function;
 the engine runs the loop. `Trainer.fit` below is that loop, read top to bottom: set the learning rate,
 run the micro-steps (forward, backward), clip, step the optimizers, then log, validate, save. What
-surrounds it lives in small modules: model/runtime.py (device, precision, FLOPs), engine/runstate.py (the
-run's position and the resume file), engine/runlog.py (log lines, metrics file, loss curves).
+surrounds it lives in small modules: engine/settings.py (TrainConfig, every setting described once, and
+its flags), engine/optim.py (parameter groups, AdamW and Muon, the learning-rate schedule), model/runtime.py
+(device, precision, FLOPs), engine/runstate.py (the run's position and the resume file), engine/runlog.py
+(log lines, metrics file, loss curves).
 
     from engine.trainer import TrainConfig, Trainer, add_train_args
 
@@ -40,14 +42,13 @@ Datasets are map-style; their order comes from `EpochSampler` (a permutation per
 rank r taking every world_size-th index), so a global batch is the same set of samples whatever
 the number of processes, and a run resumes at the exact sample where it stopped.
 """
-import argparse
 import math
 import os
 import random
 import signal
 import tempfile
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,199 +58,13 @@ import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader
 
 from data.datasets import EpochSampler
-from engine.muon import Muon, split_for_muon
+from engine.optim import build_optimizers, describe_optimizer, lr_at, set_learning_rate
 from engine.runlog import MetricWindow, RunLog
 from engine.runstate import RunState, StopFlag, read_resume, rng_state, set_rng_state, write_resume
+from engine.settings import TrainConfig, add_train_args  # noqa: F401  (add_train_args: scripts import it from here)
 from model.checkpoint import save_weights
 from model.errors import MiniMindError
 from model.runtime import DeviceError, FlopsPerToken, dtype_name, peak_flops, pick_device, pick_dtype
-
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "out"
-    # length of the run: max_steps wins over epochs; stop_step ends this invocation early (the
-    # schedule still follows the full run), e.g. to split a run across time-limited sessions
-    epochs: int = 1
-    max_steps: int = 0
-    stop_step: int = 0
-    # batch: batch_size rows per process per micro-step; one optimizer step sees
-    # batch_size * accumulation_steps * world_size rows
-    batch_size: int = 32
-    accumulation_steps: int = 1
-    # AdamW (optionally with Muon for the weight matrices), linear warmup from 0, then cosine down to
-    # min_lr, or warmup-stable-decay: the peak until the last decay_fraction of the run, then linear to min_lr
-    optimizer: str = "adamw"
-    learning_rate: float = 5e-4
-    muon_lr: float = 0.02
-    schedule: str = "cosine"
-    decay_fraction: float = 0.4
-    min_lr: float = None  # None: learning_rate / 10
-    warmup_steps: int = None  # None: 2% of the run
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    # runtime
-    device: str = "auto"  # auto: cuda, then mps, then cpu
-    dtype: str = "auto"  # auto: bf16 where it is supported (and, on a CPU, measured faster), else fp32
-    compile: bool = False
-    threads: int = 0  # CPU threads per process; 0: the available cores divided among local processes
-    num_workers: int = 0  # DataLoader worker processes
-    seed: int = 1337
-    # logging, validation, checkpoints (intervals in optimizer steps; 0 disables)
-    log_interval: int = 10
-    eval_interval: int = 200
-    eval_batches: int = 20  # 0: the whole validation set
-    save_interval: int = 500
-    resume: bool = False
-    report_to: str = "none"  # none, tensorboard or wandb (when installed)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-
-    def __post_init__(self):
-        positive = ("epochs", "batch_size", "accumulation_steps", "learning_rate")
-        non_negative = ("max_steps", "stop_step", "weight_decay", "grad_clip", "threads", "num_workers", "log_interval",
-                        "eval_interval", "eval_batches", "save_interval", "min_lr", "warmup_steps")
-        for name in positive + non_negative:
-            value = getattr(self, name)
-            if value is not None and (value <= 0 if name in positive else value < 0):
-                raise MiniMindError(f"--{name} must be {'positive' if name in positive else 'at least 0'}, got {value}")
-        if self.optimizer not in ("adamw", "muon") or self.schedule not in ("cosine", "wsd"):
-            raise MiniMindError(f"--optimizer is adamw or muon and --schedule cosine or wsd, got {self.optimizer}, "
-                             f"{self.schedule}")
-        if not (0 < self.muon_lr and 0 < self.decay_fraction <= 1):
-            raise MiniMindError("need --muon_lr > 0 and 0 < --decay_fraction <= 1")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise MiniMindError(f"AdamW betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
-
-
-_HELP = {
-    "out_dir": "folder for weights, resume checkpoints and loss curves",
-    "epochs": "passes over the training data (unless --max_steps is set)",
-    "max_steps": "optimizer steps in the whole run; 0: from --epochs",
-    "stop_step": "end this invocation after this step with a resume checkpoint; continue with --resume",
-    "batch_size": "rows per process per micro-step",
-    "accumulation_steps": "micro-steps per optimizer step",
-    "optimizer": "adamw, or muon: Muon for the weight matrices, AdamW for embeddings and norms",
-    "learning_rate": "peak learning rate (AdamW)",
-    "muon_lr": "peak learning rate of Muon's matrices (with --optimizer muon)",
-    "schedule": "cosine, or wsd: warmup, stable at the peak, linear decay over the last --decay_fraction",
-    "decay_fraction": "share of the run spent decaying with --schedule wsd",
-    "min_lr": "final learning rate of the cosine (default learning_rate / 10)",
-    "warmup_steps": "linear warmup steps (default 2%% of the run)",
-    "weight_decay": "AdamW decoupled weight decay (never on norms, biases, embeddings)",
-    "grad_clip": "clip the global gradient norm to this; 0 disables",
-    "device": "auto, cpu, cuda, cuda:1, mps",
-    "dtype": "auto, float32, bfloat16, float16 (autocast; master weights stay float32)",
-    "compile": "torch.compile the model (true/false)",
-    "threads": "CPU threads per process; 0: cores / local processes",
-    "num_workers": "DataLoader worker processes",
-    "log_interval": "steps between log lines",
-    "eval_interval": "steps between validation passes; 0: only at the end",
-    "eval_batches": "batches per process in a validation pass; 0: the whole validation set",
-    "save_interval": "steps between checkpoints; 0: only at the end",
-    "resume": "continue from out/{stage}_{tag}_resume.pth (true/false)",
-    "report_to": "also log to tensorboard or wandb",
-}
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def add_train_args(parser: argparse.ArgumentParser, **defaults) -> None:
-    """One flag per TrainConfig field; `defaults` sets a stage's own defaults (e.g. learning_rate=5e-5)."""
-    unknown = set(defaults) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
-    group = parser.add_argument_group("training")
-    for f in fields(TrainConfig):
-        default = defaults.get(f.name, f.default)
-        kind = {"min_lr": float, "warmup_steps": int}.get(f.name, f.type)
-        help = _HELP.get(f.name, "")
-        kwargs = dict(default=default, help=help if "(default" in help else help + " (default %(default)s)")
-        if kind is bool:
-            group.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, metavar="BOOL", **kwargs)
-        elif f.name == "dtype":
-            group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], **kwargs)
-        elif f.name in ("optimizer", "schedule"):
-            group.add_argument(f"--{f.name}", choices={"optimizer": ["adamw", "muon"],
-                                                       "schedule": ["cosine", "wsd"]}[f.name], **kwargs)
-        elif f.name == "report_to":
-            group.add_argument("--report_to", choices=["none", "tensorboard", "wandb"], **kwargs)
-        else:
-            group.add_argument(f"--{f.name}", type=kind, **kwargs)
-
-
-# ----------------------------------------------------------------------------- schedule and optimizer
-
-
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float, schedule: str = "cosine",
-          decay_fraction: float = 0.4) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup to `lr`, then either cosine to
-    `min_lr`, or (wsd) `lr` held until the last `decay_fraction` of the run and a straight line to `min_lr`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if schedule == "wsd":
-        decay_start = max(warmup, total - round(decay_fraction * total))
-        progress = min(1.0, max(0, step + 1 - decay_start) / max(1, total - decay_start))
-        return lr - (lr - min_lr) * progress
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizers(model: nn.Module, cfg: "TrainConfig", device: torch.device, dtype: torch.dtype) -> list:
-    """AdamW over every trainable parameter; with --optimizer muon, Muon takes the hidden weight matrices
-    out of AdamW's decayed group. Each group keeps its peak rate in "peak_lr" for the schedule to scale."""
-    groups = param_groups(model, cfg.weight_decay)
-    optimizers = []
-    if cfg.optimizer == "muon":
-        matrices, groups[0]["params"] = split_for_muon(model, groups[0]["params"])
-        if matrices:
-            ns_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-            optimizers.append(Muon(matrices, lr=cfg.muon_lr, weight_decay=0.0, ns_dtype=ns_dtype))
-    groups = [g for g in groups if g["params"]]
-    optimizers.insert(0, torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                                           fused=device.type in ("cuda", "cpu")))  # fused: ~6x faster on CPU too
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["peak_lr"] = group["lr"]
-    return optimizers
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: weight decay for matrices, none for norms,
-    biases and embeddings. Decay pulls weights towards 0: a norm's gain wants to stay near 1, and an
-    embedding row is only updated when its token appears, so decay would shrink rare tokens."""
-    exempt = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) or "norm" in type(module).__name__.lower():
-            exempt.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay = [], []
-    for p in model.parameters():  # a tied parameter (lm_head = embed_tokens) is listed once
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or id(p) in exempt else decay).append(p)
-    if not decay and not no_decay:
-        raise MiniMindError("the model has no trainable parameters (every parameter has requires_grad=False)")
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def describe_optimizer(optimizer) -> str:
-    counts = [sum(p.numel() for p in g["params"]) for g in optimizer.param_groups]
-    if isinstance(optimizer, torch.optim.AdamW):
-        parts = [f"{n:,} with weight decay {g['weight_decay']}" for n, g in zip(counts, optimizer.param_groups)]
-        return "AdamW: " + ", ".join(parts)
-    return f"{type(optimizer).__name__}: {sum(counts):,} in weight matrices"
 
 
 # ----------------------------------------------------------------------------- batches
@@ -439,9 +254,7 @@ class Trainer:
             while state.step < plan.total_steps and not stopped:
                 lr = lr_at(state.step, plan.total_steps, plan.warmup, cfg.learning_rate, plan.min_lr, cfg.schedule,
                            cfg.decay_fraction)
-                for opt in optimizers:  # every group follows the schedule, relative to its own peak
-                    for group in opt.param_groups:
-                        group["lr"] = group["peak_lr"] * lr / cfg.learning_rate
+                set_learning_rate(optimizers, lr / cfg.learning_rate)  # every group, relative to its own peak
                 for micro in range(cfg.accumulation_steps):
                     batch = to_device(next(batches), self.device)
                     sync = not self.ddp or micro == cfg.accumulation_steps - 1  # all-reduce gradients once per step

@@ -21,10 +21,8 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from data.datasets import (
-    IGNORE,
     ChatEncoder,
     MiniMindError,
     SFTDataset,
@@ -36,6 +34,7 @@ from data.datasets import (
 from evaluation.ontopic import judge
 from model.chat import build_prompt, continuation_prompt, prompt_budget
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, context_length, generate
+from model.model import IGNORE, lm_loss
 
 LOOP_CHARS, LOOP_REPEATS = 8, 3
 
@@ -102,9 +101,8 @@ def bits_per_char(model, tokenizer, conversations: list[list[dict]], batch_size:
     nats, tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         x, y = SFTDataset.collate([shift_and_truncate(ids, mask, window) for ids, mask in rows[start:start + batch_size]])
-        logits = model(input_ids=x.to(device)).logits.float()
         y = y.to(device)
-        nats += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum").item()
+        nats += lm_loss(model(input_ids=x.to(device)).logits, y, reduction="sum").item()
         tokens += int((y != IGNORE).sum())
     return {"bits_per_char": nats / chars / math.log(2), "nats_per_token": nats / tokens,
             "answer_chars": chars, "answer_tokens": tokens, "conversations": len(rows), "left_out": left_out}

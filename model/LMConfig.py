@@ -15,17 +15,11 @@ import reprlib
 from transformers import PretrainedConfig
 
 
-class MiniMindError(ValueError, SystemExit):
+class MiniMindError(Exception):
     """A bad checkpoint, config, data file or setting, described in one line (see model/errors.py, which
-    exports it). Defined here because this file is copied alone into exported model folders, where it may
-    import nothing from the repository."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.code = message  # what the interpreter prints (and exits 1 with) when nothing catches it
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+    exports it, and whose run_main turns it into that line on stderr and exit status 1 in every script).
+    Defined here because this file is copied alone into exported model folders, where it may import
+    nothing from the repository."""
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -178,7 +172,8 @@ _FIELDS = {  # field -> type, for overrides like --dim 640 --use_moe true
 }
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """An on/off flag's value, as every script reads one: 1/true/yes/on or 0/false/no/off, any case."""
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -228,7 +223,7 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "smal
         default = signature[name].default
         shown = "true/false, " if kind is bool else f"one of {', '.join(_CHOICES[name])}, " if name in _CHOICES else ""
         help = f"{_FIELD_HELP[name]} ({shown}default: the preset's; small-T {default})".replace("%", "%%")
-        group.add_argument(f"--{name}", type=_parse_bool if kind is bool else kind, default=None,
+        group.add_argument(f"--{name}", type=parse_bool if kind is bool else kind, default=None,
                            metavar=kind.__name__.upper(), choices=_CHOICES.get(name), help=help)
 
 
@@ -242,7 +237,7 @@ def config_from_args(args: argparse.Namespace) -> LMConfig:
     overrides = config_overrides(args)
     try:
         return LMConfig.from_preset(args.preset, **overrides)
-    except ValueError as error:
+    except (MiniMindError, ValueError) as error:
         flags = " ".join([f"--preset {args.preset}"] + [f"--{name} {value}" for name, value in overrides.items()])
         raise MiniMindError(f"model config {flags}: {error}") from None
 

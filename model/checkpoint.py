@@ -10,10 +10,11 @@ Checkpoints may come from anywhere, so reading one never runs code (`weights_onl
 names anything but tensors and plain containers is refused) and every problem with the pair of files
 (missing, empty, truncated, not a state dict, a config that is not JSON or has a wrong field, weights
 whose names or shapes do not fit the config) raises a MiniMindError naming the file, before any
-model-sized memory is allocated. Scripts that do not catch it exit with that one line.
+model-sized memory is allocated. Scripts end with that one line (model/errors.py's run_main).
 """
 import json
 import os
+import pickle
 import re
 import reprlib
 import secrets
@@ -144,7 +145,7 @@ def load_config(path) -> LMConfig:
     check_field_types(fields, cfg_file)
     try:
         return LMConfig(**fields)
-    except (ValueError, TypeError) as error:
+    except (MiniMindError, ValueError, TypeError) as error:
         raise MiniMindError(f"{cfg_file}: {first_line(error)}") from None
 
 
@@ -217,6 +218,12 @@ def load_model(path, device="cpu", dtype=None, **config_overrides):
             model = MiniMindForCausalLM.from_pretrained(str(path), **config_overrides)
         except MiniMindError:
             raise
+        except pickle.UnpicklingError as error:  # a crafted pytorch_model.bin, stopped by the weights-only reader
+            bins = sorted(path.glob("*.bin"))
+            where = bins[0] if len(bins) == 1 else path
+            detail = re.search(r"GLOBAL [\w.]+|Unsupported operand \d+", str(error))
+            raise MiniMindError(f"{where}: refused to load: it holds more than tensors "
+                                f"({detail.group(0) if detail else first_line(error, 120)}); nothing in it was run") from None
         except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
             raise MiniMindError(f"{path}: cannot load the model folder ({first_line(error, 200)})") from None
     else:
@@ -239,3 +246,11 @@ def load_model(path, device="cpu", dtype=None, **config_overrides):
             raise MiniMindError(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval()
+
+
+def check_vocabulary(tokenizer, vocab_size: int, name) -> None:
+    """Stop, naming the tokenizer `name`, when it has tokens the model has no embedding row for: a tokenizer
+    and a model that were not trained together. A smaller tokenizer is fine (rows it never uses)."""
+    if len(tokenizer) > vocab_size:
+        raise MiniMindError(f"tokenizer {name} has {len(tokenizer)} tokens but the model only {vocab_size}: "
+                            f"they were not trained together (pass --tokenizer)")

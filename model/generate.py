@@ -1,6 +1,7 @@
 """Text generation with the KV cache: batched token generation, and a streaming text iterator.
 
     new_ids = generate(model, [prompt_ids], max_new_tokens=64)             # greedy, one list per prompt
+    tokens, mask = left_pad([ids_a, ids_b])                              # a batch of prompts, right-aligned
     stream = stream_generate(model, tokenizer, prompt_ids, temperature=0.7, stop=["\\n\\n"])
     for delta in stream: print(delta, end="")                            # whole characters only
     stream.finish_reason, stream.completion_tokens                       # "stop" | "length", int
@@ -18,6 +19,19 @@ from .tokenizer import EOS_ID, PAD_ID
 
 # How the chat (2-eval.py) and the server sample unless told otherwise; the SFT stage measures with it too.
 CHAT_TEMPERATURE, CHAT_TOP_P = 0.85, 0.85
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = PAD_ID, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, mask) of prompts of different lengths in one batch: each row padded on the left with
+    `pad_id`, mask 1 on the prompt's own tokens and 0 on the padding. Every row then ends at the same
+    position, the one whose logits predict each prompt's next token."""
+    width = max((len(p) for p in prompts), default=0)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(tokens)
+    for row, prompt in enumerate(prompts):
+        tokens[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return tokens, mask
 
 
 def context_length(config) -> int:
@@ -65,11 +79,7 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     width = max(len(p) for p in prompts)
     if width == 0:
         raise ValueError("generate needs a non-empty prompt")
-    tokens = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
-    mask = torch.zeros_like(tokens)
-    for row, prompt in enumerate(prompts):
-        tokens[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
+    tokens, mask = left_pad(prompts, PAD_ID, device)
     seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool, device=device)
     seen.scatter_(1, tokens, mask.bool())
     counts = None

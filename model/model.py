@@ -9,6 +9,7 @@ Read top to bottom:
     MoEFeedForward     DeepSeek-style: shared experts + softmax-gated top-k routed experts + balance loss
     Block              attention + feed-forward, each with a residual around a pre-norm
     MiniMindModel      embeddings, blocks, final norm
+    lm_loss            the language-model loss (next-token cross-entropy; IGNORE marks no target)
     MiniMindForCausalLM  the language-model head (tied to the embeddings), loss, transformers integration
 
 Module names follow the transformers Llama layout, so a dense checkpoint maps 1:1 onto LlamaForCausalLM.
@@ -335,6 +336,20 @@ class MiniMindModel(nn.Module):
         return self.norm(x), aux_loss
 
 
+# ----------------------------------------------------------------------------- the language-model loss
+
+IGNORE = -100  # a target that counts nothing: cross_entropy's ignore_index (transformers uses the same value)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The language-model loss every stage trains and measures with: next-token cross-entropy, in float32,
+    of `logits` (B, T, V) against aligned `targets` (B, T), where targets[:, i] is the token that should
+    follow position i and IGNORE marks a position without a target. reduction "mean" (over the positions
+    with a target), "sum", or "none" ((B, T), 0 where ignored)."""
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction=reduction)
+    return loss.view(targets.shape) if reduction == "none" else loss
+
+
 @dataclass
 class MiniMindOutput(ModelOutput):
     """`loss` is the cross-entropy plus the MoE balance loss. The KV cache is `cache`, the name transformers
@@ -406,10 +421,10 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         labels        HF convention: same positions as input_ids; the model predicts labels[:, 1:].
         shift_labels  already aligned targets: shift_labels[:, i] is the token after position i (the
                       project's own callers use this one; `labels` is for transformers and trl).
-        Either way -100 marks positions without loss. logits_to_keep > 0 computes logits only for
-        the last positions (generation needs one). With use_cache and no cache given, a new KVCache
-        is created and returned. `past_key_values` is the name transformers 4 (and trl) pass the cache
-        under; transformers 5 passes `cache`, as the project does.
+        Either way IGNORE (-100) marks positions without loss; the loss is lm_loss, plus the MoE balance
+        loss. logits_to_keep > 0 computes logits only for the last positions (generation needs one). With
+        use_cache and no cache given, a new KVCache is created and returned. `past_key_values` is the name
+        transformers 4 (and trl) pass the cache under; transformers 5 passes `cache`, as the project does.
         """
         cache = past_key_values if past_key_values is not None else cache
         if use_cache and cache is None:
@@ -420,10 +435,9 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None and shift_labels is None:
-            shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+            shift_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
         if shift_labels is not None:
-            ce = F.cross_entropy(logits.flatten(0, 1).float(), shift_labels.flatten(), ignore_index=-100)
-            loss = ce + aux_loss
+            loss = lm_loss(logits, shift_labels) + aux_loss
         aux = aux_loss if torch.is_tensor(aux_loss) else logits.new_zeros((), dtype=torch.float)
         return MiniMindOutput(loss=loss, logits=logits, cache=cache, aux_loss=aux)
 

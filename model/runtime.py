@@ -91,23 +91,28 @@ def dtype_name(dtype: torch.dtype) -> str:
 # ----------------------------------------------------------------------------- FLOPs and peaks, for MFU
 
 
-def time_matmul(device: torch.device, dtype: torch.dtype, n: int, budget_s: float = 0.1) -> float:
-    """Seconds per (n x n) @ (n x n) matmul in `dtype`, best of a few."""
+def matmul_flops(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int, reps: int = 20,
+                 budget_s: float = float("inf"), statistic=min) -> float:
+    """The measured matmul rate, FLOP/s, of (m x k) @ (k x n) in `dtype` on `device`: 2mkn over the
+    `statistic` (min: the best; statistics.median) of up to `reps` timed runs after a warm-up, stopping
+    early once `budget_s` seconds are spent. What MFU is measured against on a CPU, in training (peak_flops)
+    and in bench.py."""
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG (and so exact resume) alone
-    a = torch.randn(n, n, generator=generator).to(device, dtype)
-    b = torch.randn(n, n, generator=generator).to(device, dtype)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
     a @ b  # warm-up: kernel selection, allocation
-    best, spent = float("inf"), 0.0
-    for _ in range(20):
+    times, spent = [], 0.0
+    for _ in range(reps):
         start = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        best, spent = min(best, elapsed), spent + elapsed
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
         if spent > budget_s:
             break
-    return best
+    return 2 * m * k * n / statistic(times)
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of common GPUs, for MFU.
@@ -124,7 +129,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         return peak if dtype != torch.float32 else peak / 2  # fp32 matmuls run as TF32 (enabled above): half rate
     if device.type == "cpu":
         n = 1024 if dtype == torch.float32 else 512
-        return 2 * n**3 / time_matmul(device, dtype, n, budget_s=0.3)
+        return matmul_flops(device, dtype, n, n, n, budget_s=0.3)
     return 0.0
 
 

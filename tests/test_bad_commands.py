@@ -212,9 +212,26 @@ def test_crafted_pickle_is_refused_by_every_loader_in_process(tmp_path):
     for load in (load_model, read_state_dict):
         with pytest.raises(MiniMindError, match="refused to load"):
             load(path)
-    with pytest.raises(ValueError, match="refused to load"):  # a MiniMindError is a ValueError for callers
-        load_model(path)
     assert not marker.exists()
+
+
+def test_a_minimind_error_is_a_plain_exception_that_scripts_end_on_in_one_line(capsys):
+    """Library callers catch MiniMindError by name (it is no ValueError or SystemExit); a script's entry point,
+    run_main, turns it into its one line on stderr and exit status 1."""
+    from model.errors import run_main
+
+    assert MiniMindError.__bases__ == (Exception,)
+
+    def main(name):
+        raise MiniMindError(f"{name}: refused to load\n(second line)")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, "x.pth")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == "x.pth: refused to load (second line)\n"
+    assert run_main(lambda: 7) == 7
+    with pytest.raises(KeyError):  # anything else is a bug, and keeps its traceback
+        run_main(lambda: {}["missing"])
 
 
 def test_wrong_shapes_are_refused_before_the_model_is_built(tmp_path):

@@ -6,9 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import save_checkpoint, tiny_config
 
 from model.checkpoint import save_weights
+from model.errors import MiniMindError
 from model.model import MiniMindForCausalLM
 
 eval_ceval = importlib.import_module("eval_ceval")
@@ -18,10 +19,7 @@ SHARED_CEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ceval"
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    model = MiniMindForCausalLM(tiny_config(max_seq_len=256)).eval()
-    path = tmp_path / "full_sft_64x2.pth"
-    save_weights(model, path)
-    return model, path
+    return save_checkpoint(tmp_path, tiny_config(max_seq_len=256))  # full_sft_64x2.pth
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -89,7 +87,7 @@ def test_cmmlu_layout_is_read_too(tmp_path, checkpoint, tokenizer_dir):
 def test_missing_column_names_the_file(tmp_path, checkpoint, tokenizer_dir):
     _, path = checkpoint
     write_csv(tmp_path / "bad" / "val" / "x_val.csv", [{"id": 0, "question": "q", "A": "1", "B": "2", "C": "3"}])
-    with pytest.raises(SystemExit, match=r"x_val\.csv: missing column\(s\) d, answer"):
+    with pytest.raises(MiniMindError, match=r"x_val\.csv: missing column\(s\) d, answer"):
         run(path, tokenizer_dir, tmp_path / "bad", tmp_path / "results")
 
 

@@ -5,6 +5,7 @@ import json
 
 from data.datasets import SFTDataset
 from model.chat import build_prompt, encode_messages, generation_header
+from model.model import IGNORE
 from model.tokenizer import TOOL_TOKENS
 from model.toolcall import parse_reply, plain_messages
 from tooluse.calculator import CALCULATOR
@@ -13,7 +14,7 @@ from tooluse.problems import conversation, generate
 
 def tool_conversation():
     record = conversation(generate(1, seed=3, split="train")[0])
-    return record["messages"], record["tools"]
+    return record["conversations"], record["tools"]
 
 
 def openai_style_history():
@@ -61,7 +62,7 @@ def test_sft_learns_the_call_and_the_answer_not_the_tool_result(tokenizer, tmp_p
     dataset = SFTDataset(path, tokenizer, seq_len=1024, verbose=False)
     x, y = dataset[0]
     turns = encode_messages(tokenizer, plain_messages(messages, tools))
-    learned = [t for t in y.tolist() if t != -100]
+    learned = [t for t in y.tolist() if t != IGNORE]
     # targets: each assistant turn's content and </s> (header and newline excluded), in order
     expected = []
     for message, turn in zip(plain_messages(messages, tools), turns):
@@ -73,7 +74,7 @@ def test_sft_learns_the_call_and_the_answer_not_the_tool_result(tokenizer, tmp_p
     result = tool_ids[len(tokenizer.encode("tool\n", add_special_tokens=False)) + 1:-2]
     start = sum(len(turn) for turn in turns[:3]) + len(tool_ids) - 2 - len(result)
     assert x[start:start + len(result)].tolist() == result
-    assert (y[start - 1:start - 1 + len(result)] == -100).all()  # y[i] is the target for reading x[:i + 1]
+    assert (y[start - 1:start - 1 + len(result)] == IGNORE).all()  # y[i] is the target for reading x[:i + 1]
 
 
 def test_a_malformed_call_is_skipped_and_counted(tokenizer, tmp_path):

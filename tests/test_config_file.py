@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import load_script, write_file
 
 from engine.runlog import RunLog
 from engine.trainer import TrainConfig
@@ -22,13 +22,8 @@ def scripts():
     return {name: load_script(name) for name in TRAINING_SCRIPTS}
 
 
-def write(path: Path, value) -> Path:
-    path.write_text(value if isinstance(value, str) else json.dumps(value), encoding="utf-8")
-    return path
-
-
 def test_json_file_sets_flags_of_every_kind(scripts, tmp_path):
-    config = write(tmp_path / "sft.json", {
+    config = write_file(tmp_path / "sft.json", {
         "preset": "tiny", "dim": 128, "use_moe": True,               # model fields
         "batch_size": 3, "learning_rate": 2e-4, "schedule": "wsd",   # TrainConfig fields
         "data": ["a.jsonl", "b.jsonl"], "pack": True, "seq_len": 96, "min_lr": None,  # the script's own
@@ -44,7 +39,7 @@ def test_json_file_sets_flags_of_every_kind(scripts, tmp_path):
 
 
 def test_command_line_flags_win_wherever_they_stand(scripts, tmp_path):
-    config = write(tmp_path / "run.json", {"batch_size": 3, "learning_rate": 2e-4, "preset": "tiny", "pack": True})
+    config = write_file(tmp_path / "run.json", {"batch_size": 3, "learning_rate": 2e-4, "preset": "tiny", "pack": True})
     parse = scripts["3-full_sft.py"].parse_args
     after = parse(["--config", str(config), "--batch_size", "7", "--preset", "mini"])
     before = parse(["--learning_rate", "1e-3", f"--config={config}"])
@@ -58,22 +53,22 @@ def test_command_line_flags_win_wherever_they_stand(scripts, tmp_path):
 
 def test_yaml_file(scripts, tmp_path):
     # PyYAML reads 5e-4 (no dot) as a string: the flag's own type turns it into the number.
-    config = write(tmp_path / "dpo.yaml", "preset: tiny\nlora: true\nbeta: 0.2\nlearning_rate: 5e-4\n"
+    config = write_file(tmp_path / "dpo.yaml", "preset: tiny\nlora: true\nbeta: 0.2\nlearning_rate: 5e-4\n"
                                           "lora_rank: 4\nval_data: none\nnorm_topk_prob: false\n")
     args = scripts["5-dpo_train.py"].parse_args(["--config", str(config)])
     assert args.lora is True and args.beta == 0.2 and args.lora_rank == 4 and args.val_data == "none"
     assert args.learning_rate == 5e-4 and isinstance(args.learning_rate, float)
     assert args.norm_topk_prob is False
     # The script's own rule still runs after the file: no learning rate named -> the LoRA default.
-    write(config, "lora: true\n")
+    write_file(config, "lora: true\n")
     assert scripts["5-dpo_train.py"].parse_args(["--config", str(config)]).learning_rate == 5e-5
-    yml = write(tmp_path / "pre.yml", "max_steps: 12\nchat_data: [x.jsonl]\n")
+    yml = write_file(tmp_path / "pre.yml", "max_steps: 12\nchat_data: [x.jsonl]\n")
     args = scripts["1-pretrain.py"].parse_args(["--config", str(yml)])
     assert args.max_steps == 12 and args.chat_data == ["x.jsonl"]
 
 
 def test_unknown_key_is_refused_naming_key_and_file(scripts, tmp_path):
-    config = write(tmp_path / "typo.json", {"batch_size": 4, "learning_rat": 1e-4})
+    config = write_file(tmp_path / "typo.json", {"batch_size": 4, "learning_rat": 1e-4})
     with pytest.raises(MiniMindError) as caught:
         scripts["1-pretrain.py"].parse_args(["--config", str(config)])
     message = str(caught.value)
@@ -81,10 +76,10 @@ def test_unknown_key_is_refused_naming_key_and_file(scripts, tmp_path):
     assert "\n" not in message
     # A flag of another script is unknown here: pretraining has no --pack.
     with pytest.raises(MiniMindError, match=r"unknown key 'pack'"):
-        scripts["1-pretrain.py"].parse_args(["--config", str(write(tmp_path / "p.json", {"pack": True}))])
+        scripts["1-pretrain.py"].parse_args(["--config", str(write_file(tmp_path / "p.json", {"pack": True}))])
     # --config and --help are not keys a file can set.
     with pytest.raises(MiniMindError, match=r"unknown key 'config'"):
-        scripts["1-pretrain.py"].parse_args(["--config", str(write(tmp_path / "c.json", {"config": "x.json"}))])
+        scripts["1-pretrain.py"].parse_args(["--config", str(write_file(tmp_path / "c.json", {"config": "x.json"}))])
 
 
 @pytest.mark.parametrize("fields_, expected", [
@@ -99,7 +94,7 @@ def test_unknown_key_is_refused_naming_key_and_file(scripts, tmp_path):
     ({"tokenizer": 5}, r"'tokenizer' must be a string"),
 ])
 def test_bad_values_are_refused_as_the_flag_would(scripts, tmp_path, fields_, expected):
-    config = write(tmp_path / "bad.json", fields_)
+    config = write_file(tmp_path / "bad.json", fields_)
     with pytest.raises(MiniMindError, match=expected):
         scripts["3-full_sft.py"].parse_args(["--config", str(config)])
 
@@ -110,9 +105,9 @@ def test_bad_values_are_refused_as_the_flag_would(scripts, tmp_path, fields_, ex
 ])
 def test_files_that_are_not_a_mapping(scripts, tmp_path, text, expected):
     with pytest.raises(MiniMindError, match=expected):
-        scripts["4-lora_sft.py"].parse_args(["--config", str(write(tmp_path / "bad.json", text))])
+        scripts["4-lora_sft.py"].parse_args(["--config", str(write_file(tmp_path / "bad.json", text))])
     with pytest.raises(MiniMindError, match=r"bad.yaml: expected a mapping"):
-        scripts["4-lora_sft.py"].parse_args(["--config", str(write(tmp_path / "bad.yaml", "- 1\n- 2\n"))])
+        scripts["4-lora_sft.py"].parse_args(["--config", str(write_file(tmp_path / "bad.yaml", "- 1\n- 2\n"))])
     with pytest.raises(MiniMindError, match=r"missing.json: cannot read it"):
         scripts["4-lora_sft.py"].parse_args(["--config", str(tmp_path / "missing.json")])
 
@@ -140,7 +135,7 @@ def test_a_runs_args_json_round_trips(scripts, tmp_path, script):
 
 
 def test_script_ends_with_one_line(tmp_path):
-    config = write(tmp_path / "typo.yaml", "batch_sise: 4\n")
+    config = write_file(tmp_path / "typo.yaml", "batch_sise: 4\n")
     done = subprocess.run([sys.executable, str(ROOT / "1-pretrain.py"), "--config", str(config)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1

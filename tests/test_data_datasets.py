@@ -1,33 +1,16 @@
 """PretrainDataset / SFTDataset / DPODataset on tiny data built inside each test."""
 
-import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_jsonl, write_shards
 
 from data.datasets import DPODataset, EpochSampler, PretrainDataset, SFTDataset
+from model.errors import MiniMindError
+from model.model import IGNORE
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
-            f.write("\n")
-    return path
-
-
-def write_shards(directory, splits: dict):
-    """splits: {"train": [array, ...], "val": [array]} -> raw uint16 shards plus meta.json."""
-    meta = {"dtype": "uint16", "tokenizer_hash": "abc", "eos_id": EOS_ID, "shards": {}}
-    for split, arrays in splits.items():
-        for k, tokens in enumerate(arrays):
-            name = f"{split}_{k:04d}.bin"
-            np.asarray(tokens, dtype=np.uint16).tofile(directory / name)
-            meta["shards"][name] = {"tokens": len(tokens), "docs": 1}
-    (directory / "meta.json").write_text(json.dumps(meta))
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -55,7 +38,7 @@ def test_sft_mask_two_turns_token_by_token(tokenizer, tmp_path):
 
     assert x.tolist() == expected_ids[:-1]
     for i in range(len(x)):  # position i predicts token i + 1
-        want = expected_ids[i + 1] if expected_target[i + 1] else -100
+        want = expected_ids[i + 1] if expected_target[i + 1] else IGNORE
         assert y[i].item() == want, f"position {i}: token {tokenizer.decode([expected_ids[i + 1]])!r}"
 
     # the same text the chat template renders, and the targets are exactly the two replies with their </s>
@@ -63,10 +46,10 @@ def test_sft_mask_two_turns_token_by_token(tokenizer, tmp_path):
     assert tokenizer.decode(x.tolist() + [expected_ids[-1]]) == rendered
     spans, current = [], []
     for token in y.tolist():
-        if token == -100 and current:
+        if token == IGNORE and current:
             spans.append(current)
             current = []
-        elif token != -100:
+        elif token != IGNORE:
             current.append(token)
     spans.append(current) if current else None
     assert [tokenizer.decode(s) for s in spans] == ["今天天气很好。</s>", "全长约六千三百公里。</s>"]
@@ -78,7 +61,7 @@ def test_sft_turn_markers_inside_messages_are_text(tokenizer, tmp_path):
     ids = x.tolist()  # everything but the final "\n"
     assert ids.count(BOS_ID) == 2 and ids.count(EOS_ID) == 2  # only the template's markers are special
     assert tokenizer.decode(ids) + "\n" == tokenizer.apply_chat_template(conversation, tokenize=False)
-    assert tokenizer.decode([t for t in y.tolist() if t != -100]) == "好</s></s>"
+    assert tokenizer.decode([t for t in y.tolist() if t != IGNORE]) == "好</s></s>"
 
 
 def test_sft_cut_keeps_whole_answers_and_never_makes_prompt_a_target(tokenizer, tmp_path):
@@ -94,10 +77,10 @@ def test_sft_cut_keeps_whole_answers_and_never_makes_prompt_a_target(tokenizer, 
     # The first keeps its first exchange; the others have no whole answer inside the window: dropped, counted.
     assert len(data) == 1 and data.truncated == 1 and data.skips.total() == 2
     x, y = data[0]
-    targets = [t for t in y.tolist() if t != -100]
+    targets = [t for t in y.tolist() if t != IGNORE]
     assert tokenizer.decode(targets) == "好的</s>" and y[-1] == tokenizer.eos_token_id  # the answer ends
     header_len = 1 + len(tokenizer.encode("user\n你好", add_special_tokens=False))
-    assert (y[:header_len] == -100).all()
+    assert (y[:header_len] == IGNORE).all()
 
 
 def test_sft_bad_lines_skipped_and_counted_or_strict(tokenizer, tmp_path, capsys):
@@ -118,7 +101,7 @@ def test_sft_bad_lines_skipped_and_counted_or_strict(tokenizer, tmp_path, capsys
     out = capsys.readouterr().out
     assert f"{path}:2: not valid JSON" in out and f"{path}:4: no assistant message" in out
     assert f"{path}:7: not valid UTF-8" in out
-    with pytest.raises(SystemExit, match=r"sft.jsonl:2: not valid JSON"):
+    with pytest.raises(MiniMindError, match=r"sft.jsonl:2: not valid JSON"):
         SFTDataset(path, tokenizer, seq_len=64, strict=True)
 
 
@@ -136,7 +119,7 @@ def test_sft_collate_pads_right(tokenizer, tmp_path):
     x, y = SFTDataset.collate([data[0], data[1]])
     n0 = len(data[0][0])
     assert x.shape == y.shape == (2, len(data[1][0]))
-    assert (x[0, n0:] == PAD_ID).all() and (y[0, n0:] == -100).all()
+    assert (x[0, n0:] == PAD_ID).all() and (y[0, n0:] == IGNORE).all()
     assert torch.equal(x[0, :n0], data[0][0])
 
 
@@ -159,8 +142,8 @@ def test_dpo_masks_cover_only_the_final_reply(tokenizer, tmp_path):
     batch = DPODataset.collate([data[0]])
     for side, reply in (("chosen", "全长约六千三百公里。"), ("rejected", "不知道")):
         y, mask = batch[f"{side}_y"][0], batch[f"{side}_mask"][0]
-        assert tokenizer.decode(y[y != -100].tolist()) == reply + "</s>"
-        assert torch.equal(mask.bool(), y != -100)
+        assert tokenizer.decode(y[y != IGNORE].tolist()) == reply + "</s>"
+        assert torch.equal(mask.bool(), y != IGNORE)
     assert batch["chosen_x"].shape == batch["rejected_x"].shape
 
 
@@ -169,7 +152,7 @@ def test_dpo_masks_cover_only_the_final_reply(tokenizer, tmp_path):
 
 def test_pretrain_windows_cover_all_shards_and_resume(tmp_path):
     train = [np.arange(0, 25), np.arange(100, 141)]  # 25 tokens -> 3 windows of 8, 41 -> 5 windows
-    write_shards(tmp_path, {"train": train, "val": [np.arange(500, 520)]})
+    write_shards(tmp_path, {"train": train, "val": [np.arange(500, 520)]}, tokenizer_hash="abc", eos_id=EOS_ID)
     data = PretrainDataset(tmp_path, seq_len=8)
     assert len(data) == 3 + 5
     x, y = data[4]  # second window of the second shard
@@ -195,10 +178,10 @@ def test_pretrain_windows_cover_all_shards_and_resume(tmp_path):
 
 
 def test_pretrain_detects_truncated_shard_and_stale_tokenizer(tmp_path):
-    write_shards(tmp_path, {"train": [np.arange(40)], "val": [np.arange(20)]})
-    with pytest.raises(SystemExit, match="tokenizer"):
+    write_shards(tmp_path, {"train": [np.arange(40)], "val": [np.arange(20)]}, tokenizer_hash="abc", eos_id=EOS_ID)
+    with pytest.raises(MiniMindError, match="tokenizer"):
         PretrainDataset(tmp_path, seq_len=8, tokenizer_hash="other")
     with open(tmp_path / "train_0000.bin", "r+b") as f:
         f.truncate(30)
-    with pytest.raises(SystemExit, match="expected 80 bytes"):
+    with pytest.raises(MiniMindError, match="expected 80 bytes"):
         PretrainDataset(tmp_path, seq_len=8)

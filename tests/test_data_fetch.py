@@ -11,6 +11,7 @@ import pytest
 
 import data_process
 from data.fetch import MANIFEST, in_demo, read_manifest, sha256_file
+from model.errors import MiniMindError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -105,11 +106,11 @@ def test_checksum_mismatch_never_lands_under_the_final_name(http_mirror, tmp_pat
     files, url = http_mirror
     manifest = write_manifest(tmp_path / "m.tsv.gz", files, url, corrupt="sft_zh/b.json")
     raw = tmp_path / "raw"
-    with pytest.raises(SystemExit, match="1 file\\(s\\) failed"):
+    with pytest.raises(MiniMindError, match="1 file\\(s\\) failed"):
         fetch("--set", "full", "--manifest", str(manifest), "--raw", str(raw))
     assert not (raw / "sft_zh/b.json").exists() and not (raw / "sft_zh/b.json.part").exists()
     assert (raw / "ceval/val/c_val.csv").exists()
-    with pytest.raises(SystemExit, match="sha256 mismatch"):
+    with pytest.raises(MiniMindError, match="sha256 mismatch"):
         fetch("--set", "full", "--manifest", str(manifest), "--raw", str(raw), "--strict")
 
 
@@ -122,7 +123,7 @@ def test_local_mirror_folder(tmp_path):
     assert all((raw / rel).read_bytes() == data for rel, data in files.items())
     (root / "sft_zh/b.json").unlink()
     (raw / "sft_zh/b.json").unlink()
-    with pytest.raises(SystemExit, match="failed"):
+    with pytest.raises(MiniMindError, match="failed"):
         fetch("--set", "full", "--manifest", str(manifest), "--raw", str(raw), "--mirror", str(root))
 
 
@@ -136,7 +137,7 @@ def test_manifest_is_safe_and_demo_is_a_subset(tmp_path):
     assert not any(s.local_path.startswith("ceval/test/") for s in demo)
     bad = tmp_path / "bad.tsv"
     bad.write_text("local_path\turl\tsha256\tbytes\n../etc/passwd\thttp://x\tab\t1\n")
-    with pytest.raises(SystemExit, match="inside the raw folder"):
+    with pytest.raises(MiniMindError, match="inside the raw folder"):
         read_manifest(bad)
 
 
@@ -154,7 +155,7 @@ def test_demo_fetch_from_shared_mirror(tmp_path):
 def test_unreachable_source_stops_early_with_a_clear_message(tmp_path):
     files = {f"f{i}.txt": b"x" for i in range(40)}
     manifest = write_manifest(tmp_path / "m.tsv.gz", files, "https://example.invalid")
-    with pytest.raises(SystemExit, match="first 8 files all failed; check the network or --mirror"):
+    with pytest.raises(MiniMindError, match="first 8 files all failed; check the network or --mirror"):
         fetch(
             "--set",
             "full",

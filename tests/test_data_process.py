@@ -6,23 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_corpus
+from conftest import synthetic_corpus, write_file
 
 import data_process
 from data.datasets import DPODataset, PretrainDataset, SFTDataset
 from data.pretrain import pretrain_documents
+from model.errors import MiniMindError
 from model.tokenizer import EOS_ID, load_tokenizer
 
 NIUTRANS = "pretrain_zh/niutrans_classical_modern/双语数据"
-
-
-def write(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        path.write_text(data, encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -30,14 +22,14 @@ def pretrain_raw(tmp_path):
     raw = tmp_path / "raw"
     docs = [f"第{i}章。" + doc for i, doc in enumerate(synthetic_corpus(120, seed=1))]
     for i, doc in enumerate(docs):  # one sentence per line, as in NiuTrans
-        write(raw / NIUTRANS / "书" / f"第{i}章" / "target.txt", doc.replace("。", "。\n"))
-    write(raw / NIUTRANS / "书" / "重复" / "target.txt", docs[0].replace("。", "。\n"))  # exact duplicate
-    write(raw / NIUTRANS / "书" / "空" / "target.txt", "\n")
-    write(raw / NIUTRANS / "书" / "坏" / "target.txt", "今天".encode("gbk"))
-    write(raw / NIUTRANS / "书" / "长" / "target.txt", "长江是中国最长的河流。" * 500)  # 5500 chars
+        write_file(raw / NIUTRANS / "书" / f"第{i}章" / "target.txt", doc.replace("。", "。\n"))
+    write_file(raw / NIUTRANS / "书" / "重复" / "target.txt", docs[0].replace("。", "。\n"))  # exact duplicate
+    write_file(raw / NIUTRANS / "书" / "空" / "target.txt", "\n")
+    write_file(raw / NIUTRANS / "书" / "坏" / "target.txt", "今天".encode("gbk"))
+    write_file(raw / NIUTRANS / "书" / "长" / "target.txt", "长江是中国最长的河流。" * 500)  # 5500 chars
     poem = [{"title": "三字經", "paragraphs": ["人之初，性本善。性相近，習相遠。", "苟不教，性乃遷。教之道，貴以專。"]}]
-    write(raw / "pretrain_zh/chinese_poetry/蒙学/sanzijing.json", json.dumps(poem, ensure_ascii=False))
-    jsonl = write(
+    write_file(raw / "pretrain_zh/chinese_poetry/蒙学/sanzijing.json", json.dumps(poem, ensure_ascii=False))
+    jsonl = write_file(
         tmp_path / "hq.jsonl",
         "\n".join(
             [
@@ -115,7 +107,7 @@ def test_pretrain_counts_split_and_round_trip(pretrain_raw, tokenizer_dir, tmp_p
 
 def test_pretrain_strict_stops_with_file_and_line(pretrain_raw, tokenizer_dir, tmp_path):
     raw, jsonl = pretrain_raw
-    with pytest.raises(SystemExit, match=r"hq\.jsonl:2: not valid JSON"):
+    with pytest.raises(MiniMindError, match=r"hq\.jsonl:2: not valid JSON"):
         data_process.main(
             [
                 "pretrain",
@@ -167,7 +159,7 @@ def sft_raw(tmp_path):
         ' {"instruction": "翻译成英文", "input": "你好", "output": "Hello"},\n'
         ' {"instruction": "写一个 Python 函数", "input": "", "output": "```python\\ndef f():\\n    return 1  # 一\\n```"},\n]'
     )
-    write(raw / "sft_zh/alpaca_zh_hikariming/翻译后的中文数据/a.json", alpaca)
+    write_file(raw / "sft_zh/alpaca_zh_hikariming/翻译后的中文数据/a.json", alpaca)
     sharegpt = [
         {
             "conversations": [
@@ -184,25 +176,25 @@ def sft_raw(tmp_path):
             ]
         },
     ]
-    write(
+    write_file(
         raw / "sft_zh/sharegpt_zh_1k/s.jsonl",
         "\n".join(json.dumps(r, ensure_ascii=False) for r in sharegpt) + "\n{oops\n",
     )
     medical = "department,title,ask,answer\n心血管科,高血压能吃党参吗？,我有高血压，能喝党参泡水吗？,可以适量服用。\n"
-    write(raw / "sft_zh/medical_dialogue/m.csv", medical.encode("gbk"))
+    write_file(raw / "sft_zh/medical_dialogue/m.csv", medical.encode("gbk"))
     question = "王某系聋哑人，因涉嫌盗窃罪被提起公诉。关于本案，下列哪一选项是正确的?"
-    write(raw / "ceval/val/legal_professional_val.csv", f"id,question,A,B,C,D,answer\n1,{question}____,甲,乙,丙,丁,B\n")
+    write_file(raw / "ceval/val/legal_professional_val.csv", f"id,question,A,B,C,D,answer\n1,{question}____,甲,乙,丙,丁,B\n")
     agieval = [
         {"passage": None, "question": question, "options": ["(A)甲", "(B)乙"], "label": "B"},
         {"passage": None, "question": "下列哪一项是正确的?", "options": ["(A)对", "(B)错"], "label": "A"},
     ]
-    write(
+    write_file(
         raw / "sft_zh/exams/agieval_zh/jec-qa-ca.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in agieval)
     )
     identity = [{"instruction": "你是谁？", "input": "", "output": "我是 {{name}}，由 {{author}} 开发。"}]
-    write(raw / "identity/llamafactory_identity.json", json.dumps(identity, ensure_ascii=False))
+    write_file(raw / "identity/llamafactory_identity.json", json.dumps(identity, ensure_ascii=False))
     deepctrl = {"history": [["你好", "你好！"]], "q": "今天星期几？", "a": "今天星期一。"}
-    extra = write(tmp_path / "deepctrl.jsonl", json.dumps(deepctrl, ensure_ascii=False) + "\n")
+    extra = write_file(tmp_path / "deepctrl.jsonl", json.dumps(deepctrl, ensure_ascii=False) + "\n")
     return raw, extra
 
 
@@ -249,7 +241,7 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
     assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
     assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, seq_len=512)) == len(single)
 
-    with pytest.raises(SystemExit, match=r"s\.jsonl:1: reply claims"):
+    with pytest.raises(MiniMindError, match=r"s\.jsonl:1: reply claims"):
         data_process.main(["sft", "--raw", str(raw), "--out", str(out), "--strict"])
 
 
@@ -263,7 +255,7 @@ def test_dpo_converters(tmp_path, tokenizer, capsys):
         "chosen": "多休息，必要时就医。",
         "rejected": "不知道。",
     }
-    write(
+    write_file(
         raw / "dpo/medicalgpt_dpo_zh_500/d.jsonl",
         json.dumps(medical, ensure_ascii=False) + "\n" + json.dumps(medical, ensure_ascii=False) + "\n",
     )
@@ -279,17 +271,17 @@ def test_dpo_converters(tmp_path, tokenizer, capsys):
         },
         {"conversations": [{"from": "human", "value": "同样"}], "chosen": "一样", "rejected": "一样"},
     ]
-    write(raw / "dpo/llamafactory_demo/f.json", json.dumps(factory, ensure_ascii=False))
+    write_file(raw / "dpo/llamafactory_demo/f.json", json.dumps(factory, ensure_ascii=False))
     hh = {
         "chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: Bake it.",
         "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: No idea.",
     }
-    write(raw / "dpo/hh_rlhf_harmless_base/test.jsonl.gz", gzip.compress((json.dumps(hh) + "\n{bad\n").encode()))
+    write_file(raw / "dpo/hh_rlhf_harmless_base/test.jsonl.gz", gzip.compress((json.dumps(hh) + "\n{bad\n").encode()))
     upstream = {
         "chosen": [{"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "2"}],
         "rejected": [{"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "3"}],
     }
-    extra = write(tmp_path / "up.jsonl", json.dumps(upstream) + "\n")
+    extra = write_file(tmp_path / "up.jsonl", json.dumps(upstream) + "\n")
     out = tmp_path / "out"
     data_process.main(["dpo", "--raw", str(raw), "--out", str(out), "--jsonl", str(extra), "--val_fraction", "0"])
     report = capsys.readouterr().out

@@ -1,34 +1,17 @@
 """DPO: the loss formula, response-only log-probs, ln 2 at step 0, held-out margin rises, exact resume."""
 import copy
-import json
 import math
-import random
 
 import pytest
 import torch
-from conftest import load_script, tiny_config, tiny_moe_config
+from conftest import BAD, load_script, tiny_config, tiny_moe_config, write_pairs
 
 from data.datasets import DPODataset
 from engine.dpo import DPOLoss, dpo_loss, sequence_logps
 from model.checkpoint import checkpoint_stage, load_model, save_weights
+from model.errors import MiniMindError
 from model.lora import LoraSettings, apply_lora
-from model.model import MiniMindForCausalLM
-
-GOOD = ["今天天气很好，我们一起去公园散步吧。", "长江是中国最长的河流。", "他在图书馆里读了一整天的历史书。"]
-BAD = ["The quick brown fox jumps over the lazy dog.", "1234567890", "fox dog fox dog"]
-QUESTIONS = ["今天天气怎么样？", "长江有多长？", "推荐一本书。", "春眠不觉晓的下一句是什么？", "火车站怎么走？"]
-
-
-def write_pairs(path, n: int, seed: int):
-    """Easy synthetic preferences: Chinese sentences are chosen over English/digit noise."""
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
-            row = {"prompt": [{"role": "user", "content": rng.choice(QUESTIONS) + str(seed * 1000 + i)}],
-                   "chosen": [{"role": "assistant", "content": rng.choice(GOOD)}],
-                   "rejected": [{"role": "assistant", "content": rng.choice(BAD)}]}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+from model.model import IGNORE, MiniMindForCausalLM
 
 
 @pytest.fixture
@@ -84,7 +67,7 @@ def test_sequence_logps_sum_only_response_tokens(dpo_files, tokenizer):
     with torch.no_grad():
         log_probs = model(input_ids=x).logits.log_softmax(-1)
     for row in range(2):
-        targets = [(i, t) for i, t in enumerate(y[row].tolist()) if t != -100]
+        targets = [(i, t) for i, t in enumerate(y[row].tolist()) if t != IGNORE]
         # the targets are exactly the reply: its content and </s>, nothing of the prompt or the padding
         reply = tokenizer.decode([t for _, t in targets[:-1]])
         assert reply in BAD and targets[-1][1] == 2
@@ -148,5 +131,5 @@ def test_resume_is_exact(lora, dpo_files, tokenizer_dir, tmp_path):
 
 def test_missing_validation_file_is_a_clear_error(dpo_files, tokenizer_dir, tmp_path):
     base, train, _ = dpo_files
-    with pytest.raises(SystemExit, match="nope.jsonl not found.*--val_data none"):
+    with pytest.raises(MiniMindError, match="nope.jsonl not found.*--val_data none"):
         run_dpo(tokenizer_dir, base, train, tmp_path / "nope.jsonl", tmp_path, "--max_steps", "1")

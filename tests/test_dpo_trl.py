@@ -6,16 +6,13 @@ call), so the test builds a real DPOTrainer on the native export (export_model.t
 rewards and gradients with DPOLoss on the MiniMind models they were exported from. Both run in float64, so
 what remains is trl's float32 log-probabilities: differences of about 1e-7.
 """
-import copy
-
 import pytest
 import torch
-from conftest import load_script, tiny_config
-from test_dpo import write_pairs
+from conftest import load_script, write_pairs
 
 from data.datasets import DPODataset
 from engine.dpo import DPOLoss
-from model.model import MiniMindForCausalLM
+from model.model import IGNORE
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -29,7 +26,7 @@ def trl_layout(batch: dict, pad_id: int) -> dict:
     x = torch.cat([batch["chosen_x"], batch["rejected_x"]])
     y = torch.cat([batch["chosen_y"], batch["rejected_y"]])
     rows, length = x.shape
-    target = y != -100
+    target = y != IGNORE
     assert torch.equal(torch.where(target[:, :-1], y[:, :-1], x[:, 1:]), x[:, 1:])  # y is x shifted where scored
     input_ids = torch.full((rows, length + 1), pad_id)
     input_ids[:, :length] = x
@@ -39,17 +36,6 @@ def trl_layout(batch: dict, pad_id: int) -> dict:
     last = torch.where(target, torch.arange(1, length + 1), 0).amax(dim=1)
     attention_mask = (torch.arange(length + 1) <= last[:, None]).long()
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
-
-
-@pytest.fixture
-def models():
-    torch.manual_seed(0)
-    reference = MiniMindForCausalLM(tiny_config()).double().eval()
-    policy = copy.deepcopy(reference)
-    with torch.no_grad():  # a policy some way from its reference, so the log-ratios are not zero
-        for p in policy.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return policy, reference
 
 
 def test_our_dpo_loss_equals_trls_on_the_same_batches(models, tokenizer, tmp_path):

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import load_script, tiny_config
+from conftest import load_script, tiny_config, write_shards
 
 from model.checkpoint import load_model, save_weights
 from model.cli import DEMO_QUESTIONS, PRETRAIN_PROMPTS, add_model_args, load_from_args, render_chat
-from model.model import MiniMindForCausalLM
+from model.errors import MiniMindError
+from model.model import MiniMindForCausalLM, lm_loss
 from model.tokenizer import load_tokenizer, tokenizer_hash
 
 # Names the files *_64x2.pth; float32 for exact logits.
@@ -58,15 +58,15 @@ def test_weight_names_the_stage_file_and_the_checkpoint_supplies_the_shape(out_d
 
 
 def test_missing_checkpoint_says_what_exists(out_dir):
-    with pytest.raises(SystemExit, match=r"dpo_64x2\.pth not found.*full_sft_64x2\.pth, pretrain_64x2\.pth"):
+    with pytest.raises(MiniMindError, match=r"dpo_64x2\.pth not found.*full_sft_64x2\.pth, pretrain_64x2\.pth"):
         load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "dpo"))
-    with pytest.raises(SystemExit, match=r"no LoRA adapter at .*lora_missing_64x2"):
+    with pytest.raises(MiniMindError, match=r"no LoRA adapter at .*lora_missing_64x2"):
         load_from_args(model_args(*TINY, "--out_dir", str(out_dir), "--weight", "lora_missing"))
-    with pytest.raises(SystemExit, match="without config.json"):
+    with pytest.raises(MiniMindError, match="without config.json"):
         load_from_args(model_args("--ckpt", str(out_dir)))
     (out_dir / "llama").mkdir()
     (out_dir / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(SystemExit, match="holds a 'llama' model"):
+    with pytest.raises(MiniMindError, match="holds a 'llama' model"):
         load_from_args(model_args("--ckpt", str(out_dir / "llama")))
 
 
@@ -148,11 +148,11 @@ def test_judge_marks_each_answer_and_counts_the_share(out_dir, tokenizer_dir, tm
 
 
 def test_questions_file_errors_are_clear(out_dir, tokenizer_dir, tmp_path):
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(MiniMindError, match="not found"):
         chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--questions", str(tmp_path / "none.txt")))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    with pytest.raises(SystemExit, match="holds no questions"):
+    with pytest.raises(MiniMindError, match="holds no questions"):
         chat_script.main(chat_argv(out_dir, tokenizer_dir, "--auto", "--questions", str(empty)))
     with pytest.raises(SystemExit):
         chat_script.main(chat_argv(out_dir, tokenizer_dir, "--judge"))  # --judge without --auto
@@ -252,18 +252,10 @@ def test_pretrain_weight_continues_raw_text(out_dir, tokenizer_dir, monkeypatch)
 
 # ----------------------------------------------------------------------------- 0-eval_pretrain.py
 
-def write_val_shard(folder: Path, tokens: np.ndarray, tokenizer_dir) -> None:
-    folder.mkdir(parents=True)
-    tokens.astype(np.uint16).tofile(folder / "val_0000.bin")
-    meta = {"dtype": "uint16", "tokenizer_hash": tokenizer_hash(tokenizer_dir),
-            "shards": {"val_0000.bin": {"tokens": len(tokens), "docs": 1}}}
-    (folder / "meta.json").write_text(json.dumps(meta))
-
-
 def test_val_loss_is_the_mean_cross_entropy_of_the_windows(out_dir, tokenizer_dir, capsys):
     seq_len, n = 256, 3  # windows of the model's max_seq_len
     tokens = np.random.default_rng(0).integers(3, 512, size=seq_len * n + 10)
-    write_val_shard(out_dir / "shards", tokens, tokenizer_dir)
+    write_shards(out_dir / "shards", {"val": [tokens]}, tokenizer_hash=tokenizer_hash(tokenizer_dir))
     pretrain_script.main([*TINY, "--out_dir", str(out_dir), "--tokenizer", str(tokenizer_dir), "--val",
                           "--no_samples", "--data_dir", str(out_dir / "shards"), "--batch_size", "2"])
     printed = capsys.readouterr().out
@@ -274,18 +266,18 @@ def test_val_loss_is_the_mean_cross_entropy_of_the_windows(out_dir, tokenizer_di
     x = torch.stack([stream[i * seq_len:(i + 1) * seq_len] for i in range(n)])
     y = torch.stack([stream[i * seq_len + 1:(i + 1) * seq_len + 1] for i in range(n)])
     with torch.no_grad():
-        expected = F.cross_entropy(reference(x).logits.flatten(0, 1), y.flatten()).item()
+        expected = lm_loss(reference(x).logits, y).item()
     assert loss == pytest.approx(expected, abs=1e-4)
     assert perplexity == pytest.approx(math.exp(expected), rel=1e-3)
     assert f"{seq_len * n} tokens in windows of {seq_len}" in printed
 
 
 def test_val_refuses_shards_from_another_tokenizer(out_dir, tokenizer_dir, tmp_path):
-    write_val_shard(out_dir / "shards", np.arange(3, 200), tokenizer_dir)
+    write_shards(out_dir / "shards", {"val": [np.arange(3, 200)]}, tokenizer_hash=tokenizer_hash(tokenizer_dir))
     meta = json.loads((out_dir / "shards" / "meta.json").read_text())
     meta["tokenizer_hash"] = "0" * 16
     (out_dir / "shards" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(SystemExit, match="tokenized with tokenizer 0000"):
+    with pytest.raises(MiniMindError, match="tokenized with tokenizer 0000"):
         pretrain_script.main([*TINY, "--out_dir", str(out_dir), "--tokenizer", str(tokenizer_dir), "--val",
                               "--no_samples", "--data_dir", str(out_dir / "shards")])
 

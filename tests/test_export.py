@@ -9,24 +9,12 @@ import stat
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_moe_config
+from conftest import random_tokens, save_checkpoint, tiny_config, tiny_moe_config
 
-from model.checkpoint import save_weights
+from model.errors import MiniMindError
 from model.generate import CHAT_TEMPERATURE, CHAT_TOP_P, generate
-from model.model import MiniMindForCausalLM
 
 export_model = importlib.import_module("export_model")
-
-
-def checkpoint(tmp_path, config, name="full_sft", router_std=None):
-    model = MiniMindForCausalLM(config).eval()
-    if router_std:  # a sharper router, so that top-k choices and weights differ clearly between tokens
-        with torch.no_grad():
-            for layer in model.model.layers:
-                layer.mlp.gate.weight.normal_(0.0, router_std)
-    path = tmp_path / f"{name}_{config.tag()}.pth"
-    save_weights(model, path)
-    return model, path
 
 
 def absolute_imports(source: str) -> set:
@@ -40,14 +28,10 @@ def absolute_imports(source: str) -> set:
     return names
 
 
-def tokens(config, length, seed=1):
-    return torch.randint(3, config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
-
-
 def test_remote_code_folder_loads_with_auto_classes(tmp_path, tokenizer_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, path = checkpoint(tmp_path, tiny_config())
+    model, path = save_checkpoint(tmp_path, tiny_config())
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "hf")])
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].endswith("MiniMindForCausalLM")
@@ -59,7 +43,7 @@ def test_remote_code_folder_loads_with_auto_classes(tmp_path, tokenizer_dir):
 
     loaded = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
     assert type(loaded).__module__.startswith("transformers_modules")
-    x = tokens(model.config, 24)
+    x = random_tokens(model.config, 24)
     with torch.no_grad():
         assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
     chat = AutoTokenizer.from_pretrained(str(out)).apply_chat_template(
@@ -71,14 +55,14 @@ def test_remote_code_folder_loads_with_auto_classes(tmp_path, tokenizer_dir):
 def test_dense_exports_to_plain_llama_with_same_logits(tmp_path, tokenizer_dir, rope):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    model, path = checkpoint(tmp_path, tiny_config(max_seq_len=32, rope_scaling_type=rope, rope_factor=2.0))
+    model, path = save_checkpoint(tmp_path, tiny_config(max_seq_len=32, rope_scaling_type=rope, rope_factor=2.0))
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
                              "--out", str(tmp_path / "llama"), "--no_verify"])
     assert not list(out.glob("*.py")), "a native folder carries no code"
     loaded = AutoModelForCausalLM.from_pretrained(str(out))  # no trust_remote_code
     assert isinstance(loaded, LlamaForCausalLM)
     # Past the trained context when RoPE is scaled, so the scaled frequencies are what is compared.
-    x = tokens(model.config, 64 if rope else 32)
+    x = random_tokens(model.config, 64 if rope else 32)
     with torch.no_grad():
         assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
 
@@ -86,7 +70,7 @@ def test_dense_exports_to_plain_llama_with_same_logits(tmp_path, tokenizer_dir, 
 def test_llama_export_generates_the_same_greedy_text(tmp_path, tokenizer_dir):
     from transformers import LlamaForCausalLM
 
-    model, path = checkpoint(tmp_path, tiny_config())
+    model, path = save_checkpoint(tmp_path, tiny_config())
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
                              "--out", str(tmp_path / "llama"), "--no_verify"])
     llama = LlamaForCausalLM.from_pretrained(str(out))
@@ -103,18 +87,18 @@ def test_moe_exports_to_qwen2_moe_with_same_logits(tmp_path, tokenizer_dir, shar
     from transformers import AutoModelForCausalLM, Qwen2MoeForCausalLM
 
     config = tiny_moe_config(n_shared_experts=shared, num_experts_per_tok=top_k)
-    model, path = checkpoint(tmp_path, config, router_std=1.0)
+    model, path = save_checkpoint(tmp_path, config, router_std=1.0)
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
                              "--out", str(tmp_path / "qwen"), "--no_verify"])
     loaded = AutoModelForCausalLM.from_pretrained(str(out))
     assert isinstance(loaded, Qwen2MoeForCausalLM)
-    x = tokens(config, 32)
+    x = random_tokens(config, 32)
     with torch.no_grad():
         assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
 
 
 def test_export_verifies_and_replaces_only_an_earlier_export(tmp_path, tokenizer_dir, capsys):
-    _, path = checkpoint(tmp_path, tiny_config())
+    _, path = save_checkpoint(tmp_path, tiny_config())
     argv = ["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native"]
     out = tmp_path / "hf"
     export_model.main([*argv, "--out", str(out)])
@@ -127,16 +111,16 @@ def test_export_verifies_and_replaces_only_an_earlier_export(tmp_path, tokenizer
     unrelated = tmp_path / "checkpoints"
     unrelated.mkdir()
     (unrelated / "pretrain_64x2.pth").write_text("precious")
-    with pytest.raises(SystemExit, match="not an exported model folder"):
+    with pytest.raises(MiniMindError, match="not an exported model folder"):
         export_model.main([*argv, "--out", str(unrelated)])
     assert (unrelated / "pretrain_64x2.pth").read_text() == "precious"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="full_sft_64x2.pth not found"):
+    with pytest.raises(MiniMindError, match="full_sft_64x2.pth not found"):
         export_model.main(["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2",
                            "--out_dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="n_kv_heads"):
+    with pytest.raises(MiniMindError, match="n_kv_heads"):
         export_model.main(["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--out_dir", str(tmp_path)])
 
 
@@ -146,7 +130,7 @@ def test_folders_read_the_same_in_transformers_4_and_5(tmp_path, tokenizer_dir):
     """The files that transformers 4.x reads differently: checked as written, then loaded by this 5.x."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, path = checkpoint(tmp_path, tiny_config(max_seq_len=32, rope_scaling_type="yarn", rope_factor=2.0))
+    model, path = save_checkpoint(tmp_path, tiny_config(max_seq_len=32, rope_scaling_type="yarn", rope_factor=2.0))
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
                              "--out", str(tmp_path / "llama")])
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
@@ -160,14 +144,14 @@ def test_folders_read_the_same_in_transformers_4_and_5(tmp_path, tokenizer_dir):
                                       "attention_factor": pytest.approx(0.1 * math.log(2.0) + 1.0)}
     assert config["rope_parameters"]["rope_type"] == "yarn"
     loaded = AutoModelForCausalLM.from_pretrained(str(out))
-    x = tokens(model.config, 64)  # past the trained context: the scaled frequencies are what is compared
+    x = random_tokens(model.config, 64)  # past the trained context: the scaled frequencies are what is compared
     with torch.no_grad():
         assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
     chat = AutoTokenizer.from_pretrained(str(out)).apply_chat_template(
         [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<s>user\n你好</s>\n<s>assistant\n"
 
-    plain, path = checkpoint(tmp_path, tiny_config(), name="plain")
+    plain, path = save_checkpoint(tmp_path, tiny_config(), name="plain")
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
                              "--out", str(tmp_path / "plain"), "--no_verify"])
     config = json.loads((out / "config.json").read_text())
@@ -178,7 +162,7 @@ def test_folders_read_the_same_in_transformers_4_and_5(tmp_path, tokenizer_dir):
 def test_generation_config_samples_like_our_chat(tmp_path, tokenizer_dir, fmt):
     from transformers import AutoModelForCausalLM
 
-    _, path = checkpoint(tmp_path, tiny_config())
+    _, path = save_checkpoint(tmp_path, tiny_config())
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", fmt,
                              "--out", str(tmp_path / fmt), "--no_verify"])
     generation = json.loads((out / "generation_config.json").read_text())
@@ -203,7 +187,7 @@ def lora_checkpoint(tmp_path):
     """A base stage checkpoint in tmp_path and a trained-looking LoRA adapter on it, lora_demo_64x2/."""
     from model.lora import LoraSettings, apply_lora, save_adapter
 
-    base, base_path = checkpoint(tmp_path, tiny_config())
+    base, base_path = save_checkpoint(tmp_path, tiny_config())
     peft_model = apply_lora(copy.deepcopy(base), LoraSettings(rank=4, alpha=8.0))  # wraps its argument in place
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -230,7 +214,7 @@ def test_lora_adapter_exported_with_its_base_loads_with_auto_peft(tmp_path, toke
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the recorded base is found from any working folder
     loaded = AutoPeftModelForCausalLM.from_pretrained(str(out / "adapter"), trust_remote_code=fmt == "remote")
-    x = tokens(base.config, 24)
+    x = random_tokens(base.config, 24)
     with torch.no_grad():
         assert (loaded(x).logits - merged(x).logits).abs().max() < 1e-4
         assert (merged(x).logits - base(x).logits).abs().max() > 1e-3, "the adapter must change the model"
@@ -241,16 +225,78 @@ def test_lora_adapter_exported_with_its_base_loads_with_auto_peft(tmp_path, toke
 
 
 def test_keep_adapter_needs_an_adapter(tmp_path, tokenizer_dir):
-    _, path = checkpoint(tmp_path, tiny_config())
-    with pytest.raises(SystemExit, match="--weight lora_NAME"):
+    _, path = save_checkpoint(tmp_path, tiny_config())
+    with pytest.raises(MiniMindError, match="--weight lora_NAME"):
         export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--keep_adapter"])
 
 
 @pytest.mark.parametrize("fmt,dtype", [("remote", "float32"), ("native", "bfloat16")])
 def test_exports_are_readable_by_everyone(tmp_path, tokenizer_dir, fmt, dtype):
-    _, path = checkpoint(tmp_path, tiny_config())
+    _, path = save_checkpoint(tmp_path, tiny_config())
     out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", fmt,
                              "--dtype_out", dtype, "--out", str(tmp_path / "hf"), "--no_verify"])
     found = modes(out)
     assert found["model.safetensors"] == 0o644, "transformers writes weights 0600"
     assert all(mode == (0o755 if (out / name).is_dir() else 0o644) for name, mode in found.items())
+
+
+# ----------------------------------------------------------------------------- the model card
+
+
+def front_matter(folder) -> tuple[dict, str]:
+    """The YAML block at the top of folder/README.md, as the Hub reads it, and the text after it."""
+    import yaml
+
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    block, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(block), body
+
+
+def test_remote_export_carries_a_model_card_the_hub_reads(tmp_path, tokenizer_dir):
+    from data.fetch import source_repositories
+
+    _, path = save_checkpoint(tmp_path, tiny_config())
+    out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "hf"),
+                             "--no_verify"])
+    meta, body = front_matter(out)
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["zh"]
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert {"minimind", "from-scratch", "custom_code"} <= set(meta["tags"]) and "llama" not in meta["tags"]
+    assert meta["datasets"] == source_repositories() and "NiuTrans/Classical-Modern" in meta["datasets"]
+    assert not any("ceval" in name.lower() for name in meta["datasets"])  # evaluated on, never trained on
+    assert "base_model" not in meta  # trained from scratch
+    assert "model-index" not in meta and "## Scoreboard" not in body  # no score_full_sft_64x2.json beside it
+    assert "# MiniMind full_sft_64x2" in body and "trust_remote_code=True" in body
+
+
+def test_native_export_card_carries_the_runs_scoreboard(tmp_path, tokenizer_dir):
+    _, path = save_checkpoint(tmp_path, tiny_config())
+    board = {"loss": {"bits_per_char": 3.75123, "nats_per_token": 4.1}, "held_out": {"on_topic": 0.376},
+             "demo": {"on_topic": 0.375}, "tools": {"with_tools": {"share": 0.5, "right": 10, "of": 20}},
+             "answers": {"held_out": []}}
+    (tmp_path / "score_full_sft_64x2.json").write_text(json.dumps(board), encoding="utf-8")
+    out = export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "native",
+                             "--out", str(tmp_path / "hf"), "--no_verify"])
+    meta, body = front_matter(out)
+    assert "llama" in meta["tags"] and "custom_code" not in meta["tags"] and "base_model" not in meta
+    [entry] = meta["model-index"]
+    assert entry["name"] == "MiniMind full_sft_64x2"
+    figures = {(result["dataset"]["type"], metric["name"]): metric["value"]
+               for result in entry["results"] for metric in result["metrics"]}
+    assert figures == {("minimind-sft-val", "held-out bits per character"): 3.7512,
+                       ("minimind-sft-val", "on topic, held-out questions"): 0.376,
+                       ("minimind-sft-val", "on topic, demo questions"): 0.375,
+                       ("minimind-tool-problems", "tool accuracy: word problems right with the calculator"): 0.5}
+    assert all(result["task"]["type"] == "text-generation" and result["dataset"]["name"] for result in entry["results"])
+    assert "| held-out bits per character | 3.7512 |" in body and "trust_remote_code" not in body
+
+
+def test_card_of_a_moe_model_without_a_tool_score():
+    from export.card import card_metadata
+
+    meta = card_metadata("dpo_64x2_moe", tiny_moe_config(), remote=False, datasets=[],
+                         board={"loss": {"bits_per_char": float("nan")}, "held_out": {"on_topic": 0.25}})
+    assert meta["tags"][-2:] == ["qwen2_moe", "moe"] and "datasets" not in meta
+    [result] = meta["model-index"][0]["results"]  # the NaN and the absent tool figure are left out
+    assert [m["name"] for m in result["metrics"]] == ["on topic, held-out questions"]

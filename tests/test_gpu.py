@@ -19,7 +19,6 @@ What a GPU changes, and so what is checked here rather than only in tests/test_m
 """
 import copy
 import datetime
-import json
 import math
 import socket
 import subprocess
@@ -30,8 +29,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import greedy_by_recompute, load_script, tiny_config, tiny_moe_config
-from torch.utils.data import Dataset
+from conftest import (
+    CountingData,
+    greedy_by_recompute,
+    load_script,
+    next_token_loss,
+    qa_conversation,
+    tiny_config,
+    tiny_moe_config,
+    write_jsonl,
+    write_pairs,
+    write_pretrain_shards,
+)
 
 from engine.trainer import TrainConfig, Trainer
 from model.checkpoint import load_model, weights_path
@@ -189,27 +198,6 @@ def test_sdpa_matches_plain_attention(device):
 # ----------------------------------------------------------------------------- training in bf16
 
 
-class Counting(Dataset):
-    """Rows of consecutive numbers modulo `vocab`, each from its own start: every next token follows from
-    the one before, so a model that learns anything gets the loss far below ln(vocab) in a few steps."""
-
-    def __init__(self, n: int = 64, length: int = 16, vocab: int = 64):
-        self.n, self.length, self.vocab = n, length, vocab
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        row = (i * 7919 + torch.arange(self.length + 1)) % self.vocab
-        return row[:-1], row[1:]
-
-
-def next_token_loss(model, batch):
-    x, y = batch
-    out = model(input_ids=x, shift_labels=y)
-    return out.loss, {"aux_loss": out.aux_loss}
-
-
 BF16_STEPS = 30
 
 
@@ -222,7 +210,7 @@ def bf16_run(device, tmp_path_factory):
         trainer = Trainer(TrainConfig(out_dir=str(out_dir), device=str(device), dtype="bfloat16", batch_size=8,
                                       max_steps=BF16_STEPS, learning_rate=3e-3, warmup_steps=2, log_interval=1,
                                       eval_interval=0, save_interval=0, threads=1, seed=0))
-        result = trainer.fit(MiniMindForCausalLM(config), Counting(), next_token_loss,
+        result = trainer.fit(MiniMindForCausalLM(config), CountingData(), next_token_loss,
                              name=f"pretrain_{config.tag()}")
         trainer.close()
     return trainer, result, weights_path(out_dir, "pretrain", config)
@@ -252,7 +240,7 @@ def test_bf16_copy_of_a_trained_checkpoint_predicts_as_fp32(bf16_run, device):
     cast = load_model(path, device=device, dtype=torch.bfloat16)
     assert cast.model.embed_tokens.weight.dtype == torch.bfloat16
     assert cast.model.inv_freq.dtype == torch.float32
-    x, y = (torch.stack(part).to(device) for part in zip(*[Counting()[i] for i in range(32)]))
+    x, y = (torch.stack(part).to(device) for part in zip(*[CountingData()[i] for i in range(32)]))
     with torch.no_grad():
         reference = fp32(input_ids=x, shift_labels=y)
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -289,7 +277,7 @@ def test_ddp_in_a_one_process_group_matches_a_plain_run(device, tmp_path, monkey
         try:
             model = MiniMindForCausalLM(tiny_config(vocab_size=64, **MOE))  # after Trainer: seeded
             start = cpu_state(model)
-            result = trainer.fit(model, Counting(), next_token_loss, name="ddp_check")
+            result = trainer.fit(model, CountingData(), next_token_loss, name="ddp_check")
             assert dist.is_initialized() == ddp
             trainer.close()
             assert not dist.is_initialized()  # close() left the group
@@ -313,10 +301,8 @@ PRETRAIN_CONFIG = tiny_config(max_seq_len=32)  # the shape the flags above descr
 
 @pytest.fixture(scope="module")
 def pretrain_shards(tmp_path_factory, tokenizer, tokenizer_dir):
-    from test_pretrain import write_shards  # the layout data_process.py writes, from the pretraining tests
-
     folder = tmp_path_factory.mktemp("shards")
-    write_shards(folder, tokenizer, tokenizer_dir)
+    write_pretrain_shards(folder, tokenizer, tokenizer_dir)
     return folder
 
 
@@ -348,12 +334,7 @@ def test_stage_scripts_chain_on_the_gpu(cuda_device, pretrain_shards, tokenizer_
     """Every stage on the GPU in bf16, each starting from the previous stage's file in --out_dir as a user
     runs them: pretrain, full SFT, DPO (its frozen reference moved to the GPU too), LoRA with --merge,
     then 2-eval.py --auto answering on the DPO weights and on the LoRA adapter."""
-    from test_dpo import write_pairs  # the synthetic data of the stages' own tests
-    from test_sft import conversation
-
-    sft_data = tmp_path / "sft.jsonl"
-    sft_data.write_text("".join(json.dumps(conversation(i), ensure_ascii=False) + "\n" for i in range(32)),
-                        encoding="utf-8")
+    sft_data = write_jsonl(tmp_path / "sft.jsonl", [qa_conversation(i) for i in range(32)])
     dpo_data = write_pairs(tmp_path / "dpo.jsonl", 32, seed=1)
     dpo_val = write_pairs(tmp_path / "dpo_val.jsonl", 8, seed=2)
     out = tmp_path / "out"

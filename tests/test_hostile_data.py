@@ -16,6 +16,7 @@ import pytest
 import data_process
 from data.datasets import DPODataset, SFTDataset, Skips, read_jsonl
 from data.sft import SFT_FILES
+from model.errors import MiniMindError
 from model.jsonfile import parse_json
 
 # Lines every jsonl reader must skip and name, whatever its format.
@@ -327,5 +328,5 @@ def test_loaders_strict_stop_at_the_first_hostile_line(loader, tokenizer, tmp_pa
     good = line({"conversations": chat(0)} if loader is SFTDataset else pair(0))
     build(path, [(good, True), (b"[" * 100_000 + b"]" * 100_000, False)])
     assert len(loader(path, tokenizer, seq_len=512)) == 1
-    with pytest.raises(SystemExit, match=r"data\.jsonl:2: JSON nested too deeply"):
+    with pytest.raises(MiniMindError, match=r"data\.jsonl:2: JSON nested too deeply"):
         loader(path, tokenizer, seq_len=512, strict=True)

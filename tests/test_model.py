@@ -6,9 +6,9 @@ import torch
 from conftest import greedy_by_recompute, tiny_config, tiny_moe_config
 from transformers import AutoModelForCausalLM
 
-from model.generate import generate, sample_next, stream_generate
+from model.generate import generate, left_pad, sample_next, stream_generate
 from model.LMConfig import PRESETS, LMConfig, count_parameters
-from model.model import KVCache, MiniMindForCausalLM
+from model.model import IGNORE, KVCache, MiniMindForCausalLM, lm_loss
 
 
 def test_small_T_has_the_original_26_88M_parameters():
@@ -173,17 +173,32 @@ def test_casting_to_bf16_keeps_rope_frequencies_fp32():
     assert model.model.inv_freq.dtype == torch.float32 and torch.equal(model.model.inv_freq, fp32)
 
 
+def test_lm_loss_is_the_mean_negative_log_likelihood_of_the_targets():
+    logits = torch.randn(2, 5, 7)
+    targets = torch.tensor([[3, IGNORE, 0, 6, IGNORE], [IGNORE, IGNORE, 2, 2, 1]])
+    scored = [(b, t) for b in range(2) for t in range(5) if targets[b, t] != IGNORE]
+    nll = [-logits[b, t].log_softmax(-1)[targets[b, t]] for b, t in scored]
+    assert torch.allclose(lm_loss(logits, targets), torch.stack(nll).mean())
+    assert torch.allclose(lm_loss(logits, targets, reduction="sum"), torch.stack(nll).sum())
+    per_position = lm_loss(logits, targets, reduction="none")
+    assert per_position.shape == targets.shape and bool((per_position[targets == IGNORE] == 0).all())
+
+
 def test_labels_and_shift_labels_give_the_same_loss():
     model = MiniMindForCausalLM(tiny_config())
     x = torch.randint(0, 512, (2, 12))
     y = x.clone()
-    y[:, :4] = -100
+    y[:, :4] = IGNORE
     hf_style = model(x, labels=y).loss
-    aligned = torch.full_like(y, -100)
+    aligned = torch.full_like(y, IGNORE)
     aligned[:, :-1] = y[:, 1:]
     assert torch.allclose(hf_style, model(x, shift_labels=aligned).loss)
-    manual = torch.nn.functional.cross_entropy(model(x).logits[:, :-1].flatten(0, 1), y[:, 1:].flatten(), ignore_index=-100)
-    assert torch.allclose(hf_style, manual, atol=1e-6)
+    assert torch.allclose(hf_style, lm_loss(model(x).logits, aligned), atol=1e-6)  # a dense model: no balance loss
+
+
+def test_left_pad_right_aligns_prompts_of_different_lengths():
+    tokens, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert tokens.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_sdpa_and_plain_attention_agree():

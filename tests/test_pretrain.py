@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, synthetic_corpus
+from conftest import load_script, write_pretrain_shards
 
 from model.checkpoint import load_model
-from model.tokenizer import EOS_ID, tokenizer_hash
+from model.errors import MiniMindError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--vocab_size", "512", "--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2",
@@ -25,26 +25,10 @@ TINY = ["--vocab_size", "512", "--dim", "64", "--n_layers", "2", "--n_heads", "4
 pretrain = load_script("1-pretrain.py")
 
 
-def write_shards(folder: Path, tokenizer, tokenizer_dir, n_docs: int = 600) -> np.ndarray:
-    """Shards in data_process.py's layout: every document followed by </s>, one train and one val shard."""
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = [tokenizer.encode(text) + [EOS_ID] for text in synthetic_corpus(n_docs, seed=1)]
-    cut = len(docs) * 9 // 10
-    shards = {}
-    for name, part in (("train_0000.bin", docs[:cut]), ("val_0000.bin", docs[cut:])):
-        tokens = np.array([t for doc in part for t in doc], dtype=np.uint16)
-        tokens.tofile(folder / name)
-        shards[name] = {"tokens": len(tokens), "docs": len(part)}
-    meta = {"dtype": "uint16", "eos_id": EOS_ID, "vocab_size": len(tokenizer), "shards": shards,
-            "tokenizer_hash": tokenizer_hash(tokenizer_dir)}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return np.fromfile(folder / "train_0000.bin", dtype=np.uint16)
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tokenizer, tokenizer_dir):
     folder = tmp_path_factory.mktemp("pretrain")
-    train_tokens = write_shards(folder, tokenizer, tokenizer_dir)
+    train_tokens = write_pretrain_shards(folder, tokenizer, tokenizer_dir)
     return folder, train_tokens
 
 
@@ -121,13 +105,13 @@ def test_vocabulary_mismatch_is_a_clear_error(shards, tokenizer_dir, tmp_path):
     folder, _ = shards
     flags = args_for(folder, tokenizer_dir, tmp_path, "--max_steps", "1")
     flags[flags.index("--vocab_size") + 1] = "256"
-    with pytest.raises(SystemExit, match="512-token vocabulary, but the model has vocab_size 256"):
+    with pytest.raises(MiniMindError, match="512-token vocabulary, but the model has vocab_size 256"):
         pretrain.main(flags)
 
 
 def test_seq_len_longer_than_the_model_is_a_clear_error(shards, tokenizer_dir, tmp_path):
     folder, _ = shards
-    with pytest.raises(SystemExit, match="longer than the model's max_seq_len 32"):
+    with pytest.raises(MiniMindError, match="longer than the model's max_seq_len 32"):
         pretrain.main(args_for(folder, tokenizer_dir, tmp_path, "--seq_len", "64"))
 
 

@@ -9,6 +9,7 @@ from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
 from model.checkpoint import save_weights
 from model.cli import add_model_args, load_from_args
+from model.errors import MiniMindError
 from model.generate import generate
 from model.model import MiniMindForCausalLM
 from model.quantize import quantize_int8
@@ -119,7 +120,7 @@ def test_load_from_args_quantize_int8(tmp_path, tokenizer_dir):
     x = torch.tensor([[1, 40, 41, 42, 43]])
     with torch.no_grad():
         assert relative_error(int8(x).logits, saved(x).logits) < 0.05
-    with pytest.raises(SystemExit, match="--quantize int8 runs on the CPU from float32"):
+    with pytest.raises(MiniMindError, match="--quantize int8 runs on the CPU from float32"):
         load_from_args(parser.parse_args(argv + ["--quantize", "int8", "--dtype", "bfloat16"]), verbose=False)
     # A script that needs the float weights (export) leaves the flag out, and still loads.
     without = argparse.ArgumentParser()

@@ -1,31 +1,18 @@
 """The levers of the training recipe: Muon, the warmup-stable-decay schedule, packed conversations,
 and the scoreboard's measures (bits per character, echo-proof on-topic, ended, distinct-2, loops)."""
-import json
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import load_script, tiny_config
+from conftest import QA, next_token_loss, qa_conversation, tiny_config, write_jsonl
 
-from data.datasets import IGNORE, PackedChatDataset, SFTDataset
+from data.datasets import PackedChatDataset, SFTDataset
 from engine.muon import Muon, orthogonalize, split_for_muon
-from engine.trainer import TrainConfig, Trainer, lr_at
+from engine.optim import lr_at
+from engine.trainer import TrainConfig, Trainer
 from evaluation.ontopic import judge, on_topic
 from evaluation.scoreboard import bits_per_char, distinct_2, judge_data, looped, summarize
-from model.model import MiniMindForCausalLM
-
-QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
-      ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
-
-
-def chat_file(path, n):
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
-            q, a = QA[i % 4]
-            f.write(json.dumps({"conversations": [{"role": "user", "content": q},
-                                                  {"role": "assistant", "content": a}]}, ensure_ascii=False) + "\n")
-    return path
+from model.model import IGNORE, MiniMindForCausalLM, lm_loss
 
 
 # ----------------------------------------------------------------------------- Muon
@@ -67,13 +54,9 @@ def test_muon_lowers_the_loss_faster_than_adamw_at_equal_steps(tmp_path):
                                       device="cpu", threads=1, log_interval=30, eval_interval=0, save_interval=0))
         model = MiniMindForCausalLM(tiny_config(vocab_size=64))
         pairs = [(row[:-1], row[1:]) for row in data]
-
-        def loss_fn(m, batch):
-            x, y = batch
-            return m(input_ids=x, shift_labels=y).loss, {}
-        result = trainer.fit(model, pairs, loss_fn, name="unit")
+        result = trainer.fit(model, pairs, next_token_loss, name="unit")
         with torch.no_grad():
-            return float(loss_fn(result.model, (data[:, :-1], data[:, 1:]))[0])
+            return float(next_token_loss(result.model, (data[:, :-1], data[:, 1:]))[0])
 
     adamw, muon = run("adamw"), run("muon")
     assert muon < math.log(64) - 1 and adamw < math.log(64) - 1
@@ -94,15 +77,12 @@ def test_wsd_schedule_holds_the_peak_then_decays_linearly():
 def test_muon_resume_is_bit_exact(tmp_path):
     data = [(torch.randint(0, 64, (16,)), torch.randint(0, 64, (16,))) for _ in range(64)]
 
-    def loss_fn(m, batch):
-        x, y = batch
-        return m(input_ids=x, shift_labels=y).loss, {}
-
     def fit(out, **extra):
         cfg = dict(out_dir=str(out), batch_size=4, max_steps=6, warmup_steps=1, optimizer="muon", schedule="wsd",
                    dtype="float32", device="cpu", threads=1, log_interval=2, eval_interval=0, save_interval=0, seed=5)
         cfg.update(extra)
-        return Trainer(TrainConfig(**cfg)).fit(MiniMindForCausalLM(tiny_config(vocab_size=64)), data, loss_fn, name="m")
+        trainer = Trainer(TrainConfig(**cfg))  # seeds: the model below starts the same in every run
+        return trainer.fit(MiniMindForCausalLM(tiny_config(vocab_size=64)), data, next_token_loss, name="m")
 
     whole = fit(tmp_path / "whole").model.state_dict()
     fit(tmp_path / "split", stop_step=3)
@@ -114,7 +94,7 @@ def test_muon_resume_is_bit_exact(tmp_path):
 
 
 def test_packing_keeps_every_conversation_whole_and_its_targets(tmp_path, tokenizer):
-    path = chat_file(tmp_path / "chat.jsonl", 30)
+    path = write_jsonl(tmp_path / "chat.jsonl", [qa_conversation(i, turns=1) for i in range(30)])
     plain = SFTDataset(path, tokenizer, seq_len=64, verbose=False)
     assert len(plain) == 30
     packed = PackedChatDataset([plain], seq_len=160)
@@ -143,11 +123,11 @@ def test_bits_per_char_is_the_summed_answer_loss_over_answer_characters(tmp_path
     conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
     result = bits_per_char(model, tokenizer, conversations, batch_size=3)
     nats = 0.0
-    data = SFTDataset(chat_file(tmp_path / "c.jsonl", 4), tokenizer, seq_len=64, verbose=False)
+    data = SFTDataset(write_jsonl(tmp_path / "c.jsonl", [qa_conversation(i, turns=1) for i in range(4)]), tokenizer,
+                      seq_len=64, verbose=False)
     for i in range(4):  # one conversation at a time, no padding: the reference
         x, y = data[i]
-        logits = model(input_ids=x[None]).logits[0]
-        nats += F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum").item()
+        nats += lm_loss(model(input_ids=x[None]).logits, y[None], reduction="sum").item()
     chars = sum(len(a) for _, a in QA)
     assert result["answer_chars"] == chars
     assert result["bits_per_char"] == pytest.approx(nats / chars / math.log(2), rel=1e-5)

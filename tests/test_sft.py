@@ -5,34 +5,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_script, tiny_config
+from conftest import load_script, qa_conversation, tiny_config, write_jsonl
 
 from data.datasets import SFTDataset
 from model.checkpoint import save_weights
-from model.model import MiniMindForCausalLM
+from model.errors import MiniMindError
+from model.model import IGNORE, MiniMindForCausalLM, lm_loss
 
 TINY = ["--seq_len", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
         "--learning_rate", "3e-3", "--warmup_steps", "1"]
-QA = [("你好", "你好！很高兴见到你。"), ("长江有多长？", "长江全长约六千三百公里。"), ("背一首诗", "春眠不觉晓，处处闻啼鸟。"),
-      ("今天天气怎么样？", "今天天气很好，我们一起去公园散步吧。")]
 
 
 sft = load_script("3-full_sft.py")
 
 
-def conversation(i: int) -> dict:
-    """One turn for even i, two turns for odd i."""
-    turns = [QA[i % 4]] + ([QA[(i + 1) % 4]] if i % 2 else [])
-    messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-    return {"conversations": messages}
-
-
 @pytest.fixture(scope="module")
 def sft_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sft")
-    for name, rows in (("train.jsonl", range(64)), ("val.jsonl", range(100, 116))):
-        with open(folder / name, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(conversation(i), ensure_ascii=False) + "\n" for i in rows)
+    write_jsonl(folder / "train.jsonl", [qa_conversation(i) for i in range(64)])
+    write_jsonl(folder / "val.jsonl", [qa_conversation(i) for i in range(100, 116)])
     torch.manual_seed(0)
     save_weights(MiniMindForCausalLM(tiny_config(max_seq_len=64)), folder / "pretrain_64x2.pth")
     return folder
@@ -48,18 +39,18 @@ def test_sft_loss_counts_only_assistant_tokens(sft_files, tokenizer):
     """sft_loss equals the cross-entropy over exactly the assistant positions of a two-turn example, and
     does not move when the logits at every other position change."""
     data = SFTDataset(sft_files / "train.jsonl", tokenizer, seq_len=64, verbose=False)
-    x, y = SFTDataset.collate([data[1]])  # conversation(1) has two turns
+    x, y = SFTDataset.collate([data[1]])  # qa_conversation(1) has two turns
     model = MiniMindForCausalLM(tiny_config(max_seq_len=64)).eval()
     loss, _ = sft.sft_loss(model, (x, y))
     logits = model(input_ids=x).logits[0]
-    targets = (y[0] != -100).nonzero().flatten()
+    targets = (y[0] != IGNORE).nonzero().flatten()
     assert 0 < len(targets) < len(y[0])
     assert loss.item() == pytest.approx(F.cross_entropy(logits[targets], y[0, targets]).item(), rel=1e-5)
     # Positions without a target contribute nothing: scrambling their logits leaves the loss alone.
     scrambled = logits.clone()
-    others = (y[0] == -100).nonzero().flatten()
+    others = (y[0] == IGNORE).nonzero().flatten()
     scrambled[others] = torch.randn_like(scrambled[others]) * 10
-    kept = F.cross_entropy(scrambled, y[0], ignore_index=-100)
+    kept = lm_loss(scrambled[None], y)
     assert kept.item() == pytest.approx(loss.item(), rel=1e-5)
 
 
@@ -104,12 +95,12 @@ def test_full_sft_resume_is_bit_exact(sft_files, tokenizer_dir, tmp_path):
 def test_missing_pretrain_weights_is_a_clear_error(sft_files, tokenizer_dir, tmp_path):
     flags = args_for(sft_files, tokenizer_dir, tmp_path, "--max_steps", "1")
     flags[flags.index("--ckpt") + 1] = str(tmp_path / "nope.pth")
-    with pytest.raises(SystemExit, match="nope.pth does not exist: run `python 1-pretrain.py"):
+    with pytest.raises(MiniMindError, match="nope.pth does not exist: run `python 1-pretrain.py"):
         sft.main(flags)
 
 
 def test_default_start_is_the_pretrain_checkpoint_of_the_preset(sft_files, tokenizer_dir, tmp_path):
     flags = args_for(sft_files, tokenizer_dir, tmp_path, "--preset", "tiny")
     del flags[flags.index("--ckpt"):flags.index("--ckpt") + 2]
-    with pytest.raises(SystemExit, match=r"pretrain_256x4\.pth does not exist"):
+    with pytest.raises(MiniMindError, match=r"pretrain_256x4\.pth does not exist"):
         sft.main(flags)

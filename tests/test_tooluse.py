@@ -222,7 +222,7 @@ def test_conversation(generated):
     p = generated[0][0]
     record = conversation(p)
     assert record["tools"] == [CALCULATOR]
-    user, call, tool, final = record["messages"]
+    user, call, tool, final = record["conversations"]
     assert user == {"role": "user", "content": p.question}
     assert call["role"] == "assistant" and call["content"] == ""
     assert call["tool_calls"] == [{"type": "function", "function": {

@@ -6,32 +6,13 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_moe_config
-from torch.utils.data import Dataset
+from conftest import CountingData, next_token_loss, tiny_config, tiny_moe_config
 
-from engine.trainer import TrainConfig, Trainer, lr_at, param_groups
+from engine.optim import lr_at, param_groups
+from engine.trainer import TrainConfig, Trainer
 from model.checkpoint import atomic_torch_save, atomic_write
+from model.errors import MiniMindError
 from model.model import MiniMindForCausalLM
-
-
-class CountingData(Dataset):
-    """Row i counts up from a pseudo-random start (mod vocab): easy to learn, different per index."""
-
-    def __init__(self, n: int, seq_len: int = 16, vocab: int = 64):
-        self.n, self.seq_len, self.vocab = n, seq_len, vocab
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        row = (i * 7919 + torch.arange(self.seq_len + 1)) % self.vocab
-        return row[:-1], row[1:]
-
-
-def lm_loss(model, batch):
-    x, y = batch
-    out = model(input_ids=x, shift_labels=y)
-    return out.loss, {"aux_loss": out.aux_loss}
 
 
 def train(out_dir, data, config=None, **overrides):
@@ -42,7 +23,7 @@ def train(out_dir, data, config=None, **overrides):
     fields.update(overrides)
     trainer = Trainer(TrainConfig(**fields))
     model = MiniMindForCausalLM(config or tiny_config(vocab_size=64))
-    return trainer.fit(model, data, lm_loss, name="unit"), trainer
+    return trainer.fit(model, data, next_token_loss, name="unit"), trainer
 
 
 def state(model):
@@ -135,7 +116,7 @@ def test_resume_without_checkpoint_starts_fresh_and_resume_at_end_does_nothing(t
 def test_resume_rejects_a_different_model(tmp_path):
     data = CountingData(16)
     train(tmp_path, data, max_steps=2)
-    with pytest.raises(SystemExit, match="different model"):
+    with pytest.raises(MiniMindError, match="different model"):
         train(tmp_path, data, tiny_config(vocab_size=64, dim=32), max_steps=4, resume=True)
 
 
@@ -150,7 +131,7 @@ def test_peft_style_partial_training_and_extra_metrics(tmp_path, capsys):
     saved = []
 
     def loss_fn(m, batch):
-        loss, _ = lm_loss(m, batch)
+        loss, _ = next_token_loss(m, batch)
         return loss, {"my_metric": torch.tensor(0.25)}
 
     def save_fn(m):
@@ -166,7 +147,7 @@ def test_peft_style_partial_training_and_extra_metrics(tmp_path, capsys):
 
 
 def test_too_little_data_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="fewer than one step"):
+    with pytest.raises(MiniMindError, match="fewer than one step"):
         train(tmp_path, CountingData(5))  # one step needs 4 x 2 rows
 
 
@@ -174,15 +155,15 @@ def test_nan_loss_stops_with_a_message(tmp_path):
     trainer = Trainer(TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=3, dtype="float32", device="cpu",
                                   threads=1, log_interval=1))
     model = MiniMindForCausalLM(tiny_config(vocab_size=64))
-    with pytest.raises(SystemExit, match="loss is nan at step 1"):
-        trainer.fit(model, CountingData(8), lambda m, b: (lm_loss(m, b)[0] * float("nan"), {}), name="nan")
+    with pytest.raises(MiniMindError, match="loss is nan at step 1"):
+        trainer.fit(model, CountingData(8), lambda m, b: (next_token_loss(m, b)[0] * float("nan"), {}), name="nan")
 
 
 def test_validation_runs_and_is_recorded(tmp_path):
     trainer = Trainer(TrainConfig(out_dir=str(tmp_path), batch_size=4, max_steps=6, dtype="float32", device="cpu",
                                   threads=1, eval_interval=3, eval_batches=2, learning_rate=3e-3))
     model = MiniMindForCausalLM(tiny_config(vocab_size=64))
-    result = trainer.fit(model, CountingData(32), lm_loss, val_set=CountingData(8), name="val")
+    result = trainer.fit(model, CountingData(32), next_token_loss, val_set=CountingData(8), name="val")
     history = torch.load(tmp_path / "val_resume.pth", weights_only=True)["history"]["val"]
     assert [s for s, _ in history] == [0, 3, 6]
     assert abs(history[0][1] - math.log(64)) < 0.5  # step 0: the untrained baseline, near uniform
@@ -228,7 +209,7 @@ def test_a_crafted_resume_file_is_refused_without_running_it(tmp_path):
 
     (tmp_path / "out").mkdir()
     torch.save({"step": Payload()}, tmp_path / "out" / "unit_resume.pth")
-    with pytest.raises(SystemExit, match="not a resume checkpoint"):
+    with pytest.raises(MiniMindError, match="not a resume checkpoint"):
         train(tmp_path / "out", CountingData(64), max_steps=4, resume=True)
     assert not marker.exists()
 
@@ -264,9 +245,9 @@ def test_checkpoint_survives_a_kill_in_the_middle_of_writing(tmp_path):
 
 
 def test_bad_settings_are_clear_errors():
-    with pytest.raises(SystemExit, match="--batch_size must be positive, got 0"):
+    with pytest.raises(MiniMindError, match="--batch_size must be positive, got 0"):
         TrainConfig(batch_size=0)
-    with pytest.raises(SystemExit, match="--warmup_steps must be at least 0"):
+    with pytest.raises(MiniMindError, match="--warmup_steps must be at least 0"):
         TrainConfig(warmup_steps=-5)
 
 
@@ -290,7 +271,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_nonzero(tmp_path):
         calls.append(1)
         if len(calls) == 5:  # step 3, first micro-batch
             os.kill(os.getpid(), signal.SIGTERM)
-        return lm_loss(model, batch)
+        return next_token_loss(model, batch)
 
     trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "split"), batch_size=4, accumulation_steps=2,
                                   learning_rate=3e-3, max_steps=8, warmup_steps=2, dtype="float32", device="cpu",
@@ -328,7 +309,7 @@ def test_report_to_wandb_mirrors_the_log(tmp_path, monkeypatch):
 
 def test_report_to_a_missing_backend_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    with pytest.raises(SystemExit, match="pip install wandb"):
+    with pytest.raises(MiniMindError, match="pip install wandb"):
         train(tmp_path, CountingData(16), max_steps=1, report_to="wandb")
 
 
@@ -347,7 +328,7 @@ def test_stale_temp_files_of_the_run_are_removed_and_others_kept(tmp_path):
 def test_an_unwritable_out_dir_is_refused_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit, match="cannot be written"):
+    with pytest.raises(MiniMindError, match="cannot be written"):
         train(blocker / "out", CountingData(64), max_steps=1)
 
 

@@ -13,31 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_config  # noqa: E402
+from conftest import CountingData, tiny_config  # noqa: E402
 
 from engine.trainer import TrainConfig, Trainer  # noqa: E402
 from model.model import MiniMindForCausalLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS, STEPS = 4, 4  # rows per process per step; optimizer steps
-
-
-class RecordingData(Dataset):
-    """Counting sequences that remember which indices this process read."""
-
-    def __init__(self, n: int = 40, seq_len: int = 16, vocab: int = 64):
-        self.n, self.seq_len, self.vocab, self.seen = n, seq_len, vocab, []
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        self.seen.append(i)
-        row = (i * 7919 + torch.arange(self.seq_len + 1)) % self.vocab
-        return row[:-1], row[1:]
 
 
 def settings(out_dir, batch_size, **overrides) -> TrainConfig:
@@ -51,7 +35,7 @@ def run(out_dir, batch_size, **overrides):
     before it, and which sample indices this process read for it."""
     trainer = Trainer(settings(out_dir, batch_size, **overrides))
     model = MiniMindForCausalLM(tiny_config(vocab_size=64))
-    data = RecordingData()
+    data = CountingData(40)  # it records which indices this process read
     same_weights = []
 
     def loss_fn(wrapped, batch):

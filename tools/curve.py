@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import quickstart  # noqa: E402  (the recipes and their stage commands)
 from model.checkpoint import atomic_write  # noqa: E402
+from model.errors import MiniMindError, run_main  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def run(argv: list[str], log: Path) -> float:
     with open(log, "w") as f:
         code = subprocess.call([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if code != 0:
-        sys.exit(f"failed (exit {code}): see {log}")
+        raise MiniMindError(f"failed (exit {code}): see {log}")
     return time.perf_counter() - start
 
 
@@ -85,13 +86,18 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="full", choices=["full", "long", "gpu"])
     parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--score_limit", type=int, default=150, help="held-out questions asked per point")
     parser.add_argument("--out", default=None, help="default out/curve_{recipe}")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if any(s <= 0 for s in args.scales) or args.score_limit < 0:
         parser.error("--scales must be positive and --score_limit at least 0")
     os.chdir(ROOT)
@@ -112,4 +118,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

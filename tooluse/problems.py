@@ -2,7 +2,7 @@
 it, for teaching a tiny model to use the calculator tool.
 
     problems = generate(2000, seed=0, split="train")
-    record = conversation(problems[0])    # {"tools": [...], "messages": [user, call, tool result, answer]}
+    record = conversation(problems[0])    # {"tools": [...], "conversations": [user, call, tool result, answer]}
     answer_is_right(model_reply, problems[0].answer)   # the reward check
 
 A family is one kind of problem with one shape of expression (shopping_total: price*count), written in 3-6
@@ -842,11 +842,11 @@ def generate(n: int, seed: int, split: str) -> list[Problem]:
 
 
 def conversation(problem: Problem) -> dict:
-    """One training record in the HF / OpenAI messages format: the question, the calculator call, the tool's
+    """One SFT record ({"tools", "conversations"}, messages in the OpenAI format): the question, the calculator call, the tool's
     result and the final answer, with the tool offered."""
     return {
         "tools": [CALCULATOR],
-        "messages": [
+        "conversations": [
             {"role": "user", "content": problem.question},
             {"role": "assistant", "content": "", "tool_calls": [
                 {"type": "function",
