@@ -15,10 +15,15 @@ Q and K       llama.cpp's `llama` rotates the pairs (2i, 2i+1) of each head, whi
               unchanged. `qwen2moe` rotates (i, i + head_dim/2) like us and needs no reordering.
 Tokenizer     our byte-level BPE is llama.cpp's `gpt2` tokenizer model with the `gpt-2` pre-tokenizer
               (the ByteLevel split is the GPT-2 regular expression). Tokens are written in id order in
-              their byte-level spelling, with the merges; <unk>, <s>, </s> are control tokens. No BOS
-              is added on encode (the chat template writes its own <s>), and </s> ends a turn.
+              their byte-level spelling, with the merges; <unk>, <s>, </s> are control tokens. The
+              added tokens that are not special, <tool_call> and </tool_call> (the last two ids), are
+              user-defined tokens: llama.cpp then matches them as whole tokens in any input text and
+              keeps them in the text it outputs, where control tokens would be dropped and a tool-call
+              parser would never see them. No BOS is added on encode (the chat template writes its
+              own <s>), and </s> ends a turn.
 Metadata      context length (times the RoPE factor when scaling is set), RoPE base and scaling, head
-              counts, norm eps, the chat template and the chat's sampling defaults.
+              counts, norm eps, the chat template as the tokenizer has it (with the tools, the
+              assistant's <tool_call> blocks and the tool turns) and the chat's sampling defaults.
 Outtypes      f32; f16 and q8_0 for the matrices (norm gains stay f32, as llama.cpp keeps them).
               q8_0 needs rows of a multiple of 32 values; a matrix that has not stays f16.
 """
@@ -198,6 +203,7 @@ def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
     kinds = {index: TokenType.NORMAL for index in tokens}
     for added in data.get("added_tokens", []):
         tokens[added["id"]] = added["content"]
+        # special (<unk>, <s>, </s>): CONTROL; added but not special (<tool_call>, </tool_call>): USER_DEFINED
         kinds[added["id"]] = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
     if max(tokens) >= vocab_size:
         raise MiniMindError(f"the tokenizer has ids up to {max(tokens)}, the model only {vocab_size} embeddings")
@@ -403,8 +409,10 @@ def apply_lora_gguf(llama, path, cfg) -> None:
 
 def write_modelfile(gguf: Path, cfg, adapter: Path | None = None) -> Path:
     """An Ollama Modelfile beside `gguf` (`ollama create NAME -f FILE`). Ollama renders prompts with its own
-    template language, not the Jinja template inside the GGUF, so the chat template is written again; `</s>`
-    ends a turn, and the sampling defaults are the chat's."""
+    template language, not the Jinja template inside the GGUF, so the chat template is written again, tools
+    and tool calls included (OLLAMA_TEMPLATE in model/tokenizer.py; Ollama finds the model's calls by the
+    `<tool_call>` tag that template writes them with); `</s>` ends a turn, and the sampling defaults are the
+    chat's."""
     lines = [f"FROM ./{gguf.name}"]
     if adapter is not None:
         lines.append(f"ADAPTER ./{adapter.name}")

@@ -65,12 +65,62 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<s>assistant\\n' }}{%- endif %}"
 )
 
-# The same template in Ollama's language (Go's text/template over .Messages), for the Modelfile written
-# beside a GGUF export. tests/test_gguf.py renders it with Go and compares it with CHAT_TEMPLATE.
+# The same template in Ollama's language (Go's text/template over Ollama's .Messages and .Tools), for the
+# Modelfile written beside a GGUF export. tests/test_gguf.py renders it with Go and compares with CHAT_TEMPLATE.
+#
+# The turns, the system turn that lists the tools and the call blocks are laid out exactly as CHAT_TEMPLATE
+# lays them out. Ollama hands a template the tools and the call arguments as Go values, not as the JSON the
+# client sent, and its `json` function writes Go's compact JSON ({"a":1}, keys sorted), which is not the
+# JSON our template writes (json.dumps: {"a": 1}, keys in the order given) and the model was trained on.
+# So the template writes that JSON itself, with our separators: a tool as {"type", "function": {"name",
+# "description", "parameters": {"type", "properties", "required"}}}, each property as {"type",
+# "description", "enum"}, and a call as {"name": ..., "arguments": {...}}, in that key order. For tools
+# given in that order (as tooluse/calculator.py's CALCULATOR is) and calls whose arguments are one key
+# or keys in sorted order, the prompt equals CHAT_TEMPLATE's byte for byte. Where it cannot:
+#   - Ollama keeps properties and arguments in a Go map, so they come out sorted by name;
+#   - string values go through `json`, which escapes <, > and & as \u003c, \u003e, \u0026;
+#   - anything nested deeper (a property's items, properties, required or anyOf, the parameters' $defs
+#     or items, an argument that is an object or a list) is `json`'s compact, key-sorted JSON;
+#   - arguments sent as a JSON string (OpenAI's form) CHAT_TEMPLATE writes as sent, while Ollama has them
+#     parsed, so they come out in the layout above whatever the client's spacing was.
+# Ollama also merges consecutive messages of one role (except tool results) into one, joined by a blank line.
+# Ollama takes the first text under {{ if .ToolCalls }} (up to any "{") as the tag that opens a tool call in
+# the model's output, and parses the JSON after it; a text that is only a newline, or an action, before it
+# would lose the tag. So `<tool_call>` is written in both branches of the if that puts the newline between
+# blocks, and the tag Ollama finds is `<tool_call>` (tests/test_gguf.py checks it).
 OLLAMA_TEMPLATE = (
-    "{{ range .Messages }}<s>{{ .Role }}\n"
-    "{{ .Content }}</s>\n"
-    "{{ end }}<s>assistant\n"
+    "{{ if .Tools }}<s>system\n"
+    "{{ with .Messages }}{{ with index . 0 }}{{ if and (eq .Role \"system\") .Content }}{{ .Content }}\n\n"
+    "{{ end }}{{ end }}{{ end -}}\n"
+    "# 工具\n<tools>{{ range .Tools }}\n"
+    "{\"type\": {{ json .Type }}, \"function\": {\"name\": {{ json .Function.Name }}"
+    "{{ with .Function.Description }}, \"description\": {{ json . }}{{ end }}"
+    "{{ with .Function.Parameters }}{{ if or .Type .Properties }}, \"parameters\": {\"type\": {{ json .Type }}"
+    "{{ with .Defs }}, \"$defs\": {{ json . }}{{ end }}{{ with .Items }}, \"items\": {{ json . }}{{ end }}"
+    ", \"properties\": {\n"
+    "{{- $sep := \"\" }}{{ range $name, $property := .Properties }}{{ $sep }}{{ json $name }}: {\n"
+    "{{- $f := \"\" }}"
+    "{{ with .Type }}{{ $f }}\"type\": {{ json . }}{{ $f = \", \" }}{{ end }}"
+    "{{ with .Description }}{{ $f }}\"description\": {{ json . }}{{ $f = \", \" }}{{ end }}"
+    "{{ with .Enum }}{{ $f }}\"enum\": [{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ json $v }}{{ end }}]"
+    "{{ $f = \", \" }}{{ end }}"
+    "{{ with .Items }}{{ $f }}\"items\": {{ json . }}{{ $f = \", \" }}{{ end }}"
+    "{{ with .Properties }}{{ $f }}\"properties\": {{ json . }}{{ $f = \", \" }}{{ end }}"
+    "{{ with .Required }}{{ $f }}\"required\": {{ json . }}{{ $f = \", \" }}{{ end }}"
+    "{{ with .AnyOf }}{{ $f }}\"anyOf\": {{ json . }}{{ end }}}"
+    "{{ $sep = \", \" }}{{ end }}}"
+    "{{ with .Required }}, \"required\": [{{ range $i, $r := . }}{{ if $i }}, {{ end }}{{ json $r }}{{ end }}]{{ end }}}"
+    "{{ end }}{{ end }}}}"
+    "{{ end }}\n</tools></s>\n"
+    "{{ end }}"
+    "{{ range $i, $m := .Messages }}{{ if not (and $.Tools (eq $i 0) (eq .Role \"system\")) }}<s>{{ .Role }}\n"
+    "{{ .Content }}"
+    "{{ if .ToolCalls }}{{ range $k, $call := .ToolCalls }}{{ if or $k $m.Content }}\n<tool_call>{{ else }}<tool_call>{{ end }}\n"
+    "{\"name\": {{ json .Function.Name }}, \"arguments\": {\n"
+    "{{- $sep := \"\" }}{{ range $key, $value := .Function.Arguments }}{{ $sep }}{{ json $key }}: {{ json $value }}"
+    "{{ $sep = \", \" }}{{ end -}}\n"
+    "}}\n</tool_call>{{ end }}{{ end }}</s>\n"
+    "{{ end }}{{ end }}<s>assistant\n"
 )
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent / "minimind_tokenizer"
