@@ -17,21 +17,35 @@ the data file's name without a `lora_` prefix):
     lora_NAME_{tag}.pth  + .json   with --merge: base + adapter folded into one plain checkpoint
     lora_NAME_{tag}_resume.pth     everything --resume needs (base weights included)
     lora_NAME_{tag}_loss.png       loss curves
+    --identity_json PATH           the identity score (evaluation/identity.py) of the finished adapter
 
-The base checkpoint is only read, never written. Chat with the result: `python 2-eval.py --weight lora_NAME`.
+The base checkpoint is only read, never written. Chat with the result: `python 2-eval.py --weight lora_NAME`
+or `python 2-eval.py --ckpt out/lora_NAME_{tag}` (the folder names its base).
+
+The quickstart's identity recipe: 647 conversations (LLaMA-Factory's 91, less the 4 that ask a held-out
+question, plus 560 generated paraphrases whose replies all state the name first; data/sft.py), adapters of
+rank 8 (alpha 16) on every attention and SwiGLU projection, 40 steps of 16 at --learning_rate 5e-3, loss on
+the answers only. The old 20 steps at 1e-4 on the 91 left the tiny model answering "你是谁？" with a film
+title; this recipe names itself on 32 of 32 held-out questions (a tiny model of 150 pretraining and 60 SFT
+steps, three seeds; 30 steps at 2e-3 reached 28). With --identity_json the stage then asks
+evaluation/identity.py's held-out paraphrases greedily, with the adapter on and off, and stops non-zero if
+the adapter-off logits differ from the base's.
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: set before torch loads
 import argparse
+import json
 import re
 from pathlib import Path
 
 from data.datasets import SFTDataset, sft_loss
 from engine.config_file import parse_with_config
 from engine.trainer import TrainConfig, Trainer, add_train_args
-from model.checkpoint import previous_stage_weights, weights_path
+from evaluation.identity import BOT_NAME, board_line, identity_board
+from model.checkpoint import atomic_write, check_vocabulary, previous_stage_weights, weights_path
 from model.cli import load_with_flags
+from model.errors import run_main
 from model.LMConfig import add_config_args, config_from_args, describe
 from model.lora import (
     adapter_dir,
@@ -59,6 +73,11 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     group.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     group.add_argument("--merge", action="store_true", help="also write base + adapter merged to out/lora_NAME_{tag}.pth")
+    group.add_argument("--identity_json", default=None,
+                       help="after training, score the adapter on the held-out identity questions (adapter on and "
+                            "off, evaluation/identity.py) and write the board here")
+    group.add_argument("--bot_name", default=BOT_NAME,
+                       help="the name the identity data gives the model, for --identity_json (default %(default)s)")
     add_lora_args(parser)
     add_train_args(parser, learning_rate=1e-4, batch_size=16, epochs=10, weight_decay=0.01,
                    log_interval=10, eval_interval=100, save_interval=200)
@@ -86,8 +105,7 @@ def main(argv=None):
     trainer.print(trainable_summary(model))
 
     tokenizer = load_tokenizer(args.tokenizer)
-    if len(tokenizer) > config.vocab_size:
-        raise SystemExit(f"tokenizer {args.tokenizer} has {len(tokenizer)} tokens, the model only {config.vocab_size}")
+    check_vocabulary(tokenizer, config.vocab_size, args.tokenizer)
     seq_len = args.seq_len or config.max_seq_len
     verbose = trainer.is_main
     train_set = SFTDataset(args.data, tokenizer, seq_len, strict=args.strict, verbose=verbose)
@@ -106,8 +124,23 @@ def main(argv=None):
         if args.merge and trainer.is_main:
             merged = save_merged(result.model, weights_path(out_dir, f"lora_{domain}", config), f"lora_{domain}")
             trainer.print(f"merged weights: {merged}")
+        if args.identity_json and trainer.is_main:
+            score_identity(args, base_path, folder, tokenizer)
     trainer.close()
 
 
+def score_identity(args, base_path, folder, tokenizer) -> None:
+    """The adapter as saved, on a fresh copy of the base, in float32 on the CPU (where equal inputs give
+    bit-equal outputs): the held-out identity share with the adapter on and off, and the base check."""
+    base = load_with_flags(base_path, args, say=lambda _: None).float().eval()
+    board = identity_board(base, folder, tokenizer, args.bot_name)
+    board["base"] = str(base_path)
+    text = json.dumps(board, ensure_ascii=False, indent=1)
+    atomic_write(args.identity_json, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    print(board_line(board) + f" ({args.identity_json})")
+    if not board["adapter_off_is_base"]:
+        raise SystemExit(f"{folder}: with the adapter off the logits differ from {base_path}'s: the base changed")
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main)

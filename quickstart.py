@@ -35,7 +35,7 @@ from model.runtime import pick_dtype
 # model trains in float32, about half as fast, and the CPU recipes scale their training steps by
 # FP32_STEP_SHARE so that the wall time stays about the same.
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
-            muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=20, dpo_steps=30,
+            muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
             tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200)
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
@@ -44,7 +44,7 @@ FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pret
 # rates SFT first pushed the held-out loss up and ended 43 answers on topic behind the pretrain-only model; at
 # these it ends 13 behind, within sampling noise. Measured on a 2-core AVX512_BF16 CPU: 1 h 43 min end to end,
 # 56.1% of the held-out questions on topic (README, Results; docs/LOG.md).
-LONG = dict(FULL, preset="mini", pretrain_steps=2100, sft_steps=700, sft_lr=3e-4, sft_muon_lr=0.002, lora_steps=40,
+LONG = dict(FULL, preset="mini", pretrain_steps=2100, sft_steps=700, sft_lr=3e-4, sft_muon_lr=0.002, lora_steps=60,
             dpo_steps=60, score_limit=0, save_interval=100)
 # --gpu: the 26.88M `small-T` preset at batch 64 x 512 on one GPU: 16M pretraining tokens, a few minutes.
 GPU = dict(FULL, preset="small-T", pretrain_steps=500, pretrain_batch=64, sft_steps=200, sft_batch=64,
@@ -103,7 +103,8 @@ def stages(args, n):
                       "--learning_rate", str(n["sft_lr"]), "--muon_lr", str(n["sft_muon_lr"]),
                       "--eos_check", "0"]),
         ("LoRA on the identity set", ["4-lora_sft.py", *train, "--data", f"{data}/lora_identity.jsonl", "--name", "identity",
-                                      "--max_steps", str(n["lora_steps"])]),
+                                      "--max_steps", str(n["lora_steps"]), "--learning_rate", str(n["lora_lr"]),
+                                      "--identity_json", f"{out}/score_lora_identity_{tag}.json"]),
         ("DPO", ["5-dpo_train.py", *train, "--data", f"{data}/dpo.jsonl", "--val_data", f"{data}/dpo_val.jsonl",
                  "--max_steps", str(n["dpo_steps"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]

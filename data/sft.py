@@ -10,6 +10,8 @@ from tqdm import tqdm
 from data.clean import VENDOR_CLAIM, SeenBefore, ceval_guard, has_lone_surrogate, is_val, message, normalize
 from data.datasets import Skips, check_messages
 from data.read import Report, csv_rows, read_json_file, read_jsonl_file, read_text_file, records, write_jsonl
+from evaluation.identity import HELD_OUT_QUESTIONS as IDENTITY_HELD_OUT
+from evaluation.identity import question_key
 from model.errors import MiniMindError
 
 
@@ -53,7 +55,84 @@ def alpaca_items(path: Path, report: Report, fill=None):
 
 
 def identity_items(path: Path, report: Report, name="MiniMind", author="MiniMind"):
+    """LLaMA-Factory's identity set, then identity_paraphrases: 91 conversations alone were too few for an
+    adapter to learn the name (a tiny model still answered "你是谁？" with a film title after LoRA)."""
     yield from alpaca_items(path, report, fill={"name": name, "author": author})
+    for i, messages in enumerate(identity_paraphrases(name, author)):
+        yield f"identity_paraphrases:{i}", messages
+
+
+# Ways to ask who the model is, each with the kind of reply it takes: "who" (I am NAME), "other" (asks
+# about another model: no, I am NAME) and "yes" (are you an AI: yes, I am NAME). None of them, with or
+# without a greeting in front, is a question of evaluation/identity.py's held-out set (build_sft drops
+# any that would be, and tests/test_identity.py checks the built file).
+IDENTITY_QUESTIONS_ZH = {
+    "who": ["你是什么人", "请问你是谁", "您是谁", "你是哪位", "请问您是哪位", "你叫什么", "你的名字是什么",
+            "怎么称呼你", "我应该怎么称呼你", "能告诉我你的名字吗", "你叫什么名儿", "您叫什么名字", "您贵姓",
+            "你的全名是什么", "你的英文名是什么", "大家都叫你什么", "你的昵称是什么", "报一下你的名字",
+            "简单介绍一下你自己", "请你介绍一下自己", "说说你自己", "讲讲你是谁", "你能介绍下自己吗",
+            "给我介绍一下你吧", "先介绍一下你自己", "你是干什么的", "你是做什么的", "你的身份是什么",
+            "告诉我你的身份", "你是什么模型", "你是哪个公司的模型", "你属于哪个大模型", "你用的是什么模型",
+            "你是什么类型的AI", "你是哪种AI助手", "你是谁家的AI", "你是什么东西", "你是什么软件",
+            "现在和我对话的是谁", "屏幕那头是谁", "你是谁开发的", "你是谁做的", "谁创造了你，你叫什么",
+            "你的开发者给你起了什么名字", "你是一个什么样的助手"],
+    "other": ["你是ChatGPT吗", "你是GPT-4吗", "你是文心一言吗", "你是通义千问吗", "你是Claude吗",
+              "你是Siri吗", "你是小爱同学吗", "你是OpenAI的模型吗", "你是不是文心一言"],
+    "yes": ["你是机器人吗", "你是AI吗", "你是一个程序吗", "你是大语言模型吗", "你是人工智能助手吗",
+            "你是不是机器人", "你是语言模型吗"],
+}
+IDENTITY_QUESTIONS_EN = {
+    "who": ["Who are you", "What is your name", "What are you", "Tell me your name", "May I know your name",
+            "Can you introduce yourself", "What do people call you", "What kind of model are you",
+            "Who made you", "Tell me about yourself", "What is this assistant called"],
+    "other": ["Are you ChatGPT", "Are you GPT-4", "Are you Claude", "Are you made by OpenAI"],
+    "yes": ["Are you a robot", "Are you a language model", "Are you an AI"],
+}
+IDENTITY_PREFIXES_ZH = ["", "你好，", "您好，", "嗨，", "对了，", "我想知道", "冒昧问一下，", "打扰一下，"]
+IDENTITY_PREFIXES_EN = ["", "Hi, ", "Hello! ", "Hey, "]
+IDENTITY_ENDINGS_ZH = ["？", "？", "?", ""]
+IDENTITY_ENDINGS_EN = ["?", "?", ""]
+# Every reply states the name in its first words, so the adapter learns one thing: who is speaking.
+IDENTITY_REPLIES = {
+    "zh": {
+        "who": ["我是{name}，一个由{author}开发的人工智能助手。",
+                "我是{name}，一个小型中文语言模型，很高兴为您服务。",
+                "我叫{name}，是{author}训练的AI助手，有什么可以帮您？",
+                "我是{name}。我是一个人工智能助手，可以回答问题、聊天和写作。",
+                "您好，我是{name}，由{author}开发的AI助手。",
+                "我的名字是{name}，一个由{author}打造的语言模型。"],
+        "other": ["不是，我是{name}，一个由{author}开发的人工智能助手。",
+                  "不是的，我是{name}，由{author}训练的语言模型。"],
+        "yes": ["是的，我是{name}，一个由{author}开发的人工智能助手。",
+                "是的，我叫{name}，是{author}训练的语言模型。"],
+    },
+    "en": {
+        "who": ["I am {name}, an AI assistant developed by {author}.",
+                "I'm {name}, a small language model trained by {author}. How can I help?",
+                "My name is {name}, an AI assistant built by {author}."],
+        "other": ["No, I am {name}, an AI assistant developed by {author}."],
+        "yes": ["Yes, I am {name}, an AI assistant developed by {author}."],
+    },
+}
+
+
+def identity_paraphrases(name="MiniMind", author="MiniMind") -> list[list[dict]]:
+    """Every identity question with every greeting prefix, each answered with a reply that starts by
+    stating `name`; the ending and the reply rotate, so the set is the same on every build."""
+    conversations, turn = [], 0
+    languages = (("zh", IDENTITY_QUESTIONS_ZH, IDENTITY_PREFIXES_ZH, IDENTITY_ENDINGS_ZH),
+                 ("en", IDENTITY_QUESTIONS_EN, IDENTITY_PREFIXES_EN, IDENTITY_ENDINGS_EN))
+    for lang, questions, prefixes, endings in languages:
+        for kind, cores in questions.items():
+            replies = IDENTITY_REPLIES[lang][kind]
+            for core in cores:
+                for prefix in prefixes:
+                    question = prefix + (core[0].lower() + core[1:] if prefix and lang == "en" else core)
+                    question += endings[turn // len(replies) % len(endings)]
+                    reply = replies[turn % len(replies)].format(name=name, author=author)
+                    conversations.append([message("user", question), message("assistant", reply)])
+                    turn += 1
+    return conversations
 
 
 def sharegpt_conversations(turns) -> tuple[list[dict] | None, str, str]:
@@ -239,7 +318,8 @@ def build_sft(
 ) -> None:
     """Build the SFT and LoRA jsonl files in `out` from the built-in sources under `raw` plus extra files in
     our chat format (`jsonl`), ShareGPT (`sharegpt`) and upstream deepctrl (`deepctrl`). Conversations
-    whose questions appear in C-Eval val (`ceval`, default raw/ceval/val) are removed."""
+    whose questions appear in C-Eval val (`ceval`, default raw/ceval/val) are removed, and so are identity
+    conversations that ask a question of evaluation/identity.py's held-out set."""
     raw_dir = Path(raw)
     inputs = [
         (name, sorted(raw_dir.glob(pattern)), reader, dest) for name, (pattern, reader, dest) in SFT_SOURCES.items()
@@ -248,6 +328,7 @@ def build_sft(
     inputs += [(Path(p).stem, [Path(p)], sharegpt_items, "sft") for p in sharegpt]
     inputs += [(Path(p).stem, [Path(p)], deepctrl_items, "sft") for p in deepctrl]
     guard = ceval_guard(raw_dir, ceval)
+    held_out = {question_key(q) for q in IDENTITY_HELD_OUT}  # evaluation/identity.py asks these, never trained
     rows_by_split = {split: [] for split in SFT_FILES}
     seen, reports = SeenBefore(), []
     start = time.time()
@@ -270,6 +351,10 @@ def build_sft(
                     and guard.hit("\n".join(m["content"] for m in messages if m["role"] != "assistant"))
                 ):
                     reason = "question appears in C-Eval val"
+                if not reason and dest == "lora_identity" and any(
+                    question_key(m["content"]) in held_out for m in messages if m["role"] == "user"
+                ):
+                    reason = "question held out for the identity score"
                 if not reason and seen(messages):
                     reason = "exact duplicate"
                 if reason:

@@ -11,7 +11,9 @@ The arguments it adds:
                      (512x8, 640x8_moe) comes from --preset and its overrides. lora_NAME loads the base
                      and merges the adapter in out/lora_NAME_{tag}/; the base is the checkpoint recorded
                      in the adapter's config, or --lora_base STAGE (full_sft when neither is known).
-    --ckpt PATH      any .pth with its .json beside it, or an exported HF folder; wins over --weight
+    --ckpt PATH      any .pth with its .json beside it, an exported HF folder, or a LoRA adapter folder
+                     (out/lora_NAME_{tag}/: its base is the checkpoint the adapter records, no --preset
+                     needed); wins over --weight
     --out_dir DIR    where stage checkpoints live (out)
     --tokenizer DIR  model/minimind_tokenizer, or the HF folder's own tokenizer when --ckpt is one
     --device         auto picks cuda, then mps, then cpu
@@ -33,10 +35,11 @@ from pathlib import Path
 import torch
 
 from model.chat import build_prompt
-from model.checkpoint import checkpoint_stage, load_model
+from model.checkpoint import check_vocabulary, checkpoint_stage, load_model
 from model.errors import MiniMindError, first_line
 from model.jsonfile import read_json_object
 from model.LMConfig import add_config_args, config_from_args, config_overrides, describe
+from model.lora import adapter_base, check_adapter_base, is_adapter_dir, recorded_base
 from model.quantize import INT8_THREADS, quantize_int8
 from model.runtime import DeviceError, pick_device, pick_dtype
 from model.tokenizer import load_tokenizer
@@ -93,7 +96,8 @@ def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_
     group.add_argument("--weight", default=default_weight,
                        help="stage checkpoint: pretrain, full_sft, dpo or lora_NAME (default %(default)s)")
     group.add_argument("--ckpt", default=None,
-                       help="a .pth (with its .json) or an exported HF folder; wins over --weight")
+                       help="a .pth (with its .json), an exported HF folder or a LoRA adapter folder (its base "
+                            "is the checkpoint it records); wins over --weight")
     group.add_argument("--lora_base", default=None,
                        help="stage under a LoRA adapter (default: the base recorded in the adapter, else full_sft)")
     group.add_argument("--out_dir", default=str(ROOT / "out"), help="folder of the stage checkpoints")
@@ -112,6 +116,16 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
         path = Path(args.ckpt)
         if not path.exists():
             raise MiniMindError(f"--ckpt {path} does not exist")
+        if is_adapter_dir(path):
+            base = adapter_base(path, args.out_dir)
+            if base is None:
+                recorded = recorded_base(path)
+                raise MiniMindError(
+                    f"--ckpt {path}: its base checkpoint {recorded} is missing (looked there and beside the "
+                    f"adapter): put the base back, or load with --weight lora_NAME --lora_base STAGE"
+                    if recorded else f"--ckpt {path}: the adapter records no base checkpoint: load it with "
+                    f"--weight lora_NAME --lora_base STAGE")
+            return base, path
         if path.is_dir():
             config_file = path / "config.json"
             if not config_file.exists():
@@ -131,15 +145,13 @@ def resolve_checkpoint(args) -> tuple[Path, Path | None]:
         if not (adapter / "adapter_config.json").exists():
             raise MiniMindError(f"no LoRA adapter at {adapter} (adapter_config.json missing): train it with the LoRA "
                              f"stage first, or check --weight and --preset")
-        adapter_config = read_json_object(adapter / "adapter_config.json")
-        recorded = adapter_config.get("base_model_name_or_path")
-        if args.lora_base is None and recorded:
-            # As recorded (relative to where training ran), or the file of that name in --out_dir.
-            for base in (Path(recorded), out_dir / Path(recorded).name) if isinstance(recorded, str) else ():
-                if base.suffix == ".pth" and base.is_file():
-                    return base, adapter
+        base = adapter_base(adapter, out_dir) if args.lora_base is None else None
+        if base is not None:
+            return base, adapter
         stage = args.lora_base or "full_sft"
     path = out_dir / f"{stage}_{tag}.pth"
+    if adapter is not None and path.exists():
+        check_adapter_base(adapter, path)
     if not path.exists():
         found = sorted(p.name for p in out_dir.glob("*.pth")) if out_dir.is_dir() else []
         hint = f"checkpoints in {out_dir}: {', '.join(found)}" if found else f"{out_dir} holds no checkpoints yet"
@@ -188,9 +200,7 @@ def load_from_args(args, verbose: bool = True):
     except Exception as error:  # a tokenizer.json that is not one
         raise MiniMindError(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'}: cannot load it "
                             f"({first_line(error, 200)})") from None
-    if len(tokenizer) > model.config.vocab_size:
-        raise MiniMindError(f"tokenizer {tokenizer_dir or 'model/minimind_tokenizer'} has {len(tokenizer)} tokens but the "
-                         f"model only {model.config.vocab_size}: they were not trained together (pass --tokenizer)")
+    check_vocabulary(tokenizer, model.config.vocab_size, tokenizer_dir or "model/minimind_tokenizer")
     if verbose:
         what = f"{path}" + (f" + LoRA {adapter}" if adapter else "")
         print(f"loaded {what}: {described}")

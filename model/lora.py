@@ -7,22 +7,27 @@
 
 An adapter folder is peft's own format (adapter_config.json + adapter_model.safetensors), so
 `PeftModel.from_pretrained(base, folder)` reads it, and the chat/eval scripts load it with
-`--weight lora_{name}` (see model/cli.py). `adapter_config.json` records the base checkpoint it was
-trained on in `base_model_name_or_path`.
+`--weight lora_{name}` or `--ckpt out/lora_{name}_{tag}` (see model/cli.py). `adapter_config.json` records
+the base checkpoint it was trained on in `base_model_name_or_path`, and BASE_FILE beside it records that
+path again with the base's config, so a folder names its own base (adapter_base) and a base of another
+shape is refused with a sentence rather than a peft size-mismatch trace.
 """
 import argparse
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn as nn
 
-from model.checkpoint import atomic_write_folder, save_weights
+from model.checkpoint import atomic_write_folder, checkpoint_stage, load_config, save_weights
 from model.errors import MiniMindError
+from model.jsonfile import read_json_object
 
 # Attention and SwiGLU projections, the layers the original MiniMind adapted. In an MoE model the FFN
 # names match every expert's projections (routed and shared); the router (`mlp.gate`) stays frozen.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BASE_FILE = "minimind_base.json"  # in an adapter folder: {"base": path, "stage": ..., "config": {...}}
 
 
 @dataclass
@@ -86,7 +91,8 @@ def adapter_dir(out_dir, name: str, config) -> Path:
 
 
 def save_adapter(peft_model, path, base_path=None) -> None:
-    """Write only the adapter weights and config to folder `path`, atomically.
+    """Write only the adapter weights and config to folder `path`, atomically, with BASE_FILE naming the
+    base checkpoint `base_path` and its config, so that the folder alone is enough to load it (--ckpt).
 
     peft writes the folder file by file, so it goes to a temporary sibling that is then renamed into
     place; a crash leaves the previous adapter (or none), never a half-written one.
@@ -95,8 +101,64 @@ def save_adapter(peft_model, path, base_path=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if base_path is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_path)
-    # embeddings are never adapted
-    atomic_write_folder(path, lambda tmp: peft_model.save_pretrained(str(tmp), save_embedding_layers=False))
+    base = {"base": str(base_path) if base_path is not None else None,
+            "stage": checkpoint_stage(base_path) if base_path is not None else None,
+            "config": peft_model.get_base_model().config.to_dict()}
+    text = json.dumps(base, indent=2, ensure_ascii=False, default=str)
+
+    def write(tmp):
+        peft_model.save_pretrained(str(tmp), save_embedding_layers=False)  # embeddings are never adapted
+        (Path(tmp) / BASE_FILE).write_text(text, encoding="utf-8")
+
+    atomic_write_folder(path, write)
+
+
+def is_adapter_dir(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file()
+
+
+def recorded_base(folder) -> str | None:
+    """The base checkpoint path an adapter folder records (BASE_FILE, else peft's base_model_name_or_path)."""
+    folder = Path(folder)
+    for name, key in ((BASE_FILE, "base"), ("adapter_config.json", "base_model_name_or_path")):
+        if (folder / name).is_file():
+            value = read_json_object(folder / name).get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def adapter_base(folder, out_dir=None) -> Path | None:
+    """The base checkpoint of the adapter in `folder`: the path it records, as written (relative to where
+    training ran), else a file of that name beside the folder or in `out_dir`; None when none is there.
+    A base whose shape differs from the one the adapter recorded raises."""
+    folder = Path(folder)
+    recorded = recorded_base(folder)
+    if recorded is None:
+        return None
+    name = Path(recorded).name
+    candidates = [Path(recorded), folder.parent / name] + ([Path(out_dir) / name] if out_dir else [])
+    for base in candidates:
+        if base.suffix == ".pth" and base.is_file():
+            check_adapter_base(folder, base)
+            return base
+    return None
+
+
+def check_adapter_base(folder, base) -> None:
+    """Raise when `base` is not of the shape the adapter in `folder` was trained on (per its BASE_FILE)."""
+    folder = Path(folder)
+    if not (folder / BASE_FILE).is_file():
+        return  # saved before BASE_FILE existed: peft's own load reports a mismatch
+    fields = read_json_object(folder / BASE_FILE).get("config")
+    if not isinstance(fields, dict):
+        return
+    config = load_config(base)
+    shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "use_moe", "n_routed_experts")
+    differ = [f"{k} {fields[k]} vs {getattr(config, k)}" for k in shape
+              if k in fields and fields[k] != getattr(config, k, None)]
+    if differ:
+        raise MiniMindError(f"{folder} was trained on a base of another shape than {base} ({', '.join(differ)})")
 
 
 def save_merged(peft_model, path, stage: str) -> Path:

@@ -191,7 +191,7 @@ def sft_raw(tmp_path):
     write_file(
         raw / "sft_zh/exams/agieval_zh/jec-qa-ca.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in agieval)
     )
-    identity = [{"instruction": "你是谁？", "input": "", "output": "我是 {{name}}，由 {{author}} 开发。"}]
+    identity = [{"instruction": "你是什么？", "input": "", "output": "我是 {{name}}，由 {{author}} 开发。"}]
     write_file(raw / "identity/llamafactory_identity.json", json.dumps(identity, ensure_ascii=False))
     deepctrl = {"history": [["你好", "你好！"]], "q": "今天星期几？", "a": "今天星期一。"}
     extra = write_file(tmp_path / "deepctrl.jsonl", json.dumps(deepctrl, ensure_ascii=False) + "\n")

@@ -1,13 +1,21 @@
-"""LoRA: only adapters learn, the base stays bit-identical, merging reproduces adapter+base exactly."""
+"""LoRA: only adapters learn, the base stays bit-identical, merging reproduces adapter+base exactly, an adapter
+folder loads as --ckpt on the base it records, and with the adapter off the model is the base bit for bit."""
+import argparse
+import copy
 import json
 
 import pytest
 import torch
 from conftest import load_script, tiny_config, tiny_moe_config
 
+from peft import PeftModel
+
+from evaluation.identity import same_logits
 from model.checkpoint import load_model, save_weights
+from model.cli import add_model_args, load_from_args, resolve_checkpoint
 from model.cli import merge_lora as cli_merge_lora
-from model.lora import LoraSettings, adapter_dir, apply_lora, save_adapter
+from model.errors import MiniMindError
+from model.lora import BASE_FILE, LoraSettings, adapter_dir, apply_lora, save_adapter
 from model.model import MiniMindForCausalLM
 
 CONFIGS = {"dense": tiny_config, "moe": tiny_moe_config}
@@ -104,7 +112,8 @@ def test_saved_adapter_holds_only_adapter_and_reloads(tmp_path):
     assert folder.name == "lora_identity_64x2"
     save_adapter(model, folder, base_path=base_path)
     save_adapter(model, folder, base_path=base_path)  # overwriting an existing adapter works too
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                        BASE_FILE]
     assert not list(tmp_path.glob(".lora_*"))  # no temporary folders left behind
 
     from safetensors.torch import load_file
@@ -121,7 +130,7 @@ def test_saved_adapter_holds_only_adapter_and_reloads(tmp_path):
 
 def test_unknown_target_is_a_clear_error():
     model = MiniMindForCausalLM(tiny_config())
-    with pytest.raises(SystemExit, match="wq.*not among the model's linear layers.*q_proj"):
+    with pytest.raises(MiniMindError, match="wq.*not among the model's linear layers.*q_proj"):
         apply_lora(model, LoraSettings(targets=("q_proj", "wq")))
 
 
@@ -183,3 +192,88 @@ def test_script_merge_writes_equivalent_full_weights(lora_files, tokenizer_dir, 
         untouched = load_model(base)(input_ids=x).logits
     assert (merged - with_adapter).abs().max() < 1e-5
     assert (merged - untouched).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- an adapter folder as --ckpt
+
+
+def trained_adapter(tmp_path, out_name="out"):
+    """out/full_sft_64x2.pth and a trained adapter for it in out/lora_identity_64x2/ (base path recorded
+    relative to tmp_path, as training run from the repository records out/full_sft_...)."""
+    out = tmp_path / out_name
+    out.mkdir()
+    base_path = out / "full_sft_64x2.pth"
+    save_weights(MiniMindForCausalLM(tiny_config()), base_path, "full_sft")
+    model = train_steps(apply_lora(load_model(base_path), LoraSettings(rank=4, alpha=8)))
+    folder = adapter_dir(out, "identity", model.config)
+    save_adapter(model, folder, base_path=base_path)
+    return base_path, folder
+
+
+def loaded(argv, tokenizer_dir):
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    args = parser.parse_args([*argv, "--tokenizer", str(tokenizer_dir), "--device", "cpu", "--dtype", "float32"])
+    return load_from_args(args, verbose=False)[0]
+
+
+def test_adapter_folder_as_ckpt_needs_no_preset(tmp_path, tokenizer_dir):
+    base_path, folder = trained_adapter(tmp_path)
+    recorded = json.loads((folder / BASE_FILE).read_text())
+    assert recorded["base"] == str(base_path) and recorded["stage"] == "full_sft" and recorded["config"]["dim"] == 64
+    x, _ = batch(512, seed=3)
+    old_way = loaded(["--weight", "lora_identity", "--out_dir", str(base_path.parent), "--dim", "64",
+                      "--n_layers", "2"], tokenizer_dir)
+    new_way = loaded(["--ckpt", str(folder)], tokenizer_dir)  # no --preset, no shape flags
+    with torch.no_grad():
+        expected, got = old_way(input_ids=x).logits, new_way(input_ids=x).logits
+        base = load_model(base_path)(input_ids=x).logits
+    assert torch.equal(got, expected)
+    assert (got - base).abs().max() > 1e-3  # the adapter is in it
+
+
+def test_adapter_folder_finds_its_base_after_a_move(tmp_path, tokenizer_dir):
+    """The recorded path is relative to where training ran; moved together, the base beside the folder is found."""
+    base_path, folder = trained_adapter(tmp_path)
+    moved = tmp_path / "elsewhere"
+    base_path.parent.rename(moved)
+    path, adapter = resolve_checkpoint(argparse.Namespace(ckpt=str(moved / folder.name), out_dir="out"))
+    assert path == moved / base_path.name and adapter == moved / folder.name
+    loaded(["--ckpt", str(moved / folder.name)], tokenizer_dir)
+
+
+def test_adapter_folder_without_its_base_is_one_clear_line(tmp_path, tokenizer_dir):
+    base_path, folder = trained_adapter(tmp_path)
+    base_path.unlink()
+    with pytest.raises(MiniMindError) as error:
+        loaded(["--ckpt", str(folder)], tokenizer_dir)
+    message = str(error.value)
+    assert "\n" not in message and f"its base checkpoint {base_path} is missing" in message
+    assert "config.json" not in message
+
+
+def test_adapter_folder_on_a_base_of_another_shape_is_refused(tmp_path, tokenizer_dir):
+    base_path, folder = trained_adapter(tmp_path)
+    save_weights(MiniMindForCausalLM(tiny_config(dim=32, n_heads=2, n_kv_heads=1)), base_path, "full_sft")
+    with pytest.raises(MiniMindError, match=r"another shape.*dim 64 vs 32"):
+        loaded(["--ckpt", str(folder)], tokenizer_dir)
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_adapter_off_is_the_base_model_bit_for_bit(kind, tmp_path):
+    base = MiniMindForCausalLM(CONFIGS[kind]()).eval()
+    model = train_steps(apply_lora(copy.deepcopy(base), LoraSettings(rank=4, alpha=8)))
+    x, _ = batch(model.config.vocab_size, seed=11)
+    with torch.no_grad():
+        with model.disable_adapter():
+            off = model(input_ids=x).logits
+        on, plain = model(input_ids=x).logits, base(input_ids=x).logits
+    assert torch.equal(off, plain)
+    assert (on - plain).abs().max() > 1e-3
+    # the same through a saved adapter, as the LoRA stage checks it (evaluation/identity.py)
+    save_adapter(model, tmp_path / "lora")
+    prompts = [x[0].tolist(), x[1, :5].tolist()]
+    adapted = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "lora")).eval()
+    with adapted.disable_adapter():
+        assert same_logits(adapted, base, prompts)
+    assert not same_logits(adapted, base, prompts)
