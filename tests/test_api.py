@@ -27,11 +27,14 @@ from model.chat import build_prompt
 from model.checkpoint import load_model, save_weights
 from model.model import MiniMindForCausalLM
 from model.tokenizer import BOS_ID, EOS_ID
-from my_openai_api import API_KEY_ENV, Defaults, Server, create_app
+from serving.access import API_KEY_ENV
+from serving.app import create_app
+from serving.protocol import Defaults
+from serving.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
-CAP = 48  # the server's --max_tokens
+CAP = 48  # the server's --max_new_tokens
 CONTEXT = 128  # the model's max_seq_len
 
 
@@ -69,7 +72,7 @@ def server(checkpoint, tokenizer_dir, tmp_path_factory):
     # --weight full_sft with --dim 64 --n_layers 2 names {out_dir}/full_sft_64x2.pth, as a user picks a stage;
     # the key comes from the environment, where `ps` does not show it
     proc, url = start_server(["--out_dir", str(checkpoint.parent), "--weight", "full_sft", "--dim", "64",
-                              "--n_layers", "2", "--tokenizer", str(tokenizer_dir), "--max_tokens", str(CAP)], log_path,
+                              "--n_layers", "2", "--tokenizer", str(tokenizer_dir), "--max_new_tokens", str(CAP)], log_path,
                              env={API_KEY_ENV: KEY})
     assert "(waitress," in log_path.read_text()
     yield url
@@ -185,7 +188,7 @@ BAD_REQUESTS = [
     (b'{"messages": [{"role": "user", "content": "hi"}], "seed": "x"}', "seed", "integer"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": 5}', "stream_options",
      "include_usage"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools", "cannot call functions"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools", "at least one tool"),
 ]
 
 
@@ -279,7 +282,7 @@ def run_terminal_client(monkeypatch, capsys, args: list, typed: str) -> tuple[st
 def test_terminal_client_keeps_history(server, monkeypatch, capsys):
     counts = {}
     for history in ("-1", "0"):
-        args = ["--base_url", server + "/v1", "--api_key", KEY, "--max_tokens", "4", "--temperature", "0",
+        args = ["--base_url", server + "/v1", "--api_key", KEY, "--max_new_tokens", "4", "--temperature", "0",
                 "--history", history]
         out, _ = run_terminal_client(monkeypatch, capsys, args, "你好\n\n你好\n/exit\n")
         counts[history] = [int(n) for n in re.findall(r"\[(\d+) prompt \+ 4 completion tokens", out)]
@@ -364,7 +367,7 @@ def test_front_end_fields_are_accepted(client):
     assert as_developer.usage.prompt_tokens == as_system.usage.prompt_tokens
     assert as_developer.choices[0].message.content == as_system.choices[0].message.content
     for refused in ({"logprobs": True}, {"n": 2}, {"response_format": {"type": "json_object"}},
-                    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}):
+                    {"tool_choice": "required"}):  # a tool choice with no tools
         with pytest.raises(openai.BadRequestError) as err:
             ask(client, "你好", max_tokens=2, **refused)
         assert err.value.body["param"] == next(iter(refused))

@@ -3,7 +3,7 @@
 read the answers into LangChain objects, so these tests see what a LangChain user sees.
 
 The reference is the project's own generation, run in this process on the same checkpoint: the prompt
-from model/chat.py (or my_openai_api.completion_prompt) and the text from model/generate.py with the same
+from model/chat.py (or serving.protocol.completion_prompt) and the text from model/generate.py with the same
 settings (greedy, or a seed). The model is tiny and random, its layers' weights scaled up so that greedy
 replies differ from prompt to prompt, and its EOS embedding zeroed, so a greedy reply runs to max_tokens
 or a stop string and the counts are exact. The server runs with one thread, as this process does, so
@@ -22,10 +22,11 @@ from model.checkpoint import load_model, save_weights, weights_path
 from model.generate import stream_generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
-from my_openai_api import API_KEY_ENV, completion_prompt
+from serving.access import API_KEY_ENV
+from serving.protocol import completion_prompt
 
 KEY = "client-key"
-CAP = 40  # the server's --max_tokens
+CAP = 40  # the server's --max_new_tokens
 CONTEXT = 128  # the model's max_seq_len
 
 CONVERSATION = [SystemMessage("你是一个乐于助人的助手"), HumanMessage("长江有多长？"),
@@ -52,7 +53,7 @@ def checkpoint(tmp_path_factory):
 def served(checkpoint, tokenizer_dir, tmp_path_factory):
     """(base url, model id) of my_openai_api.py serving the checkpoint, with an API key."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    proc, url = start_server(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer_dir), "--max_tokens", str(CAP)],
+    proc, url = start_server(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer_dir), "--max_new_tokens", str(CAP)],
                              log_path, env={API_KEY_ENV: KEY, "OMP_NUM_THREADS": "1"})
     yield url, checkpoint.stem  # the server names the model after the checkpoint file
     proc.terminate()
@@ -165,8 +166,8 @@ def test_max_tokens_cap_and_errors_reach_the_caller(served):
         ChatOpenAI(model=served[1], base_url=served[0] + "/v1", api_key="wrong", max_retries=0).invoke("你好")
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         ChatOpenAI(model="gpt-4o", base_url=served[0] + "/v1", api_key=KEY, max_retries=0).invoke("你好")
-    with pytest.raises(openai.BadRequestError, match="cannot call functions"):
-        tool = {"type": "function", "function": {"name": "add", "description": "add two numbers",
+    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.function\.name must be"):
+        tool = {"type": "function", "function": {"name": "add two", "description": "add two numbers",
                                                  "parameters": {"type": "object", "properties": {}}}}
         chat(served, max_tokens=4).bind_tools([tool]).invoke("1+1=?")
 

@@ -6,24 +6,17 @@ and werkzeug on a local port), holding a tiny random model whose EOS embedding i
 max_tokens. It is created with max_queue=0: a hostile request that kept its place in the queue would turn
 every later generation into a 503, so the final checks also show that nothing leaked.
 """
-import http.client
 import json
-import random
-import socket
-import threading
-import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_config
 
-import my_openai_api
-from model.chat import ContextTooLong, build_prompt
-from model.generate import sample_next, stream_generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
-from my_openai_api import API_KEY_ENV, MAX_BODY_BYTES, MAX_MESSAGES, Defaults, Server, create_app, resolve_api_key
+from serving.app import create_app
+from serving.messages import MAX_MESSAGES
+from serving.protocol import MAX_BODY_BYTES, Defaults
 
 CONTEXT = 128
 CAP = 8
@@ -75,6 +68,12 @@ def post(client, path: str, body: bytes, headers: dict = None):
     return client.post(path, data=body, headers=headers)
 
 
+def sse(response) -> list:
+    events = response.get_data(as_text=True).split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    return [json.loads(e[len("data: "):]) for e in events[:-2]]
+
+
 def assert_openai_error(response, status: int, param=ANY) -> dict:
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:300])
     assert response.mimetype == "application/json"
@@ -98,8 +97,14 @@ def _cases():
     cases = []
     add = lambda name, path, body, status=400, param=ANY, headers=None: cases.append(  # noqa: E731
         pytest.param(path, body, headers or {}, status, param, id=name))
+    for part in (_body_cases, _number_cases, _message_cases, _unsupported_cases, _tool_cases, _prompt_cases,
+                 _http_cases):
+        part(add)
+    return cases
 
-    # Bodies that are not JSON, or not a JSON object, or JSON no parser should be made to read.
+
+def _body_cases(add) -> None:
+    """Bodies that are not JSON, or not a JSON object, or JSON no parser should be made to read."""
     deep = "[" * 100_000 + "]" * 100_000
     for name, raw in [("empty", b""), ("blank", b"   \n"), ("open brace", b"{"), ("truncated", b'{"messages": ['),
                       ("trailing data", b'{"messages": []} {}'), ("single quotes", b"{'messages': []}"),
@@ -113,7 +118,11 @@ def _cases():
         for path in ("/v1/chat/completions", "/v1/completions"):
             add(f"{path[4:]}-{name}", path, raw, param=None)
 
-    # Numbers: wrong types, not finite, out of range. Each shared field on both endpoints.
+
+
+def _number_cases(add) -> None:
+    """Numbers: wrong types, not finite, out of range. Each shared field on both endpoints; and the other
+    shared fields."""
     floats = {"temperature": ["2.01", "-0.01"], "top_p": ["0", "1.5", "-1e-300"],
               "repetition_penalty": ["0", "1e-300", "0.009", "10.5"], "presence_penalty": ["2.5", "-2.01"],
               "frequency_penalty": ["-3", "2.000001"]}
@@ -153,7 +162,10 @@ def _cases():
         add(f"{where}-surrogate in a key", path, body_with(base, raw='{"\\ud800": 1}', stream_options=RAW),
             param="stream_options")
 
-    # Chat messages.
+
+
+def _message_cases(add) -> None:
+    """Chat messages."""
     messages = {
         "missing": DROP, "null": None, "string": "hi", "object": {"role": "user", "content": "hi"}, "empty": [],
         "number": 5, "item null": [None], "item string": ["hi"], "item list": [["user", "hi"]],
@@ -196,8 +208,11 @@ def _cases():
     add("chat-max_completion_tokens string", "/v1/chat/completions", body_with(CHAT, max_completion_tokens="5"),
         param="max_completion_tokens")
 
-    # What OpenAI has and this server cannot honour.
-    for field, value in [("tools", []), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+
+
+def _unsupported_cases(add) -> None:
+    """What OpenAI has and this server cannot honour."""
+    for field, value in [("tools", []), ("tools", {"type": "function", "function": {"name": "f"}}),
                          ("tool_choice", "auto"), ("tool_choice", {"type": "function"}), ("logprobs", True),
                          ("logprobs", 1), ("logprobs", "no"), ("top_logprobs", 3),
                          ("response_format", {"type": "json_object"}),
@@ -207,7 +222,10 @@ def _cases():
         add(f"chat-{field}={json.dumps(value)[:20]}", "/v1/chat/completions", body_with(CHAT, **{field: value}),
             param=field)
 
-    # Completions prompts.
+
+
+def _prompt_cases(add) -> None:
+    """Completions prompts."""
     for name, value, param in [
             ("missing", DROP, "prompt"), ("null", None, "prompt"), ("number", 5, "prompt"), ("object", {}, "prompt"),
             ("empty list", [], "prompt"), ("empty token list", [[]], "prompt"), ("bool tokens", [True], "prompt"),
@@ -224,7 +242,10 @@ def _cases():
                          ("logprobs", 1), ("logprobs", True), ("messages", []), ("max_completion_tokens", 5)]:
         add(f"text-{field}={json.dumps(value)}", "/v1/completions", body_with(TEXT, **{field: value}), param=field)
 
-    # HTTP: content type, host, origin, method, path, size.
+
+
+def _http_cases(add) -> None:
+    """HTTP: content type, host, origin, method, path, size."""
     chat = body_with(CHAT)
     for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
                          "text/json", "application/json-seq", "application/jsonx", "", "application/xml"]:
@@ -243,7 +264,128 @@ def _cases():
     add("unknown path 2", "/v1/chat/completions/x", chat, 404, None)
     add("POST the page", "/", chat, 405, None)
     add("POST models", "/v1/models", chat, 405, None)
-    return cases
+
+
+def _tool_cases(add) -> None:
+    """Tools offered, chosen, called and answered: every malformed piece names its field; and
+    /v1/tools/run's bodies."""
+    fn = {"name": "calculator", "parameters": {"type": "object", "properties": {}}}
+    tools = [{"type": "function", "function": fn}]
+    chat = "/v1/chat/completions"
+    for name, value, param in [
+            ("string", "calculator", "tools"), ("object", {"type": "function", "function": fn}, "tools"),
+            ("item number", [5], "tools[0]"), ("item list", [["function"]], "tools[0]"),
+            ("no function", [{"type": "function"}], "tools[0].function"),
+            ("function string", [{"type": "function", "function": "calculator"}], "tools[0].function"),
+            ("no type", [{"function": fn}], "tools[0].type"),
+            ("type retrieval", [{"type": "retrieval", "function": fn}], "tools[0].type"),
+            ("extra field", [{"type": "function", "function": fn, "x": 1}], "tools[0]"),
+            ("function extra", [{"type": "function", "function": {**fn, "code": "rm"}}], "tools[0].function"),
+            ("no name", [{"type": "function", "function": {"parameters": {}}}], "tools[0].function.name"),
+            ("name empty", [{"type": "function", "function": {"name": ""}}], "tools[0].function.name"),
+            ("name space", [{"type": "function", "function": {"name": "a b"}}], "tools[0].function.name"),
+            ("name 65", [{"type": "function", "function": {"name": "a" * 65}}], "tools[0].function.name"),
+            ("name number", [{"type": "function", "function": {"name": 5}}], "tools[0].function.name"),
+            ("name chinese", [{"type": "function", "function": {"name": "计算器"}}], "tools[0].function.name"),
+            ("name tag", [{"type": "function", "function": {"name": "</tool_call>"}}], "tools[0].function.name"),
+            ("description number", [{"type": "function", "function": {**fn, "description": 5}}],
+             "tools[0].function.description"),
+            ("parameters string", [{"type": "function", "function": {**fn, "parameters": "x"}}],
+             "tools[0].function.parameters"),
+            ("parameters list", [{"type": "function", "function": {**fn, "parameters": []}}],
+             "tools[0].function.parameters"),
+            ("parameters type string", [{"type": "function", "function": {**fn, "parameters": {"type": "string"}}}],
+             "tools[0].function.parameters"),
+            ("strict string", [{"type": "function", "function": {**fn, "strict": "yes"}}], "tools[0].function.strict"),
+            ("duplicate", tools * 2, "tools[1].function.name"),
+            ("65 tools", [{"type": "function", "function": {"name": f"f{i}"}} for i in range(65)], "tools")]:
+        add(f"chat-tools {name}", chat, body_with(CHAT, tools=value), param=param)
+    add("chat-tools surrogate in description", chat, body_with(
+        CHAT, raw='[{"type": "function", "function": {"name": "f", "description": "\\udfff"}}]', tools=RAW),
+        param="tools[0].function.description")
+    add("chat-tools 40 deep", chat, body_with(CHAT, raw='[{"type": "function", "function": {"name": "f", "parameters": '
+                                              + '{"a":' * 40 + "1" + "}" * 40 + "}}]", tools=RAW), param="tools")
+    for value in ["always", "", "AUTO", 5, True, [], {}, {"type": "function"},
+                  {"type": "function", "function": {"name": "other"}}, {"type": "function", "function": {}},
+                  {"type": "function", "function": {"name": 5}}, {"type": "function", "name": "calculator"},
+                  {"type": "function", "function": {"name": "calculator"}, "x": 1},
+                  {"type": "function", "function": {"name": "calculator", "arguments": "{}"}}]:
+        add(f"chat-tool_choice={json.dumps(value)[:30]} with tools", chat, body_with(CHAT, tools=tools, tool_choice=value),
+            param="tool_choice")
+    add("chat-tool_choice required without tools", chat, body_with(CHAT, tool_choice="required"), param="tool_choice")
+    add("chat-parallel_tool_calls=1 with tools", chat, body_with(CHAT, tools=tools, parallel_tool_calls=1),
+        param="parallel_tool_calls")
+    _tool_message_cases(add)
+    run = "/v1/tools/run"
+    for name, body, param in [
+            ("unknown tool", {"name": "shell", "arguments": {}}, "name"), ("name number", {"name": 5}, "name"),
+            ("no name", {"arguments": {"expression": "1"}}, "name"),
+            ("arguments string", {"name": "calculator", "arguments": '{"expression": "1"}'}, "arguments"),
+            ("arguments list", {"name": "calculator", "arguments": ["1"]}, "arguments"),
+            ("extra field", {"name": "calculator", "arguments": {}, "stream": True}, "stream")]:
+        add(f"tools/run {name}", run, json.dumps(body).encode(), param=param)
+    for name, raw in [("not JSON", b"{"), ("array", b"[]"), ("NaN", b'{"name": "calculator", "arguments": NaN}')]:
+        add(f"tools/run {name}", run, raw, param=None)
+    add("tools/run body over 4 KiB", run, json.dumps({"name": "calculator", "arguments": {"expression": "1" * 5000}})
+        .encode(), 413, None)
+    add("tools/run text/plain", run, b'{"name": "calculator"}', 415, None, {"Content-Type": "text/plain"})
+
+
+def _tool_message_cases(add) -> None:
+    """Conversations with a malformed assistant tool call or tool message."""
+    user = {"role": "user", "content": "3+4?"}
+    call = {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "3+4"}'}}
+    asked = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answer = {"role": "tool", "tool_call_id": "call_1", "content": "7"}
+
+    def with_call(**changes):
+        return [user, {**asked, "tool_calls": [{**call, **changes}]}, answer]
+
+    def with_function(**changes):
+        return with_call(function={**call["function"], **changes})
+
+    cases = [
+        ("tool after user", [user, answer], "messages[1].role"),
+        ("tool after plain assistant", [user, {"role": "assistant", "content": "hi"}, answer], "messages[2].role"),
+        ("tool after a later user", [user, asked, user, answer], "messages[3].role"),
+        ("tool no id", [user, asked, {"role": "tool", "content": "7"}], "messages[2].tool_call_id"),
+        ("tool wrong id", [user, asked, {**answer, "tool_call_id": "call_2"}], "messages[2].tool_call_id"),
+        ("tool id number", [user, asked, {**answer, "tool_call_id": 1}], "messages[2].tool_call_id"),
+        ("tool content null", [user, asked, {**answer, "content": None}], "messages[2].content"),
+        ("tool content number", [user, asked, {**answer, "content": 7}], "messages[2].content"),
+        ("tool extra field", [user, asked, {**answer, "tool_calls": []}], "messages[2]"),
+        ("assistant content null, no calls", [user, {"role": "assistant", "content": None}, user],
+         "messages[1].content"),
+        ("assistant tool_call_id", [user, {"role": "assistant", "content": "x", "tool_call_id": "c"}, user],
+         "messages[1]"),
+        ("calls string", [user, {**asked, "tool_calls": "calculator"}, answer], "messages[1].tool_calls"),
+        ("calls object", [user, {**asked, "tool_calls": call}, answer], "messages[1].tool_calls"),
+        ("call number", [user, {**asked, "tool_calls": [5]}, answer], "messages[1].tool_calls[0]"),
+        ("call extra", with_call(index=0), "messages[1].tool_calls[0]"),
+        ("call no id", [user, {**asked, "tool_calls": [{"type": "function", "function": call["function"]}]}, answer],
+         "messages[1].tool_calls[0].id"),
+        ("call id number", with_call(id=1), "messages[1].tool_calls[0].id"),
+        ("call id empty", with_call(id=""), "messages[1].tool_calls[0].id"),
+        ("call type", with_call(type="code"), "messages[1].tool_calls[0].type"),
+        ("call function string", with_call(function="calculator"), "messages[1].tool_calls[0].function"),
+        ("call function extra", with_function(code="x"), "messages[1].tool_calls[0].function"),
+        ("call no name", with_call(function={"arguments": "{}"}), "messages[1].tool_calls[0].function.name"),
+        ("call name number", with_function(name=5), "messages[1].tool_calls[0].function.name"),
+        ("arguments not JSON", with_function(arguments="3+4"), "messages[1].tool_calls[0].function.arguments"),
+        ("arguments list", with_function(arguments="[1]"), "messages[1].tool_calls[0].function.arguments"),
+        ("arguments number", with_function(arguments=5), "messages[1].tool_calls[0].function.arguments"),
+        ("arguments NaN", with_function(arguments='{"a": NaN}'), "messages[1].tool_calls[0].function.arguments"),
+        ("arguments surrogate", with_function(arguments='{"a": "\\ud800"}'),
+         "messages[1].tool_calls[0].function.arguments"),
+        ("arguments 100 deep", with_function(arguments='{"a": ' + "[" * 100 + "]" * 100 + "}"),
+         "messages[1].tool_calls[0].function.arguments"),
+        ("arguments 5000 digits", with_function(arguments='{"a": ' + "9" * 5000 + "}"),
+         "messages[1].tool_calls[0].function.arguments"),
+        ("arguments 100000 deep", with_function(arguments="[" * 100_000),
+         "messages[1].tool_calls[0].function.arguments"),
+    ]
+    for name, messages, param in cases:
+        add(f"chat-messages {name}", "/v1/chat/completions", body_with(CHAT, messages=messages), param=param)
 
 
 CASES = _cases()
@@ -342,286 +484,6 @@ def test_tiny_temperature_and_top_p_decode_greedily(client):
             else:
                 text = response.get_json()["choices"][0]["message"]["content"]
             assert text == greedy["choices"][0]["message"]["content"], change
-
-
-# ----------------------------------------------------------------------------- long conversations
-
-def weather_conversation(n: int) -> list:
-    """n-1 alternating user/assistant messages and a final user message."""
-    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": WEATHER} for i in range(n - 1)]
-    return turns + [{"role": "user", "content": WEATHER}]
-
-
-def test_4000_messages_are_refused_at_once(client):
-    body = json.dumps({**CHAT, "messages": weather_conversation(4000), "max_tokens": 4}).encode()  # \uXXXX escapes
-    started = time.perf_counter()
-    response = post(client, "/v1/chat/completions", body)
-    seconds = time.perf_counter() - started
-    error = assert_openai_error(response, 400, "messages")
-    assert error["code"] == "too_many_messages"
-    print(f"\n4000 messages ({len(body) // 1024} KiB): {response.status_code} in {seconds:.3f} s")
-    assert seconds < 10  # measured well under a second; generous for a loaded machine
-
-
-def test_1000_messages_are_answered_quickly(client, tokenizer):
-    messages = weather_conversation(MAX_MESSAGES)
-    started = time.perf_counter()
-    response = post(client, "/v1/chat/completions", body_with(CHAT, messages=messages, max_tokens=4))
-    seconds = time.perf_counter() - started
-    assert response.status_code == 200
-    dropped = int(response.headers["X-Dropped-Messages"])
-    assert dropped >= MAX_MESSAGES - 20 and dropped % 2 == 0
-    kept = messages[dropped:]
-    prompt = tokenizer.apply_chat_template(kept, add_generation_prompt=True, return_dict=False)
-    assert response.get_json()["usage"]["prompt_tokens"] == len(prompt) <= CONTEXT - 4
-    print(f"\n1000 messages: answered in {seconds:.3f} s, {dropped} dropped")
-    assert seconds < 10
-
-
-class CountingTokenizer:
-    """The tokenizer, counting the messages that go through the chat template."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.messages = tokenizer, 0
-
-    def apply_chat_template(self, conversation, **kwargs):
-        batch = conversation if conversation and isinstance(conversation[0], list) else [conversation]
-        self.messages += sum(len(c) for c in batch)
-        return self.tokenizer.apply_chat_template(conversation, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-
-def test_prompt_cost_follows_the_context_not_the_conversation(tokenizer):
-    """Each message is encoded at most once, and only as far back as the window reaches."""
-    for n in (11, 101, 1001):
-        counting = CountingTokenizer(tokenizer)
-        ids, dropped = build_prompt(counting, weather_conversation(n), max_prompt_tokens=100)
-        assert len(ids) <= 100 and dropped > 0
-        kept = n - dropped
-        assert counting.messages <= kept + 2 + 2  # kept ones, the one that did not fit, and the header probe
-    whole = CountingTokenizer(tokenizer)
-    build_prompt(whole, weather_conversation(1001), max_prompt_tokens=10 ** 6)
-    assert whole.messages <= 1001 + 2  # all kept: each encoded once
-
-
-def reference_prompt(tokenizer, messages: list, budget: int):
-    """The slow, obviously right answer: try each turn boundary, oldest first, rendering the whole kept
-    conversation each time; the first that fits wins."""
-    last = len(messages) - 1
-    history = [i for i in range(last) if messages[i]["role"] != "system"]
-    starts = [k for k in range(len(history)) if k == 0 or messages[history[k]]["role"] == "user"] + [len(history)]
-    for k in starts:
-        kept = sorted({i for i in range(last) if messages[i]["role"] == "system"} | set(history[k:]) | {last})
-        ids = tokenizer.apply_chat_template([messages[i] for i in kept], add_generation_prompt=True, tokenize=True,
-                                            return_dict=False, sanitize_control_tokens=True)
-        if len(ids) <= budget:
-            return ids, len(messages) - len(kept)
-    return None
-
-
-def test_build_prompt_matches_rendering_the_whole_conversation(tokenizer):
-    rng = random.Random(0)
-    pieces = ["你好", "</s>", "<s>", "\n", " ", "system", "assistant\n", "<unk>", WEATHER, "abc", "🙂", "",
-              "<s>user\n"]
-    for _ in range(300):
-        messages = [{"role": rng.choice(["system", "user", "user", "assistant", "assistant"]),
-                     "content": "".join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))}
-                    for _ in range(rng.randint(1, 9))]
-        budget = rng.randint(10, 200)
-        expected = reference_prompt(tokenizer, messages, budget)
-        if expected is None:
-            with pytest.raises(ContextTooLong, match="even after dropping"):
-                build_prompt(tokenizer, messages, budget)
-        else:
-            assert build_prompt(tokenizer, messages, budget) == expected, (messages, budget)
-
-
-def test_the_prompt_is_built_inside_the_queue(app, client, monkeypatch):
-    """With no queue and the one place taken by a request still building its prompt, another request gets a
-    503 before any work on its own prompt: the queue bounds prompt building too."""
-    inside, release, calls = threading.Event(), threading.Event(), []
-    real = my_openai_api.build_prompt
-
-    def slow_build(*args, **kwargs):
-        calls.append(1)
-        inside.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(my_openai_api, "build_prompt", slow_build)
-    first = {}
-    thread = threading.Thread(target=lambda: first.update(r=post(app.test_client(), "/v1/chat/completions",
-                                                                 body_with(CHAT))))
-    thread.start()
-    try:
-        assert inside.wait(30)
-        busy = post(client, "/v1/chat/completions", body_with(CHAT, messages=weather_conversation(999)))
-        assert_openai_error(busy, 503)
-        assert len(calls) == 1
-    finally:
-        release.set()
-        thread.join(30)
-    assert first["r"].status_code == 200
-
-
-# ----------------------------------------------------------------------------- penalties
-
-def test_presence_and_frequency_penalties_follow_openai():
-    logits = torch.tensor([[3.0, 2.5, 0.0, -1.0]])
-    seen = torch.zeros_like(logits, dtype=torch.bool)
-    counts = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
-    assert sample_next(logits, seen, counts=counts).item() == 0  # no penalty given
-    assert sample_next(logits, seen, counts=counts, presence_penalty=0.6).item() == 1  # 3 - 0.6 < 2.5
-    assert sample_next(logits, seen, counts=counts, presence_penalty=0.4).item() == 0
-    assert sample_next(logits, seen, counts=counts, frequency_penalty=0.3).item() == 1  # 3 - 2 * 0.3 < 2.5
-    assert sample_next(logits, seen, counts=counts, frequency_penalty=0.2).item() == 0
-    assert sample_next(logits, seen, counts=torch.zeros_like(counts), presence_penalty=2.0).item() == 0
-    # a negative penalty makes a generated token more likely
-    assert sample_next(logits, seen, counts=torch.tensor([[0.0, 0.0, 1.0, 0.0]]), presence_penalty=-2.0).item() == 0
-    assert sample_next(logits, seen, counts=torch.tensor([[0.0, 1.0, 0.0, 0.0]]), presence_penalty=-2.0).item() == 1
-
-
-def test_penalties_reach_generation(client, model, tokenizer):
-    prompt = tokenizer.apply_chat_template(CHAT["messages"], add_generation_prompt=True, tokenize=True,
-                                           return_dict=False, sanitize_control_tokens=True)
-    texts = {}
-    for penalty in (0.0, 2.0):
-        response = post(client, "/v1/chat/completions", body_with(CHAT, max_tokens=CAP, frequency_penalty=penalty,
-                                                                  presence_penalty=penalty))
-        texts[penalty] = response.get_json()["choices"][0]["message"]["content"]
-        direct = stream_generate(model, tokenizer, prompt, max_new_tokens=CAP, frequency_penalty=penalty,
-                                 presence_penalty=penalty)
-        assert texts[penalty] == "".join(direct)
-        if penalty:
-            counts = torch.bincount(torch.tensor(direct.new_token_ids))
-            assert int(counts.max()) <= 2  # a greedy random model repeats itself; penalised it hardly does
-    assert texts[0.0] != texts[2.0]
-
-
-# ----------------------------------------------------------------------------- /v1/completions
-
-def sse(response) -> list:
-    events = response.get_data(as_text=True).split("\n\n")
-    assert events[-1] == "" and events[-2] == "data: [DONE]"
-    return [json.loads(e[len("data: "):]) for e in events[:-2]]
-
-
-def test_completions_shape_stream_echo_and_token_prompts(client, tokenizer):
-    plain = post(client, "/v1/completions", body_with(TEXT, prompt="长江", max_tokens=5))
-    answer = plain.get_json()
-    assert answer["object"] == "text_completion" and answer["id"].startswith("cmpl-") and answer["model"] == "tiny"
-    choice = answer["choices"][0]
-    assert set(choice) == {"index", "text", "logprobs", "finish_reason"} and choice["finish_reason"] == "length"
-    assert answer["usage"] == {"prompt_tokens": 1 + len(tokenizer.encode("长江")), "completion_tokens": 5,
-                               "total_tokens": 6 + len(tokenizer.encode("长江"))}
-
-    chunks = sse(post(client, "/v1/completions", body_with(TEXT, prompt="长江", max_tokens=5, stream=True,
-                                                           stream_options={"include_usage": True})))
-    assert all(c["object"] == "text_completion" for c in chunks)
-    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == choice["text"]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == answer["usage"]
-
-    echoed = post(client, "/v1/completions", body_with(TEXT, prompt="长江", max_tokens=5, echo=True)).get_json()
-    assert echoed["choices"][0]["text"] == "长江" + choice["text"]
-
-    ids = [EOS_ID] + tokenizer.encode("长江")
-    by_ids = post(client, "/v1/completions", body_with(TEXT, prompt=ids, max_tokens=5)).get_json()
-    assert by_ids["choices"][0]["text"] == choice["text"] and by_ids["usage"] == answer["usage"]
-
-    several = post(client, "/v1/completions",
-                   body_with(TEXT, prompt=["长江", ids, "春天来了，"], max_tokens=5)).get_json()
-    assert [c["index"] for c in several["choices"]] == [0, 1, 2]
-    assert several["choices"][0]["text"] == several["choices"][1]["text"] == choice["text"]
-    assert several["usage"]["completion_tokens"] == 15
-    streamed = sse(post(client, "/v1/completions", body_with(TEXT, prompt=["长江", "春天来了，"], max_tokens=5,
-                                                             stream=True)))
-    for index in (0, 1):
-        text = "".join(c["choices"][0]["text"] for c in streamed if c["choices"][0]["index"] == index)
-        assert text == several["choices"][2 * index]["text"]
-
-
-def test_completions_text_special_tokens_are_the_tokens(client, tokenizer):
-    """A completions prompt is raw text for the model: </s> in it is the document separator, as in pretraining."""
-    response = post(client, "/v1/completions", body_with(TEXT, prompt="你好</s>春天", max_tokens=1)).get_json()
-    assert response["usage"]["prompt_tokens"] == 1 + len(tokenizer.encode("你好</s>春天"))
-    assert tokenizer.encode("你好</s>春天").count(EOS_ID) == 1
-
-
-# ----------------------------------------------------------------------------- the key
-
-def test_api_key_from_flag_file_or_environment(tmp_path):
-    args = lambda key=None, key_file=None: SimpleNamespace(api_key=key, api_key_file=key_file)  # noqa: E731
-    key_file = tmp_path / "key"
-    key_file.write_text("from-file\nsecond line, not part of the key\n")
-    assert resolve_api_key(args(), {}) is None
-    assert resolve_api_key(args(), {API_KEY_ENV: "from-env"}) == "from-env"
-    assert resolve_api_key(args(), {API_KEY_ENV: ""}) is None
-    assert resolve_api_key(args(key_file=str(key_file)), {API_KEY_ENV: "from-env"}) == "from-file"
-    assert resolve_api_key(args(key="from-flag"), {API_KEY_ENV: "from-env"}) == "from-flag"
-    (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ValueError, match="holds no key"):
-        resolve_api_key(args(key_file=str(tmp_path / "empty")), {})
-    with pytest.raises(ValueError, match="cannot read it"):
-        resolve_api_key(args(key_file=str(tmp_path / "missing")), {})
-    with pytest.raises(ValueError, match="empty"):
-        resolve_api_key(args(key=""), {})
-
-
-# ----------------------------------------------------------------------------- on a socket
-
-@pytest.fixture(params=[False, True], ids=["waitress", "werkzeug"])
-def live(request, app):
-    server = Server(app, "127.0.0.1", 0, dev=request.param, threads=4, timeout=2)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    thread.join(10)
-
-
-def chunked_post(port: int, body: bytes, piece: int = 1 << 16) -> tuple[int, dict]:
-    """POST body with Transfer-Encoding: chunked (no Content-Length), as a streaming client sends it."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    pieces = (body[i:i + piece] for i in range(0, len(body), piece))
-    connection.request("POST", "/v1/chat/completions", body=pieces, encode_chunked=True,
-                       headers={"Content-Type": "application/json", "Host": "localhost"})
-    response = connection.getresponse()
-    answer = response.status, json.loads(response.read())
-    connection.close()
-    return answer
-
-
-def test_chunked_body_over_the_limit_is_413(live):
-    """werkzeug cuts a chunked body at the limit without a word: the JSON then failed to parse, a misleading 400."""
-    over = body_with(CHAT, user="x" * MAX_BODY_BYTES)
-    assert MAX_BODY_BYTES < len(over) < 2 * MAX_BODY_BYTES
-    status, answer = chunked_post(live.port, over)
-    assert status == 413 and answer["error"]["type"] == "invalid_request_error"
-    status, answer = chunked_post(live.port, body_with(CHAT, user="x" * (MAX_BODY_BYTES - 1000)))
-    assert status == 200 and answer["usage"]["completion_tokens"] == 2
-
-
-def test_idle_and_half_sent_connections_are_closed():
-    """waitress drops a connection that sends nothing, or stops half-way through a request, after --timeout."""
-    from flask import Flask
-
-    server = Server(Flask("idle"), "127.0.0.1", 0, timeout=1)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        idle = socket.create_connection(("127.0.0.1", server.port), timeout=20)
-        half = socket.create_connection(("127.0.0.1", server.port), timeout=20)
-        half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
-        started = time.monotonic()
-        for sock in (idle, half):
-            assert sock.recv(100) == b""  # closed by the server
-            sock.close()
-        assert time.monotonic() - started < 15
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 # ----------------------------------------------------------------------------- afterwards

@@ -1,19 +1,24 @@
 """The chat page, driven in headless Chromium (Debian's chromium + chromium-driver) against the real server.
 
-The server is my_openai_api's app on werkzeug's threaded server, in a thread of this process, holding a
+The server is serving.app's app on werkzeug's threaded server, in a thread of this process, holding a
 tiny random model whose EOS embedding is zeroed, so a greedy reply only ends at max_tokens or when the
 page stops it.
 """
+import json
 import shutil
 import threading
 
 import pytest
 import torch
 from conftest import tiny_config
+from test_api_tools import FixedStream
 
+import serving.replies
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
-from my_openai_api import Defaults, create_app
+from model.toolcall import render_call
+from serving.app import create_app
+from serving.protocol import Defaults
 
 KEY = "page-key"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,7 +35,7 @@ def server_url(tokenizer):
     from werkzeug.serving import make_server
 
     torch.manual_seed(0)
-    model = MiniMindForCausalLM(tiny_config(max_seq_len=128)).eval()
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=512)).eval()  # room for the calculator's schema
     with torch.no_grad():
         model.model.embed_tokens.weight[EOS_ID].zero_()
     app = create_app(model, tokenizer, "full_sft_64x2", Defaults(max_tokens=5000), api_key=KEY)
@@ -140,3 +145,36 @@ def test_chat_page_streams_stops_restarts_and_shows_errors(server_url, browser):
     browser.find_element("id", "send").click()
     wait.until(lambda d: len(d.find_elements("css selector", ".msg.error")) == 2)
     assert "401" in browser.find_elements("css selector", ".msg.error")[-1].text
+
+
+def test_calculator_toggle_runs_the_tool_loop(server_url, browser, monkeypatch):
+    """With 计算器 on, the page offers the tool; the reply's call is shown, run by the server and answered,
+    and the model is asked again. Generation is replaced by two fixed replies: a random model never calls."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    replies = [render_call("calculator", {"expression": "(3+4)*2"}), "答案是14。"]
+    in_pieces = lambda text: FixedStream([text[i:i + 3] for i in range(0, len(text), 3)])  # noqa: E731
+    monkeypatch.setattr(serving.replies, "stream_generate", lambda *a, **k: in_pieces(replies.pop(0)))
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
+    browser.get(server_url)
+    set_field(browser, "api_key", KEY)
+    wait.until(lambda d: d.find_element("id", "calculator").is_enabled())
+    browser.execute_script("""
+        window.sent = [];
+        const real = window.fetch;
+        window.fetch = (url, options) => { window.sent.push([url, options?.body ?? null]); return real(url, options); };
+    """)
+    browser.find_element("id", "calculator").click()
+    say(browser, "(3+4)*2等于几？")
+    wait.until(lambda d: len(d.find_elements("css selector", ".meta")) == 2)
+    assert browser.find_element("css selector", ".tool").text == "计算器：(3+4)*2 = 14"
+    assert browser.find_element("css selector", ".msg.assistant").text == "答案是14。"
+    assert "called a tool" in browser.find_elements("css selector", ".meta")[0].text
+    sent = [(url, json.loads(body) if body else None) for url, body in browser.execute_script("return window.sent")]
+    chats = [body for url, body in sent if url == "/v1/chat/completions"]
+    assert [body["tools"][0]["function"]["name"] for body in chats] == ["calculator", "calculator"]
+    assert ("/v1/tools/run", {"name": "calculator", "arguments": {"expression": "(3+4)*2"}}) in sent
+    asked, answer = chats[1]["messages"][-2:]
+    assert asked["role"] == "assistant" and asked["content"] is None and asked["tool_calls"][0]["id"].startswith("call_")
+    assert answer == {"role": "tool", "tool_call_id": asked["tool_calls"][0]["id"], "content": "14"}
+    assert not replies  # both fixed replies were asked for

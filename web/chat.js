@@ -1,5 +1,7 @@
 // The MiniMind chat page: keeps the conversation in the browser and streams each reply from
-// POST /v1/chat/completions (server-sent events, OpenAI format). Plain DOM code, no framework.
+// POST /v1/chat/completions (server-sent events, OpenAI format). With the 计算器 toggle on, the request
+// offers the server's calculator (GET /v1/tools); a reply that calls it is shown, run through
+// POST /v1/tools/run, answered with a tool message, and the model is asked again. Plain DOM code.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,7 +9,7 @@ const SETTINGS = ["temperature", "top_p", "max_tokens", "api_key", "system"];
 
 // Explicit page state: the turns sent so far, the running request (null when idle), and which
 // conversation is shown (a reply that finishes after "New chat" must not land in the new one).
-const state = { history: [], controller: null, chatId: 0 };
+const state = { history: [], controller: null, chatId: 0, tools: [] };
 
 // ---------------------------------------------------------------- settings, kept in localStorage only
 
@@ -17,6 +19,9 @@ function loadSettings() {
     if (saved !== null) $(name).value = saved;
     $(name).addEventListener("change", () => localStorage.setItem("minimind." + name, $(name).value));
   }
+  $("calculator").checked = localStorage.getItem("minimind.calculator") === "on";
+  $("calculator").addEventListener("change", () =>
+    localStorage.setItem("minimind.calculator", $("calculator").checked ? "on" : "off"));
 }
 
 function headers() {
@@ -32,6 +37,7 @@ function requestBody() {
   if (system) messages.push({ role: "system", content: system });
   messages.push(...state.history);
   const body = { messages, stream: true, stream_options: { include_usage: true } };
+  if ($("calculator").checked && state.tools.length) body.tools = state.tools;  // the server's own schemas
   // Empty fields fall back to the server's defaults; numbers are sent as numbers so the server can check them.
   for (const name of ["temperature", "top_p", "max_tokens"]) {
     const text = $(name).value.trim();
@@ -82,68 +88,125 @@ async function errorText(response) {
 
 // ---------------------------------------------------------------- sending and streaming
 
+const MAX_TOOL_ROUNDS = 3;  // tool calls the model may make for one message before it must answer
+
 async function send() {
   const text = $("input").value.trim();
   if (!text || state.controller) return;
   $("input").value = "";
   addBubble("msg user", text);
+  const before = state.history.length;
   state.history.push({ role: "user", content: text });
   const chatId = state.chatId;
   state.controller = new AbortController();
   setBusy(true);
+  try {
+    for (let round = 0; ; round += 1) {
+      const result = await streamReply();
+      if (chatId !== state.chatId) return;
+      if (result.finish === "error") {  // forget the unanswered turn and give the text back for a retry
+        state.history.length = before;
+        $("input").value = text;
+        break;
+      }
+      if (result.reply || result.calls.length) state.history.push(assistantMessage(result));
+      addMeta(result);
+      if (!result.calls.length || round >= MAX_TOOL_ROUNDS) break;
+      for (const call of result.calls) {
+        const content = await runTool(call);
+        if (chatId !== state.chatId) return;
+        state.history.push({ role: "tool", tool_call_id: call.id, content });
+      }
+    }
+  } finally {
+    state.controller = null;
+    setBusy(false);
+  }
+  $("input").focus();
+}
 
+// One streamed reply into a new bubble: {reply, calls, finish, usage, dropped, seconds}. finish is the
+// server's finish_reason, "stopped" when the user stopped it, or "error" (shown in the page).
+async function streamReply() {
   const bubble = addBubble("msg assistant streaming", "");
-  let reply = "", finish = null, usage = null, dropped = 0;
+  const result = { reply: "", calls: [], finish: null, usage: null, dropped: 0, seconds: 0 };
   const started = performance.now();
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.controller.signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
-    dropped = Number(response.headers.get("X-Dropped-Messages") || 0);  // oldest turns cut to fit the context
+    result.dropped = Number(response.headers.get("X-Dropped-Messages") || 0);  // oldest turns cut to fit
     for await (const chunk of events(response)) {
       if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.usage) usage = chunk.usage;
+      if (chunk.usage) result.usage = chunk.usage;
       const choice = chunk.choices?.[0];
       if (!choice) continue;
       if (choice.delta?.content) {
-        reply += choice.delta.content;
-        followReply(() => { bubble.textContent = reply; });
+        result.reply += choice.delta.content;
+        followReply(() => { bubble.textContent = result.reply; });
       }
-      if (choice.finish_reason) finish = choice.finish_reason;
+      for (const call of choice.delta?.tool_calls ?? []) addCallDelta(result.calls, call);
+      if (choice.finish_reason) result.finish = choice.finish_reason;
     }
   } catch (err) {
     if (err.name === "AbortError") {
-      finish = "stopped";
+      result.finish = "stopped";
     } else {
-      finish = "error";
+      result.finish = "error";
       addBubble("msg error", "Error: " + err.message);
     }
   } finally {
     bubble.classList.remove("streaming");
-    state.controller = null;
-    setBusy(false);
   }
-  if (chatId !== state.chatId) return;
+  if (!result.reply) bubble.remove();
+  result.calls = result.calls.filter(Boolean);
+  result.seconds = (performance.now() - started) / 1000;
+  return result;
+}
 
-  if (reply) {
-    state.history.push({ role: "assistant", content: reply });
-  } else {
-    bubble.remove();
-    if (finish === "error") {  // forget the unanswered turn and give the text back for a retry
-      state.history.pop();
-      $("input").value = text;
-    }
+// A stream sends each tool call as deltas keyed by index: the id, the name and pieces of the arguments.
+function addCallDelta(calls, delta) {
+  const call = (calls[delta.index] ??= { id: "", type: "function", function: { name: "", arguments: "" } });
+  if (delta.id) call.id = delta.id;
+  call.function.name += delta.function?.name ?? "";
+  call.function.arguments += delta.function?.arguments ?? "";
+}
+
+function assistantMessage(result) {
+  const message = { role: "assistant", content: result.reply || (result.calls.length ? null : "") };
+  if (result.calls.length) message.tool_calls = result.calls;
+  return message;
+}
+
+function addMeta(result) {
+  const n = result.usage?.completion_tokens;
+  const speed = result.usage ? `${n} tokens, ${(n / result.seconds).toFixed(1)} tokens/s, ` : "";
+  const how = { stop: "done", length: "stopped at max tokens", stopped: "stopped", tool_calls: "called a tool" };
+  const cut = result.dropped ? ` · ${result.dropped} oldest messages left out to fit the context` : "";
+  addBubble("meta", speed + (how[result.finish] ?? "the stream ended without a finish reason") + cut);
+}
+
+// Run one call through the server (POST /v1/tools/run) and show it; returns the text the model is given.
+async function runTool(call) {
+  let args = null;
+  try { args = JSON.parse(call.function.arguments); } catch { /* shown as it came, answered with an error */ }
+  const shown = call.function.name === "calculator" && typeof args?.expression === "string"
+    ? "计算器：" + args.expression : `${call.function.name}(${call.function.arguments})`;
+  const bubble = addBubble("tool", shown + " …");
+  let content;
+  try {
+    const response = await fetch("/v1/tools/run", {
+      method: "POST", headers: headers(), signal: state.controller?.signal,
+      body: JSON.stringify({ name: call.function.name, arguments: args ?? {} }),
+    });
+    content = response.ok ? (await response.json()).content : "错误：" + await errorText(response);
+  } catch (err) {
+    content = "错误：" + err.message;
   }
-  if (finish !== "error") {
-    const seconds = (performance.now() - started) / 1000;
-    const n = usage?.completion_tokens;
-    const speed = usage ? `${n} tokens, ${(n / seconds).toFixed(1)} tokens/s, ` : "";
-    const how = { stop: "done", length: "stopped at max tokens", stopped: "stopped" }[finish];
-    const cut = dropped ? ` · ${dropped} oldest messages left out to fit the context` : "";
-    addBubble("meta", speed + (how ?? "the stream ended without a finish reason") + cut);
-  }
-  $("input").focus();
+  bubble.textContent = `${shown} = ${content}`;
+  scrollToEnd();
+  return content;
 }
 
 // Yield each JSON chunk of a server-sent event stream until `data: [DONE]`.
@@ -188,6 +251,9 @@ async function showModel() {
     if (!response.ok) throw new Error(await errorText(response));
     const model = (await response.json()).data[0];
     $("status").textContent = `${model.id} · context ${model.context_length} tokens`;
+    const tools = await fetch("/v1/tools", { headers: headers() });
+    state.tools = tools.ok ? (await tools.json()).data.filter((t) => t.function.name === "calculator") : [];
+    $("calculator").disabled = !state.tools.length;
   } catch (err) {
     $("status").textContent = "server: " + err.message;
   }
