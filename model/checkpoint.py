@@ -94,7 +94,8 @@ def weights_path(out_dir, stage: str, config: LMConfig) -> Path:
 
 
 # The stage that produces each stage's default starting weights, and the command that makes them.
-_MADE_BY = {"pretrain": "1-pretrain.py", "full_sft": "3-full_sft.py", "dpo": "5-dpo_train.py"}
+_MADE_BY = {"pretrain": "1-pretrain.py", "full_sft": "3-full_sft.py", "dpo": "5-dpo_train.py",
+            "grpo": "6-grpo.py"}
 
 
 def previous_stage_weights(ckpt, out_dir, stage: str, config: LMConfig, preset: str) -> Path:

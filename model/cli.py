@@ -94,7 +94,7 @@ def add_model_args(parser: argparse.ArgumentParser, default_weight: str = "full_
     add_config_args(parser)
     group = parser.add_argument_group("which model to load")
     group.add_argument("--weight", default=default_weight,
-                       help="stage checkpoint: pretrain, full_sft, dpo or lora_NAME (default %(default)s)")
+                       help="stage checkpoint: pretrain, full_sft, dpo, grpo or lora_NAME (default %(default)s)")
     group.add_argument("--ckpt", default=None,
                        help="a .pth (with its .json), an exported HF folder or a LoRA adapter folder (its base "
                             "is the checkpoint it records); wins over --weight")
