@@ -31,6 +31,7 @@ import copy
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -197,22 +198,6 @@ def average_gradients(params: list, world: int) -> None:
         p.grad = g.view_as(p).clone()
 
 
-def held_out_accuracy(model, tokenizer, problems: list, args, trainer: Trainer) -> dict:
-    """Greedy answers to the held-out problems (this process's share), through the same tool loop: the shares
-    right, with a working call, ended, and the mean reward, over every process's problems."""
-    rollouts = []
-    for start in range(0, len(problems), 64):
-        with trainer.autocast:
-            rollouts += run_with_tools(model, tokenizer, [[{"role": "user", "content": p.question}]
-                                                          for p in problems[start:start + 64]],
-                                       [CALCULATOR], args.max_new_tokens, args.max_calls)
-    parts = [reward_parts(r, p) for r, p in zip(rollouts, problems)]
-    n, right, called, ended, total = all_sum([len(parts), sum(p["right"] for p in parts),
-                                              sum(p["called"] for p in parts), sum(p["ended"] for p in parts),
-                                              sum(reward(r, p) for r, p in zip(rollouts, problems))], trainer)
-    return {"accuracy": right / n, "called": called / n, "ended": ended / n, "reward": total / n}
-
-
 def load_resume(saved: dict, path: Path, raw, optimizers, scaler, args, trainer: Trainer) -> tuple:
     """The run's position from its resume file: weights, optimizers and scaler loaded; (RunState, this
     process's RNG states or None when the number of processes changed)."""
@@ -239,26 +224,42 @@ def load_resume(saved: dict, path: Path, raw, optimizers, scaler, args, trainer:
     return state, saved["rng"][trainer.rank] if saved["world_size"] == trainer.world_size else None
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    cfg = TrainConfig.from_args(args)
-    trainer = Trainer(cfg)  # joins torchrun's process group, picks device and precision, seeds every RNG
-    device, world, rank = trainer.device, trainer.world_size, trainer.rank
-    out_dir = Path(cfg.out_dir)
-    P, G = args.prompts_per_step, args.group_size
+@dataclass
+class Run:
+    """What the loop works with: the flags, the engine, the policy and its frozen reference, the optimizers,
+    the sampler, where the run stands and where it writes."""
+    args: argparse.Namespace
+    cfg: TrainConfig
+    trainer: Trainer
+    raw: torch.nn.Module
+    reference: torch.nn.Module
+    tokenizer: object
+    context: int  # the model's context, in tokens
+    budget: int  # what of it a prompt may take
+    optimizers: list
+    trainable: list  # every parameter the optimizers step
+    scaler: torch.amp.GradScaler
+    sampler: torch.Generator  # draws the sampled replies, saved with the run
+    state: RunState
+    held_out: list  # this process's share of the held-out problems
+    run_log: RunLog
+    name: str  # grpo_{tag}
+    target: Path  # the weights: out_dir/grpo_{tag}.pth
+    resume_file: Path
 
-    # --- the policy, its frozen reference, the tokenizer
+
+def load_policy(args, trainer: Trainer, out_dir: Path) -> tuple:
+    """The policy from the starting weights, its frozen reference and the tokenizer; warns when a problem's
+    prompt leaves the replies too little of the context."""
     init_path = previous_stage_weights(args.ckpt, out_dir, args.weight, config_from_args(args), args.preset)
-    raw = load_with_flags(init_path, args, say=trainer.print, device=device).float()
+    raw = load_with_flags(init_path, args, say=trainer.print, device=trainer.device).float()
     # Dropout off throughout: the ratio pi / pi_old must compare one function at two sets of weights.
     raw.eval()
     reference = copy.deepcopy(raw).requires_grad_(False)
-    config = raw.config
     trainer.print(f"policy from {init_path}: {describe(raw)}; reference: a frozen copy")
     tokenizer = load_tokenizer(args.tokenizer)
-    check_vocabulary(tokenizer, config.vocab_size, args.tokenizer)
-    context = context_length(config)
-    budget = prompt_budget(context, args.max_new_tokens)
+    check_vocabulary(tokenizer, raw.config.vocab_size, args.tokenizer)
+    context = context_length(raw.config)
     asked = build_prompt(tokenizer, [{"role": "user", "content": generate(1, 0, "train")[0].question}], 10 ** 9,
                          tools=[CALCULATOR])[0]
     if len(asked) + (args.max_calls + 1) * (args.max_new_tokens + 1) + args.max_calls * 16 > context:
@@ -267,9 +268,17 @@ def main(argv=None):
                       f"call(s) and {args.max_calls + 1} turns of up to {args.max_new_tokens} tokens; replies that do "
                       f"not fit are cut and not trained on (logged as `cut`): raise --max_seq_len (it applies on load) "
                       f"or lower --max_new_tokens / --max_calls")
+    return raw, reference, tokenizer
 
-    name = f"grpo_{config.tag()}"
-    target = weights_path(out_dir, "grpo", config)
+
+def setup(args) -> Run:
+    """The engine, the policy, the optimizers and sampler, and where the run stands (from --resume)."""
+    cfg = TrainConfig.from_args(args)
+    trainer = Trainer(cfg)  # joins torchrun's process group, picks device and precision, seeds every RNG
+    device, world, rank = trainer.device, trainer.world_size, trainer.rank
+    out_dir = Path(cfg.out_dir)
+    raw, reference, tokenizer = load_policy(args, trainer, out_dir)
+    name = f"grpo_{raw.config.tag()}"
     resume_file = out_dir / f"{name}_resume.pth"
     saved = read_resume(resume_file) if cfg.resume and resume_file.exists() else None
     if cfg.resume and saved is None:
@@ -278,13 +287,8 @@ def main(argv=None):
         trainer.dtype = getattr(torch, saved["dtype"])  # a resumed run computes as the run it continues
         trainer.print(f"resuming in {saved['dtype']}, the precision {resume_file.name} was trained in")
 
-    # --- optimizer, schedule, sampler, and where the run stands
     optimizers = build_optimizers(raw, cfg, device, trainer.dtype)
-    trainable = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=trainer.dtype == torch.float16)
-    total = cfg.max_steps
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 50)
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
     # The replies are sampled from a generator of their own, saved with the run, so a resumed run samples
     # exactly the replies the uninterrupted one would have.
     sampler = torch.Generator(device=device).manual_seed(cfg.seed + rank)
@@ -294,140 +298,200 @@ def main(argv=None):
     for key in ("reward", "accuracy", "held_out"):
         state.history.setdefault(key, [])
     trainer.print(f"{trainer.describe()}; " + "; ".join(describe_optimizer(opt) for opt in optimizers))
-    trainer.print(f"{name}: {total} steps of {P * world} problems x {G} replies, {args.max_new_tokens} tokens per "
-                  f"turn, up to {args.max_calls} calls; loss {args.loss}, beta {args.beta}, lr {cfg.learning_rate}")
+    trainer.print(f"{name}: {cfg.max_steps} steps of {args.prompts_per_step * world} problems x {args.group_size} "
+                  f"replies, {args.max_new_tokens} tokens per turn, up to {args.max_calls} calls; loss {args.loss}, "
+                  f"beta {args.beta}, lr {cfg.learning_rate}")
     held_out = generate(args.eval_problems, seed=0, split="held_out")[rank::world] if args.eval_problems else []
-    run_log = RunLog(out_dir, name, total, state.step, trainer.is_main, cfg.report_to, settings(args), 0.0, world)
+    run_log = RunLog(out_dir, name, cfg.max_steps, state.step, trainer.is_main, cfg.report_to, settings(args), 0.0,
+                     world)
     if rng is not None:  # restored last, so that nothing above draws from it
         set_rng_state(rng, device)
         sampler.set_state(rng["sampler"])
     elif saved is not None:  # another number of processes: the same problems, other samples
         sampler.manual_seed(cfg.seed + rank + 1_000 * state.step)
+    context = context_length(raw.config)
+    return Run(args=args, cfg=cfg, trainer=trainer, raw=raw, reference=reference, tokenizer=tokenizer,
+               context=context, budget=prompt_budget(context, args.max_new_tokens), optimizers=optimizers,
+               trainable=[p for opt in optimizers for g in opt.param_groups for p in g["params"]], scaler=scaler,
+               sampler=sampler, state=state, held_out=held_out, run_log=run_log, name=name,
+               target=weights_path(out_dir, "grpo", raw.config), resume_file=resume_file)
 
-    def evaluate():
-        metrics = held_out_accuracy(raw, tokenizer, held_out, args, trainer)
-        state.history["held_out"].append((state.step, metrics["accuracy"]))
-        run_log.validation(state.step, metrics)
-        return metrics
 
-    def save(final: bool) -> None:
-        rngs = gather_rng(trainer, sampler)  # a collective: every process takes part
-        if trainer.is_main:
-            save_weights(raw, target, stage="grpo")
-            write_resume(resume_file, state, raw, optimizers, scaler, rngs,
-                         {"world_size": world, "args": settings(args), "dtype": dtype_name(trainer.dtype)})
-            run_log.plot(state.history)
-            plot_rewards(state.history, out_dir / f"{name}_reward.png", name)
-            run_log.write(f"saved {target} and {resume_file.name} at step {state.step}" + (" (final)" if final else ""))
-        if trainer.ddp:
-            dist.barrier()
+def set_learning_rate(run: Run) -> float:
+    """The schedule's learning rate at this step, set on every parameter group (each at its share of the peak)."""
+    cfg = run.cfg
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.max_steps // 50)
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
+    lr = lr_at(run.state.step, cfg.max_steps, warmup, cfg.learning_rate, min_lr, cfg.schedule, cfg.decay_fraction)
+    for opt in run.optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * lr / cfg.learning_rate
+    return lr
 
-    # --- the loop
-    val_metrics, stopped, window = None, False, MetricWindow()
-    with StopFlag() as stop_flag, run_log:
-        if args.eval_problems and state.step == 0:  # the starting model's accuracy, the baseline of every later pass
-            val_metrics = evaluate()
-        while state.step < total and not stopped:
-            lr = lr_at(state.step, total, warmup, cfg.learning_rate, min_lr, cfg.schedule, cfg.decay_fraction)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = group["peak_lr"] * lr / cfg.learning_rate
-            started = time.perf_counter()
 
-            # 1. rollouts: G replies to each of P new problems, sampled by the policy as it is now
-            problems = problems_for_step(cfg.seed, state.step, P, world, rank)
-            asked = [[{"role": "user", "content": p.question}] for p in problems for _ in range(G)]
+def sample_replies(run: Run, problems: list) -> list:
+    """1. rollouts: G replies to each of P new problems, sampled by the policy as it is now
+    (rollouts[k*G:(k+1)*G] answer problem k)."""
+    args = run.args
+    asked = [[{"role": "user", "content": p.question}] for p in problems for _ in range(args.group_size)]
+    with run.trainer.autocast:
+        return run_with_tools(run.raw, run.tokenizer, asked, [CALCULATOR], args.max_new_tokens, args.max_calls,
+                              temperature=args.temperature, generator=run.sampler)
+
+
+def score_replies(run: Run, problems: list, rollouts: list) -> tuple:
+    """2. rewards, and each reply's advantage over its group. Replies cut short by the context are rewarded but
+    not trained on. Returns (the advantages, the replies' metrics, the tokens the model wrote)."""
+    G = run.args.group_size
+    owner = [problems[i // G] for i in range(len(rollouts))]
+    rewards = torch.tensor([reward(r, p) for r, p in zip(rollouts, owner)], dtype=torch.float32).view(len(problems), G)
+    parts = [reward_parts(r, p) for r, p in zip(rollouts, owner)]
+    advantages = group_advantages(rewards, run.args.scale_rewards).flatten()
+    sampled = [sum(r.learn) for r in rollouts]  # the tokens the model wrote, per reply
+    cut = [not fits(r, run.context, run.budget) for r in rollouts]
+    for r, c in zip(rollouts, cut):
+        if c:  # sampled under a cut context: rewarded, but not trained on
+            r.learn = [False] * len(r.learn)
+    metrics = {
+        "reward": rewards.mean(), "reward_std": rewards.std(),
+        "accuracy": sum(p["right"] for p in parts) / len(parts),
+        "called": sum(p["called"] for p in parts) / len(parts),
+        "ended": sum(p["ended"] for p in parts) / len(parts),
+        "repetition": sum(p["repetition"] for p in parts) / len(parts),
+        "reply_tokens": sum(sampled) / len(sampled),
+        "zero_spread": (rewards.amax(dim=1) == rewards.amin(dim=1)).float().mean(),
+        "cut": sum(cut) / len(cut),
+    }
+    return advantages, metrics, sum(sampled)
+
+
+def update(run: Run, rollouts: list, advantages: torch.Tensor, window: MetricWindow) -> tuple:
+    """3. the loss over every sampled token, in pieces of whole groups (--batch_size rollouts, rounded down to
+    groups), each piece divided by the learned tokens of the whole step, all processes'; --ppo_epochs updates.
+    Returns the loss, the KL to the reference and the share clipped, each a mean over the updates."""
+    args, cfg, trainer, scaler, G = run.args, run.cfg, run.trainer, run.scaler, run.args.group_size
+    per_piece = max(1, cfg.batch_size // G) * G
+    batches = [{k: v.to(trainer.device) for k, v in group_batch(rollouts[i:i + per_piece], G).items()}
+               for i in range(0, len(rollouts), per_piece)]
+    piece_advantages = [advantages[i:i + per_piece].to(trainer.device) for i in range(0, len(rollouts), per_piece)]
+    divisor = max(1.0, all_sum([sum(int((b["y"] != IGNORE).sum()) for b in batches)], trainer)[0]) / trainer.world_size
+    with torch.no_grad(), trainer.autocast:
+        ref_logps = [token_logps(run.reference, b, G, args.temperature)[0] for b in batches]
+        old_logps = [token_logps(run.raw, b, G, args.temperature)[0] for b in batches] \
+            if args.ppo_epochs > 1 else None  # with one update, pi_old is pi itself (no second pass)
+    loss_sum = kl_sum = clipped_sum = 0.0
+    for _ in range(args.ppo_epochs):
+        for k, (b, a) in enumerate(zip(batches, piece_advantages)):
             with trainer.autocast:
-                rollouts = run_with_tools(raw, tokenizer, asked, [CALCULATOR], args.max_new_tokens, args.max_calls,
-                                          temperature=args.temperature, generator=sampler)
+                logps, aux_loss = token_logps(run.raw, b, G, args.temperature)
+                old = old_logps[k] if old_logps is not None else logps.detach()
+                loss, stats = grpo_loss(logps, old, ref_logps[k], a, b["y"] != IGNORE, args.clip_eps,
+                                        args.beta, divisor, args.loss, args.cispo_max)
+            scaler.scale(loss + aux_loss / len(batches)).backward()
+            loss_sum += loss.detach() / args.ppo_epochs
+            kl_sum += stats["kl"] / args.ppo_epochs
+            clipped_sum += stats["clipped"] / args.ppo_epochs
+        if trainer.ddp:  # the mean of the processes' gradients, as DDP would take it, once per update
+            average_gradients(run.trainable, trainer.world_size)
+        if cfg.grad_clip > 0:
+            for opt in run.optimizers:
+                scaler.unscale_(opt)
+            window.add_norm(torch.nn.utils.clip_grad_norm_(run.trainable, cfg.grad_clip))
+        for opt in run.optimizers:
+            scaler.step(opt)
+        scaler.update()
+        for opt in run.optimizers:
+            opt.zero_grad(set_to_none=True)
+    return loss_sum, kl_sum, clipped_sum
+
+
+def log_step(run: Run, window: MetricWindow, lr: float) -> None:
+    """One log line: the window's means over the steps since the last, over every process, into the history."""
+    device, state = run.trainer.device, run.state
+    values = window.reduce(device if device.type == "cuda" else torch.device("cpu"), run.trainer.world_size)
+    if not math.isfinite(values["loss"]):
+        raise MiniMindError(f"loss is {values['loss']} at step {state.step}: lower --learning_rate or "
+                            f"use --dtype float32; the last checkpoint is {run.resume_file}")
+    state.history["train"].append((state.step, values["loss"]))
+    state.history["lr"].append((state.step, lr))
+    state.history["reward"].append((state.step, values["reward"], values["reward_std"]))
+    state.history["accuracy"].append((state.step, values["accuracy"]))
+    run.run_log.train(state.step, 0, values, lr)
+
+
+def evaluate(run: Run) -> dict:
+    """Greedy answers to the held-out problems (this process's share), through the same tool loop: the shares
+    right, with a working call, ended, and the mean reward, over every process's problems; logged and kept."""
+    args, trainer, problems, rollouts = run.args, run.trainer, run.held_out, []
+    for start in range(0, len(problems), 64):
+        with trainer.autocast:
+            rollouts += run_with_tools(run.raw, run.tokenizer, [[{"role": "user", "content": p.question}]
+                                                                for p in problems[start:start + 64]],
+                                       [CALCULATOR], args.max_new_tokens, args.max_calls)
+    parts = [reward_parts(r, p) for r, p in zip(rollouts, problems)]
+    n, right, called, ended, total = all_sum([len(parts), sum(p["right"] for p in parts),
+                                              sum(p["called"] for p in parts), sum(p["ended"] for p in parts),
+                                              sum(reward(r, p) for r, p in zip(rollouts, problems))], trainer)
+    metrics = {"accuracy": right / n, "called": called / n, "ended": ended / n, "reward": total / n}
+    run.state.history["held_out"].append((run.state.step, metrics["accuracy"]))
+    run.run_log.validation(run.state.step, metrics)
+    return metrics
+
+
+def save(run: Run, final: bool) -> None:
+    """The weights, the resume file and the plots (written by the main process; every process takes part)."""
+    trainer, state = run.trainer, run.state
+    rngs = gather_rng(trainer, run.sampler)  # a collective: every process takes part
+    if trainer.is_main:
+        save_weights(run.raw, run.target, stage="grpo")
+        write_resume(run.resume_file, state, run.raw, run.optimizers, run.scaler, rngs,
+                     {"world_size": trainer.world_size, "args": settings(run.args), "dtype": dtype_name(trainer.dtype)})
+        run.run_log.plot(state.history)
+        plot_rewards(state.history, run.target.parent / f"{run.name}_reward.png", run.name)
+        run.run_log.write(f"saved {run.target} and {run.resume_file.name} at step {state.step}"
+                          + (" (final)" if final else ""))
+    if trainer.ddp:
+        dist.barrier()
+
+
+def main(argv=None):
+    run = setup(parse_args(argv))
+    args, cfg, trainer, state = run.args, run.cfg, run.trainer, run.state
+    val_metrics, stopped, window = None, False, MetricWindow()
+    with StopFlag() as stop_flag, run.run_log:
+        if args.eval_problems and state.step == 0:  # the starting model's accuracy, the baseline of every later pass
+            val_metrics = evaluate(run)
+        while state.step < cfg.max_steps and not stopped:
+            lr = set_learning_rate(run)
+            started = time.perf_counter()
+            problems = problems_for_step(cfg.seed, state.step, args.prompts_per_step, trainer.world_size, trainer.rank)
+            rollouts = sample_replies(run, problems)
             rollout_s = time.perf_counter() - started
-
-            # 2. rewards, and each reply's advantage over its group (rollouts[k*G:(k+1)*G] answer problem k)
-            owner = [problems[i // G] for i in range(len(rollouts))]
-            rewards = torch.tensor([reward(r, p) for r, p in zip(rollouts, owner)], dtype=torch.float32).view(P, G)
-            parts = [reward_parts(r, p) for r, p in zip(rollouts, owner)]
-            advantages = group_advantages(rewards, args.scale_rewards).flatten()
-            sampled = [sum(r.learn) for r in rollouts]  # the tokens the model wrote, per reply
-            cut = [not fits(r, context, budget) for r in rollouts]
-            for r, c in zip(rollouts, cut):
-                if c:  # sampled under a cut context: rewarded, but not trained on
-                    r.learn = [False] * len(r.learn)
-
-            # 3. the loss over every sampled token, in pieces of whole groups (--batch_size rollouts, rounded
-            #    down to groups); each piece is divided by the learned tokens of the whole step, all processes'
-            per_piece = max(1, cfg.batch_size // G) * G
-            batches = [{k: v.to(device) for k, v in group_batch(rollouts[i:i + per_piece], G).items()}
-                       for i in range(0, len(rollouts), per_piece)]
-            piece_advantages = [advantages[i:i + per_piece].to(device) for i in range(0, len(rollouts), per_piece)]
-            divisor = max(1.0, all_sum([sum(int((b["y"] != IGNORE).sum()) for b in batches)], trainer)[0]) / world
-            with torch.no_grad(), trainer.autocast:
-                ref_logps = [token_logps(reference, b, G, args.temperature)[0] for b in batches]
-                old_logps = [token_logps(raw, b, G, args.temperature)[0] for b in batches] \
-                    if args.ppo_epochs > 1 else None  # with one update, pi_old is pi itself (no second pass)
-            loss_sum = kl_sum = clipped_sum = 0.0
-            for _ in range(args.ppo_epochs):
-                for k, (b, a) in enumerate(zip(batches, piece_advantages)):
-                    with trainer.autocast:
-                        logps, aux_loss = token_logps(raw, b, G, args.temperature)
-                        old = old_logps[k] if old_logps is not None else logps.detach()
-                        loss, stats = grpo_loss(logps, old, ref_logps[k], a, b["y"] != IGNORE, args.clip_eps,
-                                                args.beta, divisor, args.loss, args.cispo_max)
-                    scaler.scale(loss + aux_loss / len(batches)).backward()
-                    loss_sum += loss.detach() / args.ppo_epochs
-                    kl_sum += stats["kl"] / args.ppo_epochs
-                    clipped_sum += stats["clipped"] / args.ppo_epochs
-                if trainer.ddp:  # the mean of the processes' gradients, as DDP would take it, once per update
-                    average_gradients(trainable, world)
-                if cfg.grad_clip > 0:
-                    for opt in optimizers:
-                        scaler.unscale_(opt)
-                    window.add_norm(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
-                for opt in optimizers:
-                    scaler.step(opt)
-                scaler.update()
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-
-            metrics = {
-                "reward": rewards.mean(), "reward_std": rewards.std(),
-                "accuracy": sum(p["right"] for p in parts) / len(parts),
-                "called": sum(p["called"] for p in parts) / len(parts),
-                "ended": sum(p["ended"] for p in parts) / len(parts),
-                "repetition": sum(p["repetition"] for p in parts) / len(parts),
-                "reply_tokens": sum(sampled) / len(sampled),
-                "zero_spread": (rewards.amax(dim=1) == rewards.amin(dim=1)).float().mean(),
-                "kl": kl_sum, "clipped": clipped_sum, "cut": sum(cut) / len(cut),
-                "rollout_s": rollout_s, "step_s": time.perf_counter() - started,
-            }
-            window.add(loss_sum, metrics, [(1, sum(sampled))])  # tokens/s: replies' tokens per second
+            advantages, metrics, written = score_replies(run, problems, rollouts)
+            loss, kl, clipped = update(run, rollouts, advantages, window)
+            metrics.update(kl=kl, clipped=clipped, rollout_s=rollout_s, step_s=time.perf_counter() - started)
+            window.add(loss, metrics, [(1, written)])  # tokens/s: replies' tokens per second
             state.step += 1
-            run_log.step_done()
-            last = state.step == total
+            run.run_log.step_done()
+            last = state.step == cfg.max_steps
 
             if (cfg.log_interval and state.step % cfg.log_interval == 0) or last:
-                values = window.reduce(device if device.type == "cuda" else torch.device("cpu"), world)
-                if not math.isfinite(values["loss"]):
-                    raise MiniMindError(f"loss is {values['loss']} at step {state.step}: lower --learning_rate or "
-                                        f"use --dtype float32; the last checkpoint is {resume_file}")
-                state.history["train"].append((state.step, values["loss"]))
-                state.history["lr"].append((state.step, lr))
-                state.history["reward"].append((state.step, values["reward"], values["reward_std"]))
-                state.history["accuracy"].append((state.step, values["accuracy"]))
-                run_log.train(state.step, 0, values, lr)
+                log_step(run, window, lr)
             if args.eval_problems and ((cfg.eval_interval and state.step % cfg.eval_interval == 0) or last):
-                val_metrics = evaluate()
+                val_metrics = evaluate(run)
             stopped = should_stop(trainer, state.step, stop_flag) and not last
             if (cfg.save_interval and state.step % cfg.save_interval == 0) or last or stopped:
-                save(final=last)
+                save(run, final=last)
         if stopped and not (cfg.stop_step and state.step >= cfg.stop_step):
             signum = stop_flag.signum or signal.SIGTERM  # interrupted: exit non-zero, the stage is not finished
-            run_log.write(f"interrupted ({signal.Signals(signum).name}) after step {state.step}; continue with --resume")
+            run.run_log.write(f"interrupted ({signal.Signals(signum).name}) after step {state.step}; continue with "
+                              f"--resume")
             raise SystemExit(128 + signum)
         if stopped:
-            run_log.write(f"stopped after step {state.step} (--stop_step); continue with --resume")
+            run.run_log.write(f"stopped after step {state.step} (--stop_step); continue with --resume")
     if not stopped:
         summary = f"; held-out problems, greedy: {val_metrics['accuracy']:.3f} right" if val_metrics else ""
-        trainer.print(f"done: {target}{summary}")
+        trainer.print(f"done: {run.target}{summary}")
     trainer.close()
 
 

@@ -269,3 +269,18 @@ torch.set_num_threads(1)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def export_gguf(path: Path, tokenizer_dir, out: Path, *extra: str) -> Path:
+    """export_model.py --format gguf on the weights at `path`: the .gguf file it wrote (the Modelfile beside it)."""
+    export_model = importlib.import_module("export_model")
+    return export_model.main(["--ckpt", str(path), "--tokenizer", str(tokenizer_dir), "--format", "gguf",
+                              "--out", str(out), *extra])
+
+
+def modelfile_fields(path: Path) -> tuple[str, list[str]]:
+    """FROM / ADAPTER / TEMPLATE / PARAMETER lines of a Modelfile, the template between its triple quotes."""
+    text = path.read_text(encoding="utf-8")
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    lines = [line for line in text.replace(template, "").splitlines() if line.strip()]
+    return template, lines

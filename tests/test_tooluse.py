@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from tooluse import problems
+from tooluse import money_families, problems, quantity_families, vocabulary
 from tooluse.calculator import CALCULATOR, calculate, format_number, run_tool
 from model.toolcall import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_reply, render_call,
                            render_tools_system)
@@ -191,9 +191,10 @@ def test_split_by_family(generated):
 
 
 def _vocabulary() -> list[str]:
-    """The fillers the generator draws (names, goods, units...): every string in its module-level tables."""
+    """The fillers the generator draws (names, goods, units...): every string in its modules' module-level tables."""
     words = set()
-    for value in vars(problems).values():
+    tables = [value for module in (vocabulary, money_families, quantity_families) for value in vars(module).values()]
+    for value in tables:
         if isinstance(value, list):
             for entry in value:
                 for w in (entry if isinstance(entry, tuple) else (entry,)):
