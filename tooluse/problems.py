@@ -36,6 +36,7 @@ and tooluse/quantity_families.py (the families); this module registers the famil
 
 import random
 
+from tooluse import geometry_families as geo
 from tooluse import money_families as money
 from tooluse import quantity_families as quantity
 from tooluse.calculator import CALCULATOR, calculate
@@ -49,10 +50,10 @@ FAMILIES = {
     "spend_twice": money.spend_twice,
     "age_sum": quantity.age_sum, "age_diff": quantity.age_diff, "age_times": quantity.age_times,
     "age_later": quantity.age_later,
-    "distance": quantity.distance, "travel_time": quantity.travel_time, "speed": quantity.speed,
-    "meet": quantity.meet,
-    "rect_area": quantity.rect_area, "rect_perimeter": quantity.rect_perimeter, "square": quantity.square,
-    "floor_cost": quantity.floor_cost, "fence_cost": quantity.fence_cost,
+    "distance": geo.distance, "travel_time": geo.travel_time, "speed": geo.speed,
+    "meet": geo.meet,
+    "rect_area": geo.rect_area, "rect_perimeter": geo.rect_perimeter, "square": geo.square,
+    "floor_cost": geo.floor_cost, "fence_cost": geo.fence_cost,
     "average": quantity.average, "average_compare": quantity.average_compare,
     "average_missing": quantity.average_missing,
     "discount_zhe": money.discount_zhe, "discount_percent": money.discount_percent,

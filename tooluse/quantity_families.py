@@ -1,13 +1,12 @@
-"""The families of the word-problem generator (tooluse/problems.py) that count and measure: ages, distance,
-area, averages, unit conversions, sharing and groups, comparisons, temperature. A family draws one problem
-from the random.Random it is given and returns it through make_problem (tooluse/problem.py), or raises Retry
-when its numbers make a poor problem."""
+"""The families of the word-problem generator (tooluse/problems.py) that count and measure: ages, averages, unit
+conversions, sharing and groups, comparisons, temperature (distance and area: tooluse/geometry_families.py).
+A family draws one problem from the random.Random it is given and returns it through make_problem
+(tooluse/problem.py), or raises Retry when its numbers make a poor problem."""
 from fractions import Fraction as F
 
 from tooluse.calculator import format_number as _f  # short: every phrasing writes numbers with it
 from tooluse.problem import Retry, make_problem
-from tooluse.vocabulary import (ADULTS, BUYERS, CHILDREN, CITIES, CONTAINERS, CONVERSIONS, COUNTABLES, MOVERS,
-                                RECTANGLES, RELATIVES, SQUARES, draw_price)
+from tooluse.vocabulary import ADULTS, BUYERS, CHILDREN, CITIES, CONTAINERS, CONVERSIONS, COUNTABLES, RELATIVES
 
 
 def _size(rng, lo: int, hi: int) -> F:
@@ -30,6 +29,10 @@ def age_sum(rng):
         f"{rel}{r}岁，{child}{c}岁，他们俩一共多少岁？",
         f"{child}和{rel}的年龄加起来是多少岁？{child}{c}岁，{rel}{r}岁。",
         f"{child}说：“我今年{c}岁，{rel}今年{r}岁。”{child}和{rel}的年龄之和是几岁？",
+        f"已知{rel}今年{r}岁，{child}今年{c}岁，求两人年龄的总和。",
+        f"请问{child}和{rel}合计多少岁？{child}{c}岁，{rel}比较大，是{r}岁。",
+        f"如果{child}今年{c}岁，{rel}今年{r}岁，那么他们今年的年龄加在一起是多少岁？",
+        f"过生日时，{child}{c}岁，{rel}{r}岁，两个人总共多少岁？",
     ])
     return make_problem("age_sum", "one_step", q, f"{c}+{r}", c + r, "岁", f"两人的年龄和是{c + r}岁。")
 
@@ -41,6 +44,10 @@ def age_diff(rng):
         f"{child}{c}岁，{rel}{r}岁，{child}比{rel}小几岁？",
         f"{child}今年{c}岁，{rel}今年{r}岁。{child}出生的那一年，{rel}是多少岁？",
         f"{rel}和{child}相差几岁？已知{rel}{r}岁，{child}{c}岁。",
+        f"已知{child}今年{c}岁，{rel}今年{r}岁，求{rel}比{child}大几岁。",
+        f"如果{rel}今年{r}岁，{child}今年{c}岁，那么两人的年龄差是多少岁？",
+        f"请问{child}比{rel}年轻多少岁？{rel}今年{r}岁，{child}今年{c}岁。",
+        f"在{child}家里，{child}{c}岁，{rel}{r}岁，{rel}比{child}年长几岁？",
     ])
     return make_problem("age_diff", "one_step", q, f"{r}-{c}", r - c, "岁", f"相差{r - c}岁。")
 
@@ -55,6 +62,10 @@ def age_times(rng):
         f"{child}{c}岁，{rel}的岁数正好是{child}的{k}倍，{rel}多少岁？",
         f"已知{child}今年{c}岁，{rel}今年的年龄是{child}的{k}倍，求{rel}的年龄。",
         f"今年{rel}的年龄是{child}的{k}倍。如果{child}是{c}岁，那么{rel}是多少岁？",
+        f"请问{rel}今年多大？{rel}的年龄正好是{child}的{k}倍，而{child}今年{c}岁。",
+        f"{child}今年{c}岁，{rel}的年龄是他的{k}倍，{rel}今年多少岁？",
+        f"{k}倍于{child}的年龄就是{rel}的年龄，{child}{c}岁，{rel}几岁？",
+        f"{rel}比{child}大得多，年龄是{child}的{k}倍。{child}{c}岁时，{rel}多少岁？",
     ])
     return make_problem("age_times", "one_step", q, f"{c}*{k}", c * k, "岁", f"{rel}今年{c * k}岁。")
 
@@ -71,141 +82,6 @@ def age_later(rng):
     return make_problem("age_later", "two_step", q, f"({c}+{k})+({r}+{k})", total, "岁", f"{k}年后两人的年龄和是{total}岁。")
 
 
-# --- distance, speed, time
-
-def _mover(rng):
-    who, verb, lo, hi, du, tu = rng.choice(MOVERS)
-    who = who or rng.choice(CHILDREN)
-    t = rng.randint(8, 40) if tu == "分钟" else (F(rng.randint(4, 16), 2) if rng.random() < 0.3 else rng.randint(2, 8))
-    return who, verb, rng.randint(lo, hi), t, du, tu
-
-
-def distance(rng):
-    m, verb, v, t, du, tu = _mover(rng)
-    q = rng.choice([
-        f"{m}每{tu}{verb}{v}{du}，{_f(t)}{tu}{verb}多少{du}？",
-        f"{m}{verb}的速度是每{tu}{v}{du}，{verb}了{_f(t)}{tu}，一共{verb}了多少{du}？",
-        f"{m}以每{tu}{v}{du}的速度{verb}了{_f(t)}{tu}，{verb}了多远？",
-        f"在{_f(t)}{tu}里，{m}每{tu}{verb}{v}{du}，一共{verb}了多少{du}？",
-        f"{m}{verb}了{_f(t)}{tu}，速度是每{tu}{v}{du}，路程是多少{du}？",
-    ])
-    d = v * F(t)
-    return make_problem("distance", "one_step", q, f"{v}*{_f(t)}", d, du, f"一共{verb}了{_f(d)}{du}。")
-
-
-def travel_time(rng):
-    m, verb, v, t, du, tu = _mover(rng)
-    d = v * F(t)
-    q = rng.choice([
-        f"两地相距{_f(d)}{du}，{m}每{tu}{verb}{v}{du}，需要多少{tu}才能到达？",
-        f"{m}要{verb}{_f(d)}{du}，速度是每{tu}{v}{du}，要用几{tu}？",
-        f"从甲地到乙地有{_f(d)}{du}，{m}以每{tu}{v}{du}的速度{verb}，几{tu}能到？",
-        f"一段{_f(d)}{du}长的路，{m}每{tu}{verb}{v}{du}，走完这段路要多长时间？",
-    ])
-    return make_problem("travel_time", "one_step", q, f"{_f(d)}/{v}", t, tu, f"需要{_f(t)}{tu}。")
-
-
-def speed(rng):
-    m, verb, v, t, du, tu = _mover(rng)
-    d = v * F(t)
-    q = rng.choice([
-        f"{m}{_f(t)}{tu}{verb}了{_f(d)}{du}，平均每{tu}{verb}多少{du}？",
-        f"{m}用{_f(t)}{tu}{verb}完了{_f(d)}{du}的路程，速度是每{tu}多少{du}？",
-        f"{_f(d)}{du}的路，{m}{verb}了{_f(t)}{tu}，平均速度是每{tu}多少{du}？",
-    ])
-    return make_problem("speed", "one_step", q, f"{_f(d)}/{_f(t)}", v, du, f"平均每{tu}{verb}{v}{du}。")
-
-
-def meet(rng):
-    a, b = rng.sample(CHILDREN, 2)
-    who = rng.choice(("walkers", "cars", "minutes"))
-    if who == "walkers":
-        v1, v2, t, du = rng.randint(3, 6), rng.randint(3, 6), rng.randint(2, 6), "千米"
-        q = f"{a}和{b}同时从两地出发相向而行，{a}每小时走{v1}千米，{b}每小时走{v2}千米，{t}小时后两人相遇。两地相距多少千米？"
-    elif who == "cars":
-        v1, v2, t, du = rng.randint(45, 90), rng.randint(45, 90), rng.randint(2, 6), "千米"
-        q = f"两辆汽车同时从两城相对开出，一辆每小时行{v1}千米，另一辆每小时行{v2}千米，经过{t}小时相遇，两城相距多少千米？"
-    else:
-        v1, v2, t, du = rng.randint(55, 90), rng.randint(55, 90), rng.randint(2, 6) * 5, "米"
-        q = f"{a}从家、{b}从学校同时出发，相向而行，{a}每分钟走{v1}米，{b}每分钟走{v2}米，{t}分钟后相遇。{a}家和学校相距多少米？"
-    d = (v1 + v2) * t
-    return make_problem("meet", "two_step", q, f"({v1}+{v2})*{t}", d, du, f"两地相距{d}{du}。")
-
-
-# --- area and perimeter
-
-def _rectangle(rng):
-    what, u, lo, hi = rng.choice(RECTANGLES)
-    w, extra = _size(rng, lo, hi), _size(rng, 1, hi)
-    return what, u, w + extra, w
-
-
-def rect_area(rng):
-    what, u, l, w = _rectangle(rng)
-    q = rng.choice([
-        f"{what}长{_f(l)}{u}，宽{_f(w)}{u}，面积是多少平方{u}？",
-        f"{what}的长是{_f(l)}{u}，宽是{_f(w)}{u}，它的面积是多少？",
-        f"一个长方形的长为{_f(l)}{u}，宽为{_f(w)}{u}，求它的面积。",
-        f"{what}宽{_f(w)}{u}，长{_f(l)}{u}，有多少平方{u}？",
-    ])
-    return make_problem("rect_area", "one_step", q, f"{_f(l)}*{_f(w)}", l * w, f"平方{u}", f"面积是{_f(l * w)}平方{u}。")
-
-
-def rect_perimeter(rng):
-    what, u, l, w = _rectangle(rng)
-    q = rng.choice([
-        f"{what}长{_f(l)}{u}，宽{_f(w)}{u}，周长是多少{u}？",
-        f"{what}长{_f(l)}{u}，宽{_f(w)}{u}。沿着它的边走一圈，一共走了多少{u}？",
-        f"{what}长{_f(l)}{u}，宽{_f(w)}{u}，在它的四周围一圈彩带，彩带长多少{u}？",
-        f"一个长方形的长是{_f(l)}{u}，宽是{_f(w)}{u}，求它的周长。",
-    ])
-    p = (l + w) * 2
-    return make_problem("rect_perimeter", "two_step", q, f"({_f(l)}+{_f(w)})*2", p, u, f"周长是{_f(p)}{u}。")
-
-
-def square(rng):
-    what, u, lo, hi = rng.choice(SQUARES)
-    s = _size(rng, lo, hi)
-    if rng.random() < 0.5:
-        q = rng.choice([
-            f"{what}的边长是{_f(s)}{u}，它的面积是多少平方{u}？",
-            f"正方形的边长为{_f(s)}{u}，求这个正方形的面积。",
-            f"{what}每条边长{_f(s)}{u}，占了多大面积？",
-        ])
-        return make_problem("square", "one_step", q, f"{_f(s)}*{_f(s)}", s * s, f"平方{u}", f"面积是{_f(s * s)}平方{u}。")
-    q = rng.choice([
-        f"{what}边长{_f(s)}{u}，周长是多少{u}？",
-        f"用铁丝围成一个边长{_f(s)}{u}的正方形，需要多长的铁丝？",
-        f"沿着{what}的边走一圈，边长是{_f(s)}{u}，走了多少{u}？",
-    ])
-    return make_problem("square", "one_step", q, f"{_f(s)}*4", s * 4, u, f"周长是{_f(s * 4)}{u}。")
-
-
-def floor_cost(rng):
-    l, w, who = _size(rng, 3, 12), _size(rng, 2, 8), rng.choice(BUYERS)
-    p = F(rng.randint(20, 150))
-    q = rng.choice([
-        f"一间教室长{_f(l)}米，宽{_f(w)}米，铺地砖每平方米要{p}元，一共要花多少元？",
-        f"{who}家的客厅长{_f(l)}米、宽{_f(w)}米，要铺每平方米{p}元的木地板，需要多少钱？",
-        f"一块长{_f(l)}米、宽{_f(w)}米的长方形空地，每平方米的草皮{p}元，铺满需要多少元？",
-        f"给一面长{_f(l)}米、高{_f(w)}米的墙刷漆，每平方米的费用是{p}元，一共多少钱？",
-    ])
-    cost = l * w * p
-    return make_problem("floor_cost", "two_step", q, f"{_f(l)}*{_f(w)}*{p}", cost, "元", f"一共需要{_f(cost)}元。")
-
-
-def fence_cost(rng):
-    l, w = _size(rng, 5, 40), _size(rng, 3, 20)
-    p = draw_price(rng, 5, 30)
-    q = rng.choice([
-        f"一块长方形菜地长{_f(l)}米，宽{_f(w)}米，四周围上篱笆，每米篱笆{_f(p)}元，一共要花多少钱？",
-        f"沿着长{_f(l)}米、宽{_f(w)}米的长方形花坛四周铺一圈彩砖，每米{_f(p)}元，共需多少元？",
-        f"给一个长{_f(l)}米、宽{_f(w)}米的长方形水池装一圈护栏，护栏每米{_f(p)}元，需要多少元？",
-    ])
-    cost = (l + w) * 2 * p
-    return make_problem("fence_cost", "three_step", q, f"({_f(l)}+{_f(w)})*2*{_f(p)}", cost, "元", f"一共需要{_f(cost)}元。")
-
-
 # --- averages
 
 # lowest, highest, unit, question (who, n, values), final (a)
@@ -216,6 +92,11 @@ _AVERAGE_TOPICS = [
     (25, 48, "千克", "小组{n}个人的体重分别是{values}千克，求他们的平均体重。", "平均体重是{a}千克。"),
     (300, 900, "元", "一家水果店{n}天的营业额分别是{values}元，平均每天卖了多少元？", "平均每天卖了{a}元。"),
     (10, 99, "", "求{values}这{n}个数的平均数。", "平均数是{a}。"),
+    (70, 100, "分", "请问{who}平均每次考了多少分？{who}最近{n}次考试依次得了{values}分。", "平均每次{a}分。"),
+    (20, 80, "个", "已知{n}个小组分别做了{values}个灯笼，求平均每组做了多少个。", "平均每组做了{a}个。"),
+    (30, 95, "个", "如果{who}{n}天跳绳的个数是{values}个，那么平均每天跳多少个？", "平均每天跳{a}个。"),
+    (150, 400, "千克", "果园{n}个工人摘的苹果分别有{values}千克，平均每人摘了多少千克？", "平均每人摘了{a}千克。"),
+    (10, 60, "棵", "{n}个班参加植树，分别种了{values}棵，每班平均种多少棵？", "每班平均种{a}棵。"),
 ]
 
 
@@ -259,6 +140,12 @@ def average_missing(rng):
         (10, 99, "", f"{n}个数的平均数是{{avg}}，其中{n - 1}个数是{{known}}，另一个数是多少？", "另一个数是{a}。"),
         (15, 50, "页", f"{who}{n}天平均每天看书{{avg}}页，前{n - 1}天分别看了{{known}}页，最后一天看了多少页？",
          "最后一天看了{a}页。"),
+        (20, 60, "个", f"请问第{n}组做了多少个？{n}个组平均每组做了{{avg}}个灯笼，前{n - 1}组分别做了{{known}}个。",
+         f"第{n}组做了{{a}}个。"),
+        (30, 90, "元", f"已知{who}{n}天平均每天花{{avg}}元，前{n - 1}天分别花了{{known}}元，求最后一天花了多少元。",
+         "最后一天花了{a}元。"),
+        (70, 100, "分", f"如果{who}想让{n}门功课平均{{avg}}分，已经考了{{known}}分，那么最后一门要考多少分？",
+         "最后一门要考{a}分。"),
     ]
     lo, hi, unit, q, final = rng.choice(situations)
     xs = _values(rng, lo, hi, n, divisible=True)
@@ -291,6 +178,10 @@ def unit_mul(rng):
         f"把{_f(v)}{big}换算成以{small}为单位，是多少{small}？",
         f"{s}{_f(v)}{big}，也就是多少{small}？",
         f"1{big}={factor}{small}，那么{_f(v)}{big}是多少{small}？",
+        f"请问{_f(v)}{big}换成{small}是多少？",
+        f"已知1{big}是{factor}{small}，求{_f(v)}{big}是多少{small}。",
+        f"如果{s}{_f(v)}{big}，那么以{small}作单位是多少{small}？",
+        f"{_f(v)}{big}里面一共有多少{small}？",
     ])
     a = v * factor
     return make_problem("unit_mul", "one_step", q, f"{_f(v)}*{factor}", a, small, f"{_f(v)}{big}是{_f(a)}{small}。")
@@ -318,6 +209,10 @@ def unit_mixed(rng):
         f"{s}{a}{big}{b}{small}，一共是多少{small}？",
         f"{a}{big}又{b}{small}合多少{small}？",
         f"把{a}{big}{b}{small}化成以{small}为单位，结果是多少？",
+        f"已知{s}{a}{big}{b}{small}，求一共是多少{small}。",
+        f"请问{a}{big}加上{b}{small}，总共是多少{small}？",
+        f"如果{s}{a}{big}零{b}{small}，那么换算成{small}是多少？",
+        f"{b}{small}再加{a}{big}，一共多少{small}？",
     ])
     x = a * factor + b
     return make_problem("unit_mixed", "two_step", q, f"{a}*{factor}+{b}", x, small, f"{a}{big}{b}{small}是{x}{small}。")
@@ -335,6 +230,10 @@ def share(rng):
         (f"{total}{mw}{thing}平均分给{n}个班，每个班分多少{mw}？", "每个班分{a}{mw}。"),
         (f"老师买了{total}{mw}{thing}，要平均发给{n}名同学，每名同学能得到几{mw}？", "每名同学得到{a}{mw}。"),
         (f"{n}个人平分{total}{mw}{thing}，每人得到多少{mw}？", "每人得到{a}{mw}。"),
+        (f"请问每个小组分到多少{mw}？{who}把{total}{mw}{thing}平均分给{n}个小组。", "每个小组分到{a}{mw}。"),
+        (f"已知{total}{mw}{thing}要平均放进{n}个盘子里，求每个盘子放几{mw}。", "每个盘子放{a}{mw}。"),
+        (f"如果把{total}{mw}{thing}平均分给{n}位小朋友，那么每位小朋友分得几{mw}？", "每位分得{a}{mw}。"),
+        (f"{who}有{thing}{total}{mw}，分给{n}个人，每人分得同样多，每人分到多少{mw}？", "每人分到{a}{mw}。"),
     ])
     return make_problem("share", "one_step", q, f"{total}/{n}", each, mw, final.format(a=each, mw=mw))
 
@@ -347,6 +246,10 @@ def groups_total(rng):
         f"{who}买了{n}{box}{thing}，每{box}{k}{mw}，一共多少{mw}？",
         f"一{box}{thing}有{k}{mw}，{n}{box}这样的{thing}有多少{mw}？",
         f"学校有{n}个班，每班发{k}{mw}{thing}，一共要发多少{mw}？",
+        f"已知每{box}{thing}有{k}{mw}，求{n}{box}{thing}合计多少{mw}。",
+        f"请问{n}{box}{thing}总共有多少{mw}？每{box}里都装着{k}{mw}。",
+        f"如果{who}搬来{n}{box}{thing}，每{box}{k}{mw}，那么一共搬来多少{mw}？",
+        f"{k}{mw}{thing}装一{box}，{who}装了{n}{box}，一共装了多少{mw}{thing}？",
     ])
     return make_problem("groups_total", "one_step", q, f"{k}*{n}", k * n, mw, f"一共有{k * n}{mw}。")
 
@@ -371,6 +274,10 @@ def work_rate(rng):
         (f"{w}台机器同时工作，每台每小时生产{r}个零件，{d}小时一共生产多少个？", "个", "一共生产{a}个。"),
         (f"每位同学每天折{r}只纸鹤，{w}位同学折了{d}天，一共折了多少只？", "只", "一共折了{a}只。"),
         (f"果园里有{w}个工人摘苹果，每人每天摘{r}千克，{d}天能摘多少千克？", "千克", "一共能摘{a}千克。"),
+        (f"{d}天里，{w}个工人每人每天做{r}个零件，一共做了多少个？", "个", "一共做了{a}个。"),
+        (f"已知每台机器每小时生产{r}个零件，有{w}台机器，工作了{d}小时，求一共生产多少个零件。", "个", "一共生产{a}个。"),
+        (f"请问{w}个小组{d}天一共种了多少棵树？每组每天种{r}棵。", "棵", "一共种了{a}棵。"),
+        (f"如果每人每天抄写{r}个生字，那么{w}人{d}天总共抄写多少个？", "个", "总共抄写{a}个。"),
     ])
     a = r * w * d
     return make_problem("work_rate", "two_step", q, f"{r}*{w}*{d}", a, unit, final.format(a=a))
@@ -404,6 +311,11 @@ def compare_more_less(rng):
         f"{a}有{x}{mw}{thing}，{b}比{a}{word}{d}{mw}，两人一共有多少{mw}？",
         f"{a}有{x}{mw}{thing}，{b}的{thing}比{a}{word}{d}{mw}，他们一共有多少{mw}{thing}？",
         f"一班收集了{x}{mw}{thing}，二班比一班{word}收集{d}{mw}，两个班一共收集了多少{mw}？",
+        f"{b}的{thing}比{a}{word}{d}{mw}，{a}有{x}{mw}，两人合计多少{mw}？",
+        f"已知{a}有{thing}{x}{mw}，{b}比{a}{word}{d}{mw}，求两人总共有多少{mw}。",
+        f"请问{a}和{b}一共有多少{mw}{thing}？{a}有{x}{mw}，{b}比{a}{word}{d}{mw}。",
+        f"如果{a}折了{x}{mw}{thing}，{b}折的比{a}{word}{d}{mw}，那么两人共折了多少{mw}？",
+        f"{a}和{b}一起收集{thing}，{a}收集了{x}{mw}，{b}比{a}{word}{d}{mw}，他们总共收集了多少{mw}？",
     ])
     expr = f"{x}+({x}{'+' if more else '-'}{d})"
     return make_problem("compare_more_less", "two_step", q, expr, x + y, mw, f"一共有{x + y}{mw}。")
@@ -418,6 +330,10 @@ def compare_diff(rng):
         f"{b}有{y}{mw}{thing}，{a}有{x}{mw}，{b}比{a}少多少{mw}？",
         f"{a}和{b}比赛收集{thing}，{a}收集了{x}{mw}，{b}收集了{y}{mw}，两人相差多少{mw}？",
         f"{b}有{y}{mw}{thing}，再要多少{mw}就和{a}的{x}{mw}一样多？",
+        f"已知{a}有{x}{mw}{thing}，{b}有{y}{mw}，求{a}比{b}多多少{mw}。",
+        f"请问{b}比{a}少几{mw}？{a}有{thing}{x}{mw}，{b}有{thing}{y}{mw}。",
+        f"如果{a}给出{x}{mw}{thing}，{b}给出{y}{mw}，那么{a}比{b}多给了多少{mw}？",
+        f"{a}的{thing}有{x}{mw}，比{b}的{y}{mw}多多少{mw}？",
     ])
     return make_problem("compare_diff", "one_step", q, f"{x}-{y}", x - y, mw, f"相差{x - y}{mw}。")
 
@@ -430,6 +346,11 @@ def temperature(rng):
         f"某天早上的气温是{lo}℃，中午是{hi}℃，中午比早上高多少度？",
         f"{city}某天的最高气温是{hi}℃，最低气温是{lo}℃，这天的温差是多少度？",
         f"冬天的一个早晨气温是{lo}℃，到了下午升到{hi}℃，气温升高了多少度？",
+        f"已知{city}某天最低气温{lo}℃，最高气温{hi}℃，求这天的温差。",
+        f"请问{city}这天的最高气温比最低气温高几度？最高{hi}℃，最低{lo}℃。",
+        f"如果{city}夜里的气温是{lo}℃，白天升到了{hi}℃，那么白天比夜里高了多少度？",
+        f"{city}中午{hi}℃，凌晨只有{lo}℃，中午和凌晨相差多少度？",
+        f"天气预报说，{city}明天{lo}℃到{hi}℃，明天的温差是几度？",
     ])
     expr = f"{hi}-({lo})" if lo < 0 else f"{hi}-{lo}"
     return make_problem("temperature", "one_step", q, expr, hi - lo, "℃", f"相差{hi - lo}℃。")
