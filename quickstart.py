@@ -1,8 +1,9 @@
-"""The whole MiniMind pipeline, one stage after another: fetch -> chat data -> tokenizer -> pretrain -> SFT ->
-LoRA -> DPO -> C-Eval -> scoreboards of the pretrain-only and the final model, with a few answers printed.
+"""The whole MiniMind pipeline, one stage after another: fetch -> chat and tool-use data -> tokenizer -> pretrain
+-> SFT -> LoRA -> DPO -> GRPO (word problems with the calculator) -> C-Eval -> scoreboards of the pretrain-only,
+SFT and final models, with a few answers printed.
 
     bash quickstart.sh                          # installs what is missing, then runs this
-    python quickstart.py                        # about 20 minutes on 2 CPU cores: the `tiny` model
+    python quickstart.py                        # about 25 minutes on 2 CPU cores: the `tiny` model
     python quickstart.py --long                 # about 2 hours on 2 CPU cores: a larger model, longer
     python quickstart.py --gpu                  # the 26.88M `small-T` model on one GPU, about 10 minutes
     python quickstart.py --mirror ../shared/data   # read the source files from a local copy (or MINIMIND_MIRROR=...)
@@ -37,7 +38,7 @@ from model.runtime import pick_dtype
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
-            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200)
+            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=20, grpo_prompts=8)
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
 # over the conversations) and 2.9M of SFT. SFT runs at lower learning rates than the quickstart's (AdamW 3e-4 and
 # Muon 0.002 against 1e-3 and 0.01): the pretrained model already answers in the chat template, and at the full
@@ -51,7 +52,7 @@ GPU = dict(FULL, preset="small-T", pretrain_steps=500, pretrain_batch=64, sft_st
            lora_steps=60, dpo_steps=100, score_limit=0, save_interval=100, scale_steps=False)
 FAST = dict(FULL, data="demo", tokenizer_mb=1, pretrain_steps=6, pretrain_batch=16, sft_steps=4, sft_batch=16,
             lora_steps=3, dpo_steps=3, ceval_limit=1, score_limit=4, generate_tokens=12, eval_batches=2,
-            save_interval=2, scale_steps=False, tool_problems=200, tool_ordinary=50, score_tool_problems=4)
+            save_interval=2, scale_steps=False, tool_problems=200, tool_ordinary=50, score_tool_problems=4, grpo_steps=2, grpo_prompts=2)
 RECIPES = {"full": FULL, "long": LONG, "gpu": GPU, "fast": FAST}
 FP32_STEP_SHARE = 0.5
 
@@ -107,14 +108,19 @@ def stages(args, n):
                                       "--identity_json", f"{out}/score_lora_identity_{tag}.json"]),
         ("DPO", ["5-dpo_train.py", *train, "--data", f"{data}/dpo.jsonl", "--val_data", f"{data}/dpo_val.jsonl",
                  "--max_steps", str(n["dpo_steps"])]),
-        ("C-Eval", ["eval_ceval.py", *model, "--weight", "dpo", "--out", f"{out}/ceval_dpo_{tag}"]
+        ("GRPO on word problems with the calculator",
+         ["6-grpo.py", *model, "--weight", "dpo", "--resume", "--max_steps", str(n["grpo_steps"]),
+          "--prompts_per_step", str(n["grpo_prompts"]), "--eval_problems", "0",
+          "--save_interval", str(n["save_interval"])]),
+        ("C-Eval", ["eval_ceval.py", *model, "--weight", "grpo", "--out", f"{out}/ceval_grpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
         # The same questions for the pretrain-only model and the final model, every answer judged by the same
         # rule (evaluation/scoreboard.py). Pretraining read the conversations in the chat template, so the
         # pretrain-only model is asked in it too (given a bare question, it ends the "user turn" at once).
         ("scoreboard: pretrain-only model", [*scored, "--weight", "pretrain", "--prompt", "chat",
                                              "--json", f"{out}/score_pretrain_{tag}.json"]),
-        ("scoreboard: final model", [*scored, "--weight", "dpo", "--json", f"{out}/score_dpo_{tag}.json"]),
+        ("scoreboard: final model", [*scored, "--weight", "grpo", "--tool_problems", str(n["score_tool_problems"]),
+                                     "--json", f"{out}/score_grpo_{tag}.json"]),
         # Being right: held-out word problems through the tool loop, for the SFT model and the final one.
         ("tool scoreboard: SFT model", [*scored, "--weight", "full_sft", "--only_tools", "--tool_problems",
                                         str(n["score_tool_problems"]), "--json", f"{out}/score_tools_full_sft_{tag}.json"]),
@@ -177,10 +183,12 @@ def main():
     preset = args.preset or recipe["preset"]
     tag = LMConfig.from_preset(preset).tag()
     print(f"\nAll {len(plan)} stages done in {time.time() - started:.0f}s this run (stage times: {record_path}).")
-    print(f"Checkpoints: {args.out}/pretrain_{tag}.pth, full_sft_{tag}.pth, lora_identity_{tag}/, dpo_{tag}.pth")
-    print(f"Scores: {args.out}/score_pretrain_{tag}.json, {args.out}/score_dpo_{tag}.json")
-    print(f"Chat:   python 2-eval.py --preset {preset} --out_dir {args.out} --weight dpo")
-    print(f"Serve:  python my_openai_api.py --preset {preset} --out_dir {args.out} --weight dpo"
+    print(f"Checkpoints: {args.out}/pretrain_{tag}.pth, full_sft_{tag}.pth, lora_identity_{tag}/, dpo_{tag}.pth, "
+          f"grpo_{tag}.pth (the final model)")
+    print(f"Scores: {args.out}/score_pretrain_{tag}.json, score_grpo_{tag}.json, score_tools_full_sft_{tag}.json, "
+          f"score_lora_identity_{tag}.json")
+    print(f"Chat:   python 2-eval.py --preset {preset} --out_dir {args.out} --weight grpo")
+    print(f"Serve:  python my_openai_api.py --preset {preset} --out_dir {args.out} --weight grpo"
           f"   then open http://127.0.0.1:8000/")
 
 

@@ -9,7 +9,7 @@ from conftest import load_script
 quickstart = load_script("quickstart.py")
 PARSERS = {name: load_script(name).parse_args for name in
            ("0-eval_pretrain.py", "1-pretrain.py", "3-full_sft.py", "4-lora_sft.py", "5-dpo_train.py", "eval_ceval.py",
-            "score.py")}
+            "score.py", "6-grpo.py")}
 
 
 @pytest.mark.parametrize("recipe", sorted(quickstart.RECIPES))
@@ -23,7 +23,7 @@ def test_every_stage_command_parses(recipe):
             parsed = PARSERS[script](flags)  # argparse exits on an unknown flag or a bad value
             assert parsed.preset == quickstart.RECIPES[recipe]["preset"], (name, parsed.preset)
             checked += 1
-    assert checked == 9  # pretrain, continuation, SFT, LoRA, DPO, C-Eval, two scoreboards, the tool scoreboard
+    assert checked == 10  # pretrain, continuation, SFT, LoRA, DPO, GRPO, C-Eval, two scoreboards, the tool scoreboard
     training = {name: argv for name, argv in plan if name in ("pretrain", "full SFT")}
     assert all("--resume" in argv and "muon" in argv for argv in training.values())
 
