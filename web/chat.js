@@ -251,6 +251,11 @@ async function showModel() {
     if (!response.ok) throw new Error(await errorText(response));
     const model = (await response.json()).data[0];
     $("status").textContent = `${model.id} · context ${model.context_length} tokens`;
+    // Unless the user chose one, a reply gets a quarter of the context, so that the question (and the tools'
+    // system turn, about 90 tokens) keeps the rest: 512 new tokens would leave a 256-token model no prompt.
+    if (!localStorage.getItem("minimind.max_tokens") && model.context_length) {
+      $("max_tokens").value = Math.max(16, Math.floor(model.context_length / 4));
+    }
     const tools = await fetch("/v1/tools", { headers: headers() });
     state.tools = tools.ok ? (await tools.json()).data.filter((t) => t.function.name === "calculator") : [];
     $("calculator").disabled = !state.tools.length;
