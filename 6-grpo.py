@@ -53,6 +53,7 @@ from engine.runstate import (
     RunState,
     StopFlag,
     read_resume,
+    restore,
     rng_state,
     set_rng_state,
     write_resume,
@@ -208,18 +209,7 @@ def load_resume(saved: dict, path: Path, raw, optimizers, scaler, args, trainer:
     if changed:
         trainer.print(f"warning: resuming {path} with different settings ({'; '.join(changed)}): it continues, "
                       f"but will not match an uninterrupted run")
-    try:
-        raw.load_state_dict(saved["model"])
-    except RuntimeError as error:
-        raise MiniMindError(f"{path} was saved from a different model ({str(error).splitlines()[0]}); "
-                            f"start over without --resume or use the settings of that run")
-    if len(saved["optimizers"]) != len(optimizers):
-        raise MiniMindError(f"{path} was saved with {len(saved['optimizers'])} optimizer(s), this run has "
-                            f"{len(optimizers)}: resume with the --optimizer it was trained with")
-    for opt, opt_state in zip(optimizers, saved["optimizers"]):
-        opt.load_state_dict(opt_state)
-    scaler.load_state_dict(saved["scaler"])
-    state = RunState(saved["step"], saved["epoch"], saved["offset"], saved["history"])
+    state = restore(path, saved, raw, optimizers, scaler)
     trainer.print(f"resumed from {path} at step {state.step}")
     return state, saved["rng"][trainer.rank] if saved["world_size"] == trainer.world_size else None
 

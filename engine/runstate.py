@@ -101,3 +101,20 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._previous.items():
             signal.signal(sig, old)
+
+
+def restore(path, saved: dict, model, optimizers: list, scaler) -> RunState:
+    """Put a resume checkpoint's weights, optimizer and scaler states (`saved`, read from `path`) into a
+    run, and return where it stopped. A checkpoint of another model or optimizer set is one clear error."""
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as error:
+        raise MiniMindError(f"{path} was saved from a different model ({str(error).splitlines()[0]}); "
+                            f"start over without --resume or use the settings of that run")
+    if len(saved["optimizers"]) != len(optimizers):
+        raise MiniMindError(f"{path} was saved with {len(saved['optimizers'])} optimizer(s), this run has "
+                            f"{len(optimizers)}: resume with the --optimizer it was trained with")
+    for optimizer, state in zip(optimizers, saved["optimizers"]):
+        optimizer.load_state_dict(state)
+    scaler.load_state_dict(saved["scaler"])
+    return RunState(saved["step"], saved["epoch"], saved["offset"], saved["history"])

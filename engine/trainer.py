@@ -60,7 +60,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from data.datasets import EpochSampler
 from engine.optim import build_optimizers, describe_optimizer, lr_at, set_learning_rate
 from engine.runlog import MetricWindow, RunLog
-from engine.runstate import RunState, StopFlag, read_resume, rng_state, set_rng_state, write_resume
+from engine.runstate import RunState, StopFlag, read_resume, restore, rng_state, set_rng_state, write_resume
 from engine.settings import TrainConfig, add_train_args  # noqa: F401  (add_train_args: scripts import it from here)
 from model.checkpoint import save_weights
 from model.errors import MiniMindError
@@ -396,18 +396,7 @@ class Trainer:
             # A resumed run computes as the run it continues, or it would not match an uninterrupted one.
             self.dtype, self.dtype_reason = getattr(torch, saved_dtype), "as the run being resumed"
             self.print(f"resuming in {saved_dtype}, the precision {path.name} was trained in")
-        try:
-            raw.load_state_dict(saved["model"])
-        except RuntimeError as error:
-            raise MiniMindError(f"{path} was saved from a different model ({str(error).splitlines()[0]}); "
-                             f"start over without --resume or use the settings of that run")
-        if len(saved["optimizers"]) != len(optimizers):
-            raise MiniMindError(f"{path} was saved with {len(saved['optimizers'])} optimizer(s), this run has "
-                             f"{len(optimizers)}: resume with the --optimizer it was trained with")
-        for opt, opt_state in zip(optimizers, saved["optimizers"]):
-            opt.load_state_dict(opt_state)
-        scaler.load_state_dict(saved["scaler"])
-        state = RunState(saved["step"], saved["epoch"], saved["offset"], saved["history"])
+        state = restore(path, saved, raw, optimizers, scaler)
         same_split = saved["world_size"] == self.world_size and saved["samples_per_step"] == plan.samples_per_step
         rng = saved["rng"][self.rank] if saved["world_size"] == self.world_size else saved["rng"][0]
         if not same_split:
