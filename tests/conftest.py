@@ -284,3 +284,13 @@ def modelfile_fields(path: Path) -> tuple[str, list[str]]:
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     lines = [line for line in text.replace(template, "").splitlines() if line.strip()]
     return template, lines
+
+
+def never_ending_model(max_seq_len: int):
+    """A tiny random model that never chooses </s> greedily (its embedding row is zeroed, so its logit is 0
+    while the others spread), so a greedy reply runs to its token limit: the server tests' model."""
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=max_seq_len)).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[EOS_ID].zero_()
+    return model

@@ -9,11 +9,8 @@ every later generation into a 503, so the final checks also show that nothing le
 import json
 
 import pytest
-import torch
-from conftest import tiny_config
+from conftest import never_ending_model
 
-from model.model import MiniMindForCausalLM
-from model.tokenizer import EOS_ID
 from serving.app import create_app
 from serving.messages import MAX_MESSAGES
 from serving.protocol import MAX_BODY_BYTES, Defaults
@@ -29,11 +26,7 @@ WEATHER = "今天天气怎么样，我们出去走走吧。"
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = MiniMindForCausalLM(tiny_config(max_seq_len=CONTEXT)).eval()
-    with torch.no_grad():
-        model.model.embed_tokens.weight[EOS_ID].zero_()  # EOS logit 0 while others spread: never the argmax
-    return model
+    return never_ending_model(CONTEXT)
 
 
 @pytest.fixture(scope="module")

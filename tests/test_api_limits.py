@@ -13,13 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import never_ending_model
 from test_api_hostile import CAP, CHAT, CONTEXT, TEXT, WEATHER, assert_openai_error, body_with, post, sse
 
 import serving.replies
 from model.chat import ContextTooLong, build_prompt
 from model.generate import sample_next, stream_generate
-from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
 from serving.access import API_KEY_ENV, resolve_api_key
 from serving.app import create_app
@@ -30,11 +29,7 @@ from serving.server import Server
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = MiniMindForCausalLM(tiny_config(max_seq_len=CONTEXT)).eval()
-    with torch.no_grad():
-        model.model.embed_tokens.weight[EOS_ID].zero_()  # EOS logit 0 while others spread: never the argmax
-    return model
+    return never_ending_model(CONTEXT)
 
 
 @pytest.fixture(scope="module")
