@@ -65,7 +65,8 @@ def test_our_dpo_loss_equals_trls_on_the_same_batches(models, tokenizer, tmp_pat
         logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
         assert logged["rewards/chosen"] == pytest.approx(metrics["reward_chosen"].item(), abs=1e-6)
         assert logged["rewards/rejected"] == pytest.approx(metrics["reward_rejected"].item(), abs=1e-6)
-        assert logged["rewards/margins"] == pytest.approx(metrics["reward_margin"].item(), abs=1e-6)
+        # the margin is chosen - rejected, so it carries both rewards' float32 error
+        assert logged["rewards/margins"] == pytest.approx(metrics["reward_margin"].item(), abs=2e-6)
         assert logged["rewards/accuracies"] == metrics["reward_acc"].item()
 
         # The same update: gradients of the two losses, parameter by parameter (the export keeps the names).
