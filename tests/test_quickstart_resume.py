@@ -113,6 +113,7 @@ def test_quickstart_killed_during_training_resumes(tmp_path):
     assert list(record2) == names and all(entry["done"] for entry in record2.values())
     assert f"All {len(names)} stages done" in log2
     for artifact in (f"pretrain_{tag}.pth", f"full_sft_{tag}.pth", f"lora_identity_{tag}/adapter_model.safetensors",
-                     f"dpo_{tag}.pth", f"ceval_dpo_{tag}/summary.json"):
+                     f"dpo_{tag}.pth", f"grpo_{tag}.pth", f"ceval_grpo_{tag}/summary.json",
+                     f"score_grpo_{tag}.json", f"score_tools_full_sft_{tag}.json"):
         assert (out / artifact).is_file(), artifact
     assert torch.load(resume_file, map_location="cpu", weights_only=True)["step"] == quickstart.FAST["pretrain_steps"]
