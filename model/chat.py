@@ -50,7 +50,8 @@ def encode_messages(tokenizer, messages: list) -> list:
     contents = tokenizer([m["content"] for m in messages], add_special_tokens=False,
                          split_special_tokens=True)["input_ids"]
     newline = tokenizer.encode("\n", add_special_tokens=False)
-    return [turn_header(tokenizer, m["role"]) + ids + [EOS_ID] + newline for m, ids in zip(messages, contents)]
+    headers = {role: turn_header(tokenizer, role) for role in {m["role"] for m in messages}}  # once per role
+    return [headers[m["role"]] + ids + [EOS_ID] + newline for m, ids in zip(messages, contents)]
 
 
 def generation_header(tokenizer) -> list:

@@ -85,6 +85,13 @@ class Replies:
             return None
         return torch.Generator(device=self.device).manual_seed(sampling.seed)
 
+    def _streams(self, job: Job):
+        """(index, stream) for each of the job's prompts in turn, all sampled from one seeded generator; the
+        caller holds the queue while it iterates."""
+        generator = self._seeded(job.sampling)
+        for index, ids in enumerate(job.prompts):
+            yield index, self._start(job.sampling, ids, generator)
+
     def _pieces(self, stream):
         """The stream's text pieces, ending at the next token once the queue is cut (a draining server)."""
         if not self.queue.cut:
@@ -118,9 +125,7 @@ class Replies:
         try:
             self.queue.wait()
             holding = True
-            generator = self._seeded(job.sampling)
-            for index, ids in enumerate(job.prompts):
-                stream = self._start(job.sampling, ids, generator)
+            for index, stream in self._streams(job):
                 streams.append(stream)
                 text = "".join(self._pieces(stream))
                 choices.append(self._choice(job, index, text, stream.finish_reason or "length"))
@@ -164,9 +169,7 @@ class Replies:
                 yield send(delta_choice(kind, 0, {"role": "assistant", "content": ""}))
             self.queue.wait()
             holding = True
-            generator = self._seeded(job.sampling)
-            for index, ids in enumerate(job.prompts):
-                stream = self._start(job.sampling, ids, generator)
+            for index, stream in self._streams(job):
                 streams.append(stream)
                 if job.echoes:
                     yield send(delta_choice(kind, index, job.echoes[index]))
