@@ -11,7 +11,7 @@ and samples the replies at --temperature through the tool loop (tooluse/agent.py
 its result handed back in a tool turn, and the model goes on. Each reply is scored (right answer, a working
 call, ended, not repeating itself), scored against its group, and the policy takes one step of the clipped
 objective with a KL pull towards the frozen starting model. engine/grpo.py explains each part; the loop
-below runs them in order. Every --eval_interval steps the held-out phrasing families are asked greedily
+below runs them in order. Every --eval_interval steps problems in the held-out phrasings are asked greedily
 (--eval_problems of them, the same ones every time) and their accuracy logged as val_accuracy.
 
 Reads out/{--weight}_{tag}.pth (default full_sft; or --ckpt). Writes, under --out_dir:

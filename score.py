@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from evaluation.scoreboard import first_question, judge_data, read_conversations, score
-from evaluation.tools import tool_board
+from evaluation.tools import accuracy, solve, tool_board
 from model.checkpoint import atomic_write
 from model.cli import (
     DEMO_QUESTIONS,
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="chat: the question in the chat template; raw: the bare question to continue; "
                              "auto: raw for a pretrain checkpoint, chat otherwise (default %(default)s)")
     parser.add_argument("--tool_problems", type=int, default=0,
-                        help="also score N held-out word problems with the calculator (and without it), and the "
+                        help="also score N word problems in held-out phrasings with the calculator (and without it), N of "
+                             "held-out families with it, and the "
                              "false-call rate on the held-out questions asked with it offered (0 = skip)")
     parser.add_argument("--tool_seed", type=int, default=1, help="seed of the held-out word problems")
     parser.add_argument("--only_tools", action="store_true",
@@ -82,9 +83,13 @@ def print_board(board: dict, name: str) -> None:
 def print_tool_board(tools: dict, name: str, show: int) -> None:
     def figure(s):
         return f"{100 * s['share']:5.1f}% ({s['right']} of {s['of']})"
-    print(f"{name}: held-out word problems right with the calculator {figure(tools['with_tools'])}, "
+    print(f"{name}: word problems in held-out phrasings right with the calculator {figure(tools['with_tools'])}, "
           f"without it {figure(tools['without_tools'])}; called it on {figure(tools['called'])}")
     print("  by kind: " + ", ".join(f"{kind} {figure(s)}" for kind, s in tools["by_kind"].items()))
+    if "held_out_families" in tools:
+        new = tools["held_out_families"]
+        print(f"  kinds of problem never trained on (held-out families), with the calculator: "
+              f"{figure(new['with_tools'])}; " + ", ".join(f"{k} {figure(s)}" for k, s in new["by_kind"].items()))
     print(f"  ordinary questions with the calculator offered that called it: {figure(tools['false_calls'])}")
     for item in tools["problems"][:show]:
         print(f"  👶 {item['question']}\n  🔧 {item['call']}\n  🤖 {item['final']}  "
@@ -114,6 +119,8 @@ def main(argv=None):
     if args.tool_problems:
         problems = generate(args.tool_problems, args.tool_seed, "held_out")
         board["tools"] = tool_board(model, tokenizer, problems, question_sets["held_out"])
+        new_kinds = solve(model, tokenizer, generate(args.tool_problems, args.tool_seed, "held_out_families"))
+        board["tools"]["held_out_families"] = {**accuracy(new_kinds), "problems": new_kinds}
     board.update(checkpoint=str(name), raw_text=raw_text, seed=args.seed, max_new_tokens=args.max_new_tokens,
                  val_data=str(val_path), seconds=round(time.perf_counter() - start, 1))
     if not args.only_tools:

@@ -4,7 +4,7 @@ that offer the calculator and do not call it, so the model learns both when to c
     dataset/sft_tools.jsonl   {"tools": [calculator], "conversations": [user, assistant call, tool, answer]}
                               and {"tools": [calculator], "conversations": <an ordinary SFT conversation>}
 
-The problems come from the training phrasing families only (tooluse/problems.py); the held-out families
+The problems come from the "train" split only (tooluse/problems.py); the held-out phrasings and families
 never reach a training file. The ordinary conversations are drawn from the SFT training file itself
 (never from the held-out file), so they add no new text, only the tools in front of it.
 """

@@ -1,6 +1,7 @@
 """The scoreboard of being right: word problems whose answer is checked, not judged.
 
     board = tool_board(model, tokenizer, generate(200, seed=1, split="held_out"), ordinary_questions)
+    board["held_out_families"] = accuracy(solve(model, tokenizer, generate(200, 1, "held_out_families")))
 
 Three figures, all greedy:
 - with tools: the problem asked with the calculator offered, run through the real tool loop
@@ -9,8 +10,9 @@ Three figures, all greedy:
 - without tools: the same problems asked with no tool offered, judged by the same rule;
 - false calls: ordinary held-out questions asked with the calculator offered; a false call is a reply
   that calls it.
-The problems come from phrasing families held out of training whole (tooluse/problems.py), so the score
-measures reading problems worded in ways the model never saw, not memory of templates.
+The problems of the "held_out" split are worded in phrasings held out of training (tooluse/problems.py), so
+the score measures reading problems worded in ways the model never saw, not memory of templates; those of
+"held_out_families" are kinds of problem it never saw at all, scored with the calculator only.
 """
 import math
 
@@ -27,40 +29,54 @@ def share(right: list[bool]) -> dict:
     return {"right": sum(right), "of": len(right), "share": sum(right) / len(right) if right else 0.0}
 
 
-def tool_board(model, tokenizer, problems: list, ordinary_questions: list[str], max_new_tokens: int = 64,
-               batch_size: int = 32) -> dict:
-    """{"with_tools", "without_tools", "false_calls", "by_kind", "problems"}: the three figures and each
-    problem's call, answers and verdicts, in order (for a question-by-question comparison of two models)."""
+def solve(model, tokenizer, problems: list, max_new_tokens: int = 64, batch_size: int = 32) -> list[dict]:
+    """Each problem asked with the calculator offered, through the tool loop: its call, final answer and verdict."""
     questions = [[{"role": "user", "content": p.question}] for p in problems]
     rollouts = []
     for start in range(0, len(questions), batch_size):
         rollouts += run_with_tools(model, tokenizer, questions[start:start + batch_size], [CALCULATOR],
                                    max_new_tokens)
+    records = []
+    for p, rollout in zip(problems, rollouts):
+        call = next((m["tool_calls"][0]["function"]["arguments"].get("expression")
+                     for m in rollout.messages if m.get("tool_calls")), None)
+        records.append({"family": p.family, "kind": p.kind, "question": p.question, "expression": p.expression,
+                        "answer": p.answer, "call": call, "final": rollout.final,
+                        "right": answer_is_right(rollout.final, p.answer)})
+    return records
+
+
+def accuracy(records: list[dict]) -> dict:
+    """{"with_tools", "called", "by_kind"} of solve()'s records."""
+    return {
+        "with_tools": share([r["right"] for r in records]),
+        "called": share([r["call"] is not None for r in records]),
+        "by_kind": {kind: share([r["right"] for r in records if r["kind"] == kind])
+                    for kind in KINDS if any(r["kind"] == kind for r in records)},
+    }
+
+
+def tool_board(model, tokenizer, problems: list, ordinary_questions: list[str], max_new_tokens: int = 64,
+               batch_size: int = 32) -> dict:
+    """{"with_tools", "without_tools", "called", "false_calls", "by_kind", "problems"}: the three figures and each
+    problem's call, answers and verdicts, in order (for a question-by-question comparison of two models)."""
+    records = solve(model, tokenizer, problems, max_new_tokens, batch_size)
     budget = prompt_budget(context_length(model.config), max_new_tokens)
-    bare = [build_prompt(tokenizer, q, budget, cut=True)[0] for q in questions]
+    bare = [build_prompt(tokenizer, [{"role": "user", "content": p.question}], budget, cut=True)[0]
+            for p in problems]
     plain = answer_all(model, tokenizer, [p.question for p in problems], bare, max_new_tokens, batch_size=batch_size)
+    for record, no_tool in zip(records, plain):
+        record.update(no_tool_answer=no_tool["answer"],
+                      right_without_tools=answer_is_right(no_tool["answer"], record["answer"]))
 
     offered = [build_prompt(tokenizer, [{"role": "user", "content": q}], budget, cut=True, tools=[CALCULATOR])[0]
                for q in ordinary_questions]
     replies = answer_all(model, tokenizer, ordinary_questions, offered, max_new_tokens, batch_size=batch_size)
     called = [bool(offered_calls(parse_reply(r["answer"])[1], [CALCULATOR])) for r in replies]
-
-    records = []
-    for p, rollout, no_tool in zip(problems, rollouts, plain):
-        call = next((m["tool_calls"][0]["function"]["arguments"].get("expression")
-                     for m in rollout.messages if m.get("tool_calls")), None)
-        records.append({"family": p.family, "kind": p.kind, "question": p.question, "expression": p.expression,
-                        "answer": p.answer, "call": call, "final": rollout.final,
-                        "right": answer_is_right(rollout.final, p.answer),
-                        "no_tool_answer": no_tool["answer"],
-                        "right_without_tools": answer_is_right(no_tool["answer"], p.answer)})
     return {
-        "with_tools": share([r["right"] for r in records]),
+        **accuracy(records),
         "without_tools": share([r["right_without_tools"] for r in records]),
-        "called": share([r["call"] is not None for r in records]),
         "false_calls": share(called),
-        "by_kind": {kind: share([r["right"] for r in records if r["kind"] == kind])
-                    for kind in KINDS if any(r["kind"] == kind for r in records)},
         "problems": records,
         "false_call_questions": [r["question"] for r, c in zip(replies, called) if c],
     }

@@ -1,6 +1,6 @@
 """tooluse/: the calculator (right answers, hostile input answered quickly with an 错误： string), the
 <tool_call> format (round trips, malformed blocks kept as text), and the word-problem generator (seeded,
-every problem's expression gives its answer, held-out families stay out of train, phrasings vary)."""
+every problem's expression gives its answer, held-out phrasings and families stay out of train, phrasings vary)."""
 import json
 import random
 import re
@@ -9,10 +9,11 @@ from fractions import Fraction
 
 import pytest
 
-from tooluse import money_families, problems, quantity_families, vocabulary
+from tooluse import geometry_families, money_families, problems, quantity_families, vocabulary
 from tooluse.calculator import CALCULATOR, calculate, format_number, run_tool
 from model.toolcall import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_reply, render_call,
                            render_tools_system)
+from tooluse.problem import Draw
 from tooluse.problems import (FAMILIES, HELD_OUT_FAMILIES, KINDS, answer_is_right, conversation,
                               generate, numbers_in)
 
@@ -160,7 +161,7 @@ def test_render_tools_system():
 
 @pytest.fixture(scope="module")
 def generated():
-    return generate(2000, 0, "train"), generate(2000, 0, "held_out")
+    return generate(2000, 0, "train"), generate(2000, 0, "held_out"), generate(1000, 0, "held_out_families")
 
 
 def test_generate_is_seeded():
@@ -172,7 +173,7 @@ def test_generate_is_seeded():
 
 
 def test_every_problem_is_right(generated):
-    for p in generated[0] + generated[1]:
+    for p in generated[0] + generated[1] + generated[2]:
         assert p.kind in KINDS
         assert re.fullmatch(r"[0-9.+\-*/()]+", p.expression), p
         assert calculate(p.expression) == format_number(p.answer), p
@@ -181,19 +182,11 @@ def test_every_problem_is_right(generated):
         assert p.final.endswith("。") and p.question.endswith(("？", "。")), p
 
 
-def test_split_by_family(generated):
-    train, held_out = generated
-    assert {p.family for p in train} == set(FAMILIES) - HELD_OUT_FAMILIES
-    assert {p.family for p in held_out} == set(HELD_OUT_FAMILIES)
-    assert HELD_OUT_FAMILIES < set(FAMILIES) and 0.2 <= len(HELD_OUT_FAMILIES) / len(FAMILIES) <= 0.3
-    # every kind is taught and tested
-    assert {p.kind for p in train} == {p.kind for p in held_out} == set(KINDS)
-
-
 def _vocabulary() -> list[str]:
     """The fillers the generator draws (names, goods, units...): every string in its modules' module-level tables."""
     words = set()
-    tables = [value for module in (vocabulary, money_families, quantity_families) for value in vars(module).values()]
+    tables = [value for module in (vocabulary, money_families, quantity_families, geometry_families)
+              for value in vars(module).values()]
     for value in tables:
         if isinstance(value, list):
             for entry in value:
@@ -203,20 +196,48 @@ def _vocabulary() -> list[str]:
     return sorted(words, key=len, reverse=True)
 
 
-def test_every_family_has_several_phrasings():
-    vocabulary = _vocabulary()
+@pytest.fixture(scope="module")
+def skeleton():
+    """A question with its numbers and fillers blanked: what is left is the phrasing."""
+    words = _vocabulary()
 
-    def skeleton(question):
+    def blank(question):
         s = re.sub(r"-?[0-9.]+", "#", question)
         s = re.sub(r"(百分之|打)[零一二三四五六七八九十]+", r"\1#", s)
-        for w in vocabulary:
+        for w in words:
             s = s.replace(w, "_")
         return s
+    return blank
 
-    rng = random.Random(0)
+
+def test_splits(generated, skeleton):
+    train, held_out, new_families = generated
+    assert {p.family for p in train} == {p.family for p in held_out} == set(FAMILIES) - HELD_OUT_FAMILIES
+    assert {p.family for p in new_families} == set(HELD_OUT_FAMILIES)
+    assert HELD_OUT_FAMILIES < set(FAMILIES) and 0.2 <= len(HELD_OUT_FAMILIES) / len(FAMILIES) <= 0.3
+    # every kind is taught and tested
+    assert {p.kind for p in train} == {p.kind for p in held_out} == {p.kind for p in new_families} == set(KINDS)
+    # no held-out wording is ever drawn for training: per family, the phrasings of the two splits are disjoint
+    for family in set(FAMILIES) - HELD_OUT_FAMILIES:
+        seen = {skeleton(p.question) for p in train if p.family == family}
+        unseen = {skeleton(p.question) for p in held_out if p.family == family}
+        assert unseen and not seen & unseen, (family, seen & unseen)
+
+
+def test_draw_takes_phrasings_from_its_share():
+    options = list(range(10))
+    train, held_out = Draw("s", held_out_phrasings=False), Draw("s", held_out_phrasings=True)
+    assert {train.phrasing(options) for _ in range(300)} == {0, 2, 3, 4, 6, 7, 8}
+    assert {held_out.phrasing(options) for _ in range(300)} == {1, 5, 9}
+    with pytest.raises(ValueError):
+        held_out.phrasing(["only one"])
+
+
+def test_every_family_has_several_phrasings(skeleton):
+    rng = Draw("0", held_out_phrasings=False)
     for family in FAMILIES:
         skeletons = {skeleton(problems._draw(family, rng).question) for _ in range(200)}
-        assert len(skeletons) >= 3, (family, skeletons)
+        assert len(skeletons) >= 2, (family, skeletons)
 
 
 def test_conversation(generated):

@@ -19,7 +19,7 @@ def _mover(rng):
 
 def distance(rng):
     m, verb, v, t, du, tu = _mover(rng)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{m}每{tu}{verb}{v}{du}，{_f(t)}{tu}{verb}多少{du}？",
         f"{m}{verb}的速度是每{tu}{v}{du}，{verb}了{_f(t)}{tu}，一共{verb}了多少{du}？",
         f"{m}以每{tu}{v}{du}的速度{verb}了{_f(t)}{tu}，{verb}了多远？",
@@ -36,7 +36,7 @@ def distance(rng):
 def travel_time(rng):
     m, verb, v, t, du, tu = _mover(rng)
     d = v * F(t)
-    q = rng.choice([
+    q = rng.phrasing([
         f"两地相距{_f(d)}{du}，{m}每{tu}{verb}{v}{du}，需要多少{tu}才能到达？",
         f"{m}要{verb}{_f(d)}{du}，速度是每{tu}{v}{du}，要用几{tu}？",
         f"从甲地到乙地有{_f(d)}{du}，{m}以每{tu}{v}{du}的速度{verb}，几{tu}能到？",
@@ -52,7 +52,7 @@ def travel_time(rng):
 def speed(rng):
     m, verb, v, t, du, tu = _mover(rng)
     d = v * F(t)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{m}{_f(t)}{tu}{verb}了{_f(d)}{du}，平均每{tu}{verb}多少{du}？",
         f"{m}用{_f(t)}{tu}{verb}完了{_f(d)}{du}的路程，速度是每{tu}多少{du}？",
         f"{_f(d)}{du}的路，{m}{verb}了{_f(t)}{tu}，平均速度是每{tu}多少{du}？",
@@ -65,21 +65,21 @@ def meet(rng):
     who = rng.choice(("walkers", "cars", "minutes"))
     if who == "walkers":
         v1, v2, t, du = rng.randint(3, 6), rng.randint(3, 6), rng.randint(2, 6), "千米"
-        q = rng.choice([
+        q = rng.phrasing([
             f"{a}和{b}同时从两地出发相向而行，{a}每小时走{v1}千米，{b}每小时走{v2}千米，{t}小时后两人相遇。两地相距多少千米？",
             f"请问两村相距多少千米？{a}和{b}分别从两个村子同时出发，面对面走，{t}小时后碰面，{a}每小时走{v1}千米，{b}每小时走{v2}千米。",
             f"已知{a}每小时走{v1}千米，{b}每小时走{v2}千米，两人从两地同时相对出发，经过{t}小时相遇，求两地的距离。",
         ])
     elif who == "cars":
         v1, v2, t, du = rng.randint(45, 90), rng.randint(45, 90), rng.randint(2, 6), "千米"
-        q = rng.choice([
+        q = rng.phrasing([
             f"两辆汽车同时从两城相对开出，一辆每小时行{v1}千米，另一辆每小时行{v2}千米，经过{t}小时相遇，两城相距多少千米？",
             f"甲、乙两车从两城同时出发，相向而行，{t}小时后相遇。甲车每小时行{v1}千米，乙车每小时行{v2}千米，两城之间的路有多长？",
             f"如果一辆客车每小时行{v1}千米，一辆货车每小时行{v2}千米，它们从两地同时相对开出，{t}小时后相遇，那么两地相距多少千米？",
         ])
     else:
         v1, v2, t, du = rng.randint(55, 90), rng.randint(55, 90), rng.randint(2, 6) * 5, "米"
-        q = rng.choice([
+        q = rng.phrasing([
             f"{a}从家、{b}从学校同时出发，相向而行，{a}每分钟走{v1}米，{b}每分钟走{v2}米，{t}分钟后相遇。{a}家和学校相距多少米？",
             f"{a}家和学校之间的路有多少米？{a}从家出发，每分钟走{v1}米，{b}同时从学校出发迎面走来，每分钟走{v2}米，{t}分钟后两人见面。",
         ])
@@ -97,7 +97,7 @@ def _rectangle(rng):
 
 def rect_area(rng):
     what, u, l, w = _rectangle(rng)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{what}长{_f(l)}{u}，宽{_f(w)}{u}，面积是多少平方{u}？",
         f"{what}的长是{_f(l)}{u}，宽是{_f(w)}{u}，它的面积是多少？",
         f"一个长方形的长为{_f(l)}{u}，宽为{_f(w)}{u}，求它的面积。",
@@ -112,7 +112,7 @@ def rect_area(rng):
 
 def rect_perimeter(rng):
     what, u, l, w = _rectangle(rng)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{what}长{_f(l)}{u}，宽{_f(w)}{u}，周长是多少{u}？",
         f"{what}长{_f(l)}{u}，宽{_f(w)}{u}。沿着它的边走一圈，一共走了多少{u}？",
         f"{what}长{_f(l)}{u}，宽{_f(w)}{u}，在它的四周围一圈彩带，彩带长多少{u}？",
@@ -130,13 +130,13 @@ def square(rng):
     what, u, lo, hi = rng.choice(SQUARES)
     s = _size(rng, lo, hi)
     if rng.random() < 0.5:
-        q = rng.choice([
+        q = rng.phrasing([
             f"{what}的边长是{_f(s)}{u}，它的面积是多少平方{u}？",
             f"正方形的边长为{_f(s)}{u}，求这个正方形的面积。",
             f"{what}每条边长{_f(s)}{u}，占了多大面积？",
         ])
         return make_problem("square", "one_step", q, f"{_f(s)}*{_f(s)}", s * s, f"平方{u}", f"面积是{_f(s * s)}平方{u}。")
-    q = rng.choice([
+    q = rng.phrasing([
         f"{what}边长{_f(s)}{u}，周长是多少{u}？",
         f"用铁丝围成一个边长{_f(s)}{u}的正方形，需要多长的铁丝？",
         f"沿着{what}的边走一圈，边长是{_f(s)}{u}，走了多少{u}？",
@@ -147,7 +147,7 @@ def square(rng):
 def floor_cost(rng):
     l, w, who = _size(rng, 3, 12), _size(rng, 2, 8), rng.choice(BUYERS)
     p = F(rng.randint(20, 150))
-    q = rng.choice([
+    q = rng.phrasing([
         f"一间教室长{_f(l)}米，宽{_f(w)}米，铺地砖每平方米要{p}元，一共要花多少元？",
         f"{who}家的客厅长{_f(l)}米、宽{_f(w)}米，要铺每平方米{p}元的木地板，需要多少钱？",
         f"一块长{_f(l)}米、宽{_f(w)}米的长方形空地，每平方米的草皮{p}元，铺满需要多少元？",
@@ -164,7 +164,7 @@ def floor_cost(rng):
 def fence_cost(rng):
     l, w = _size(rng, 5, 40), _size(rng, 3, 20)
     p = draw_price(rng, 5, 30)
-    q = rng.choice([
+    q = rng.phrasing([
         f"一块长方形菜地长{_f(l)}米，宽{_f(w)}米，四周围上篱笆，每米篱笆{_f(p)}元，一共要花多少钱？",
         f"沿着长{_f(l)}米、宽{_f(w)}米的长方形花坛四周铺一圈彩砖，每米{_f(p)}元，共需多少元？",
         f"给一个长{_f(l)}米、宽{_f(w)}米的长方形水池装一圈护栏，护栏每米{_f(p)}元，需要多少元？",

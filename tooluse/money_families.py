@@ -33,7 +33,7 @@ def _two_goods(rng):
 def shopping_total(rng):
     item, mw, lo, hi = rng.choice(GOODS)
     p, n, who = draw_price(rng, lo, hi), rng.randint(2, 12), rng.choice(BUYERS)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{item}每{mw}{_f(p)}元，{who}买了{n}{mw}，一共要付多少元？",
         f"{who}去商店买了{n}{mw}{item}，每{mw}{_f(p)}元。{who}一共花了多少钱？",
         f"一{mw}{item}卖{_f(p)}元，买{n}{mw}需要多少元？",
@@ -55,7 +55,7 @@ def shopping_sum(rng):
     names = [g[0] for g in goods]
     bought = "，".join(f"一{mw}{item}{_f(p)}元" for (item, mw, _, _), p in zip(goods, prices))
     receipt = "，".join(f"{item}{_f(p)}元" for item, p in zip(names, prices))
-    q = rng.choice([
+    q = rng.phrasing([
         f"{who}买了{bought}，一共花了多少元？",
         f"{who}买了{'、'.join(names)}，分别花了{'元、'.join(_f(p) for p in prices)}元，一共花了多少钱？",
         f"{who}的购物小票上写着：{receipt}。这次购物的总金额是多少元？",
@@ -75,7 +75,7 @@ def unit_price(rng):
     item, mw, lo, hi = rng.choice(GOODS)
     p, n, who = draw_price(rng, lo, hi), rng.randint(2, 12), rng.choice(BUYERS)
     total = p * n
-    q = rng.choice([
+    q = rng.phrasing([
         f"{n}{mw}{item}一共{_f(total)}元，每{mw}多少元？",
         f"{who}花{_f(total)}元买了{n}{mw}{item}，平均每{mw}多少钱？",
         f"买{n}{mw}{item}共付了{_f(total)}元，{item}的单价是多少元？",
@@ -93,7 +93,7 @@ def change(rng):
     item, mw, lo, hi = rng.choice(GOODS)
     cost, who = draw_price(rng, lo, hi), rng.choice(BUYERS)
     paid = _payment(rng, cost)
-    q, final = rng.choice([
+    q, final = rng.phrasing([
         (f"{who}买{item}花了{_f(cost)}元，付给售货员{paid}元，应找回多少元？", "应找回{a}元。"),
         (f"{who}带了{paid}元去买{item}，{item}{_f(cost)}元，还剩多少元？", "还剩{a}元。"),
         (f"一{mw}{item}{_f(cost)}元，{who}拿一张{paid}元的钞票去买，能找回多少钱？", "能找回{a}元。"),
@@ -112,7 +112,7 @@ def change_multi(rng):
     item, mw, lo, hi = rng.choice(GOODS)
     p, n, who = draw_price(rng, lo, hi), rng.randint(2, 9), rng.choice(BUYERS)
     paid = _payment(rng, p * n)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{who}买了{n}{mw}{item}，每{mw}{_f(p)}元，付了{paid}元，应找回多少元？",
         f"{who}拿{paid}元买{item}，{item}每{mw}{_f(p)}元，买了{n}{mw}后还剩多少钱？",
         f"每{mw}{item}{_f(p)}元，买{n}{mw}，给售货员{paid}元，找零多少元？",
@@ -125,7 +125,7 @@ def change_multi(rng):
 def two_kinds(rng):
     i1, m1, p1, i2, m2, p2 = _two_goods(rng)
     n1, n2, who = rng.randint(2, 8), rng.randint(2, 8), rng.choice(BUYERS)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{who}买了{n1}{m1}{i1}和{n2}{m2}{i2}，{i1}每{m1}{_f(p1)}元，{i2}每{m2}{_f(p2)}元，一共花了多少元？",
         f"{i1}每{m1}{_f(p1)}元，{i2}每{m2}{_f(p2)}元。{who}买{n1}{m1}{i1}、{n2}{m2}{i2}，需要多少钱？",
         f"{who}先买了{n1}{m1}{i1}，每{m1}{_f(p1)}元；又买了{n2}{m2}{i2}，每{m2}{_f(p2)}元。{who}一共付了多少元？",
@@ -145,7 +145,7 @@ def spend_twice(rng):
     (i1, _, lo1, hi1), (i2, _, lo2, hi2) = rng.sample(GOODS, 2)
     a, b, who = draw_price(rng, lo1, hi1) * rng.randint(1, 3), draw_price(rng, lo2, hi2), rng.choice(BUYERS)
     money = _payment(rng, a + b)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{who}有{money}元，买{i1}用了{_f(a)}元，买{i2}用了{_f(b)}元，还剩多少元？",
         f"{who}带着{money}元去超市，先花{_f(a)}元买了{i1}，又花{_f(b)}元买了{i2}，{who}还剩多少钱？",
         f"{who}的钱包里有{money}元。上午买{i1}花掉{_f(a)}元，下午买{i2}花掉{_f(b)}元。钱包里还有多少元？",
@@ -171,7 +171,7 @@ def discount_zhe(rng):
     item, mw, price = _big_good(rng)
     zhe, rate = rng.choice(DISCOUNTS)
     who = rng.choice(BUYERS)
-    q = rng.choice([
+    q = rng.phrasing([
         f"一{mw}{item}原价{price}元，打{zhe}折后卖多少元？",
         f"商店里的{item}原价{price}元，现在打{zhe}折，{who}买一{mw}要付多少钱？",
         f"{item}打{zhe}折出售，原来每{mw}{price}元，现在每{mw}多少元？",
@@ -189,7 +189,7 @@ def discount_zhe(rng):
 def discount_percent(rng):
     item, mw, price = _big_good(rng)
     pct = rng.choice((5, 10, 15, 20, 25, 30, 40, 50))
-    q = rng.choice([
+    q = rng.phrasing([
         f"一{mw}{item}原价{price}元，现在降价{pct}%，现价是多少元？",
         f"{item}原来卖{price}元，商店搞活动减价百分之{_cn(pct)}，现在卖多少钱？",
         f"原价{price}元的{item}，便宜了{pct}%后是多少元？",
@@ -209,7 +209,7 @@ def discount_saving(rng):
     item, mw, price = _big_good(rng)
     zhe, rate = rng.choice(DISCOUNTS)
     who = rng.choice(BUYERS)
-    q = rng.choice([
+    q = rng.phrasing([
         f"一{mw}{item}原价{price}元，打{zhe}折出售，比原价便宜了多少元？",
         f"{who}用打{zhe}折的价格买了一{mw}原价{price}元的{item}，省了多少钱？",
         f"{item}原价{price}元，现在打{zhe}折，买一{mw}能节省多少元？",
@@ -236,7 +236,7 @@ def percent_of(rng):
         (f"百分之几的种子发芽了？一共种下{whole}粒种子，发芽的有{part}粒。", "发芽率是{a}%。"),
         (f"如果一袋{whole}克的饼干里有{part}克糖，那么糖占饼干重量的百分之几？", "糖占{a}%。"),
     ]
-    q, final = rng.choice(situations)
+    q, final = rng.phrasing(situations)
     a = F(part, whole) * 100
     return make_problem("percent_of", "two_step", q, f"{part}/{whole}*100", a, "%", final.format(a=_f(a)))
 
@@ -254,7 +254,7 @@ def percent_amount(rng):
         (f"请问{who}存了多少元？{who}的压岁钱有{whole}元，存起来的占百分之{_cn(pct)}。", "元", "存了{a}元。"),
         (f"如果一条路长{whole}米，已经修好了{pct}%，那么修好了多少米？", "米", "修好了{a}米。"),
     ]
-    q, unit, final = rng.choice(situations)
+    q, unit, final = rng.phrasing(situations)
     a = whole * F(pct, 100)
     return make_problem("percent_amount", "one_step", q, f"{whole}*{_f(F(pct, 100))}", a, unit, final.format(a=_f(a)))
 
@@ -266,7 +266,7 @@ def growth_rate(rng):
         raise Retry
     new = old * (100 + pct) // 100
     who = rng.choice(CHILDREN)
-    q = rng.choice([
+    q = rng.phrasing([
         f"去年果园收了{old}千克苹果，今年收了{new}千克，今年比去年增长了百分之几？",
         f"图书角原来有{old}本书，现在有{new}本，增加了百分之几？",
         f"{who}上个月存了{old}元，这个月存了{new}元，这个月比上个月多存了百分之几？",
@@ -282,7 +282,7 @@ def shopping_change3(rng):
     n1, n2, who = rng.randint(2, 6), rng.randint(2, 6), rng.choice(BUYERS)
     cost = p1 * n1 + p2 * n2
     paid = _payment(rng, cost)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{who}买了{n1}{m1}{i1}，每{m1}{_f(p1)}元，又买了{n2}{m2}{i2}，每{m2}{_f(p2)}元，付给售货员{paid}元，应找回多少元？",
         f"{who}带了{paid}元，买了{n1}{m1}{i1}（每{m1}{_f(p1)}元）和{n2}{m2}{i2}（每{m2}{_f(p2)}元），还剩多少钱？",
         f"{i1}{_f(p1)}元一{m1}，{i2}{_f(p2)}元一{m2}。{who}拿{paid}元买了{n1}{m1}{i1}和{n2}{m2}{i2}，还剩多少元？",
@@ -300,7 +300,7 @@ def shopping_change3(rng):
 def savings(rng):
     item, d, w, who = rng.choice(SAVINGS_GOALS), rng.randint(2, 10), rng.randint(2, 8), rng.choice(CHILDREN)
     cost = rng.randint(15, d * 7 * w - 1)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{who}每天存{d}元，连续存了{w}个星期，然后花{cost}元买了{item}，还剩多少元？",
         f"{who}坚持每天攒{d}元零花钱，攒了{w}周后买了{item}，花了{cost}元，剩下多少元？",
         f"一周有7天，{who}每天存{d}元，存了{w}周后拿出{cost}元买{item}，还有多少元？",

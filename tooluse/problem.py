@@ -1,6 +1,7 @@
 """One word problem of the generator (tooluse/problems.py): the Problem type, make_problem, through which every
 family returns its problem once it has checked it is a good one, and the reward check, answer_is_right."""
 import math
+import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction as F
@@ -19,6 +20,28 @@ class Problem:
     answer: float
     unit: str          # "元", "岁", "千米", "%", ... or ""
     final: str         # the answer sentence, e.g. "一共需要292元。"
+
+
+# Every 4th phrasing of a question, counting from the second (indices 1, 5, 9, ...), is held out of training,
+# so a family's held-out problems are worded in ways the model never saw, for a kind of problem it did see.
+HELD_OUT_PHRASING_EVERY = 4
+
+
+class Draw(random.Random):
+    """The random source a family draws one problem from: numbers as random.Random draws them, and the
+    question's wording from one share of the family's phrasings, the training share or the held-out one."""
+
+    def __init__(self, seed: str, held_out_phrasings: bool):
+        super().__init__(seed)
+        self.held_out_phrasings = held_out_phrasings
+
+    def phrasing(self, options: list):
+        """One of `options` (the phrasings of a question, in the family's order) from this draw's share."""
+        share = [o for i, o in enumerate(options)
+                 if (i % HELD_OUT_PHRASING_EVERY == 1) == self.held_out_phrasings]
+        if not share:
+            raise ValueError(f"a question with {len(options)} phrasings has none in this share: write at least 2")
+        return self.choice(share)
 
 
 class Retry(Exception):

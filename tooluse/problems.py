@@ -5,10 +5,14 @@ it, for teaching a tiny model to use the calculator tool.
     record = conversation(problems[0])    # {"tools": [...], "conversations": [user, call, tool result, answer]}
     answer_is_right(model_reply, problems[0].answer)   # the reward check
 
-A family is one kind of problem with one shape of expression (shopping_total: price*count), written in 3-6
-phrasings with varied names, goods and numbers. 42 families cover ten topics. The model is judged on
-families it never saw, so the split is by family and fixed: HELD_OUT_FAMILIES holds 10 of them (24%), one
-per topic, and every topic and every kind (one_step, two_step, three_step) keeps at least one family in train:
+A family is one kind of problem with one shape of expression (shopping_total: price*count), written in 3-10
+phrasings with varied names, goods and numbers. 42 families cover ten topics. The model is judged on wordings
+it never saw, held out at two depths, each a split of generate():
+
+- "held_out": the held-out phrasings (every 4th, tooluse/problem.Draw) of the 32 training families. The model
+  has learned this kind of problem from other wordings and must read a new one: the target split.
+- "held_out_families": the 10 families of HELD_OUT_FAMILIES (24%), all their phrasings. The model never saw
+  this kind of problem at all (how a square's perimeter or a growth rate is computed), one per topic:
 
     topic            train families                                             held out
     shopping         shopping_total shopping_sum unit_price change two_kinds    change_multi
@@ -24,6 +28,9 @@ per topic, and every topic and every kind (one_step, two_step, three_step) keeps
     multi-step       shopping_change3 savings compare_more_less compare_diff    trip_remaining
                      temperature
 
+"train" is the training families in their training phrasings; every topic and every kind (one_step,
+two_step, three_step) is in all three splits.
+
 Numbers are exact fractions while a problem is built; a problem is kept only when its answer is positive, has
 at most 2 decimals, and the calculator, given the expression, prints exactly that answer (otherwise the family
 draws again). Expressions use only digits, '.', + - * / and parentheses, written the way a person would type
@@ -34,14 +41,12 @@ tooluse/vocabulary.py (the names, goods and units the phrasings are filled with)
 and tooluse/quantity_families.py (the families); this module registers the families and draws from them.
 """
 
-import random
-
 from tooluse import geometry_families as geo
 from tooluse import money_families as money
 from tooluse import quantity_families as quantity
 from tooluse.calculator import CALCULATOR, calculate
 # KINDS, Problem, answer_is_right and numbers_in are imported from here by the rest of the project
-from tooluse.problem import KINDS, Problem, Retry, answer_is_right, numbers_in  # noqa: F401
+from tooluse.problem import KINDS, Draw, Problem, Retry, answer_is_right, numbers_in  # noqa: F401
 
 # The order matters: generate() shuffles a split's families starting from this order, so it fixes every seeded draw.
 FAMILIES = {
@@ -83,13 +88,17 @@ def _draw(family: str, rng) -> Problem:
     raise RuntimeError(f"family {family} drew no good problem in 200 tries: its expression or answer is wrong")
 
 
+SPLITS = ("train", "held_out", "held_out_families")
+
+
 def generate(n: int, seed: int, split: str) -> list[Problem]:
-    """n problems from the split's families ("train" or "held_out"), the same for the same seed. The families
-    come in shuffled rounds, so every family appears about equally often."""
-    if split not in ("train", "held_out"):
-        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
-    names = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == (split == "held_out")]
-    rng = random.Random(f"{split}:{seed}")  # a string seed is stable across runs, unlike hash()
+    """n problems of one split (SPLITS, described above), the same for the same seed. The families come in
+    shuffled rounds, so every family appears about equally often."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    names = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == (split == "held_out_families")]
+    # a string seed is stable across runs, unlike hash()
+    rng = Draw(f"{split}:{seed}", held_out_phrasings=split == "held_out")
     problems, round_ = [], []
     while len(problems) < n:
         if not round_:

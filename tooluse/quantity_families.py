@@ -24,7 +24,7 @@ def _child_and_relative(rng):
 
 def age_sum(rng):
     child, c, rel, r = _child_and_relative(rng)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{child}今年{c}岁，{rel}今年{r}岁，两人的年龄和是多少岁？",
         f"{rel}{r}岁，{child}{c}岁，他们俩一共多少岁？",
         f"{child}和{rel}的年龄加起来是多少岁？{child}{c}岁，{rel}{r}岁。",
@@ -39,7 +39,7 @@ def age_sum(rng):
 
 def age_diff(rng):
     child, c, rel, r = _child_and_relative(rng)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{rel}今年{r}岁，{child}今年{c}岁，{rel}比{child}大多少岁？",
         f"{child}{c}岁，{rel}{r}岁，{child}比{rel}小几岁？",
         f"{child}今年{c}岁，{rel}今年{r}岁。{child}出生的那一年，{rel}是多少岁？",
@@ -57,7 +57,7 @@ def age_times(rng):
     c, k = rng.randint(3, 14), rng.randint(2, 9)
     if not lo <= c * k - c <= hi:
         raise Retry
-    q = rng.choice([
+    q = rng.phrasing([
         f"{rel}的年龄是{child}的{k}倍，{child}今年{c}岁，{rel}今年几岁？",
         f"{child}{c}岁，{rel}的岁数正好是{child}的{k}倍，{rel}多少岁？",
         f"已知{child}今年{c}岁，{rel}今年的年龄是{child}的{k}倍，求{rel}的年龄。",
@@ -73,7 +73,7 @@ def age_times(rng):
 def age_later(rng):
     child, c, rel, r = _child_and_relative(rng)
     k = rng.randint(2, 10)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{child}今年{c}岁，{rel}今年{r}岁，{k}年后两人的年龄和是多少岁？",
         f"再过{k}年，{child}和{rel}一共多少岁？现在{child}{c}岁，{rel}{r}岁。",
         f"{rel}{r}岁，{child}{c}岁。{k}年以后，他们的年龄加起来是多少？",
@@ -108,7 +108,7 @@ def _values(rng, lo, hi, n, divisible=False):
 
 
 def average(rng):
-    lo, hi, unit, q, final = rng.choice(_AVERAGE_TOPICS)
+    lo, hi, unit, q, final = rng.phrasing(_AVERAGE_TOPICS)
     n = rng.choice((3, 4, 5))
     xs = _values(rng, lo, hi, n, divisible=n == 3)  # a third is a repeating decimal; quarters, fifths are fine
     a = F(sum(xs), n)
@@ -123,7 +123,7 @@ def average_compare(rng):
         (800, 1200, 500, "米", f"{who}{n}天分别跑了{{values}}米，平均每天比计划的{{x}}米多跑多少米？"),
         (30, 60, 20, "棵", f"{n}个班分别植树{{values}}棵，去年平均每班植树{{x}}棵。今年平均每班比去年多植多少棵？"),
     ]
-    lo, hi, x_lo, unit, q = rng.choice(situations)
+    lo, hi, x_lo, unit, q = rng.phrasing(situations)
     xs = _values(rng, lo, hi, n, divisible=True)
     x = rng.randint(x_lo, min(xs))
     a = F(sum(xs), n) - x
@@ -147,7 +147,7 @@ def average_missing(rng):
         (70, 100, "分", f"如果{who}想让{n}门功课平均{{avg}}分，已经考了{{known}}分，那么最后一门要考多少分？",
          "最后一门要考{a}分。"),
     ]
-    lo, hi, unit, q, final = rng.choice(situations)
+    lo, hi, unit, q, final = rng.phrasing(situations)
     xs = _values(rng, lo, hi, n, divisible=True)
     if not lo <= xs[-1] <= hi:
         raise Retry
@@ -172,7 +172,7 @@ def _subject(thing: str, who: str) -> str:
 def unit_mul(rng):
     big, small, factor, thing, v = _conversion(rng)
     s = _subject(thing, rng.choice(CHILDREN))
-    q = rng.choice([
+    q = rng.phrasing([
         f"{_f(v)}{big}等于多少{small}？",
         f"{s}{_f(v)}{big}，换算成{small}是多少？",
         f"把{_f(v)}{big}换算成以{small}为单位，是多少{small}？",
@@ -191,7 +191,7 @@ def unit_div(rng):
     big, small, factor, thing, v = _conversion(rng)
     w = v * factor
     s = _subject(thing, rng.choice(CHILDREN))
-    q = rng.choice([
+    q = rng.phrasing([
         f"{_f(w)}{small}等于多少{big}？",
         f"{s}{_f(w)}{small}，合多少{big}？",
         f"{_f(w)}{small}是几{big}？",
@@ -204,7 +204,7 @@ def unit_mixed(rng):
     big, small, factor, thing, _ = _conversion(rng)
     a, b = rng.randint(1, 12), rng.randint(1, factor - 1)
     s = _subject(thing, rng.choice(CHILDREN))
-    q = rng.choice([
+    q = rng.phrasing([
         f"{a}{big}{b}{small}是多少{small}？",
         f"{s}{a}{big}{b}{small}，一共是多少{small}？",
         f"{a}{big}又{b}{small}合多少{small}？",
@@ -224,7 +224,7 @@ def share(rng):
     thing, mw = rng.choice(COUNTABLES)
     n, each, who = rng.randint(2, 12), rng.randint(2, 15), rng.choice(ADULTS + CHILDREN)
     total = n * each
-    q, final = rng.choice([
+    q, final = rng.phrasing([
         (f"有{total}{mw}{thing}，平均分给{n}个小朋友，每人分到几{mw}？", "每人分到{a}{mw}。"),
         (f"{who}把{total}{mw}{thing}平均分成{n}份，每份有多少{mw}？", "每份有{a}{mw}。"),
         (f"{total}{mw}{thing}平均分给{n}个班，每个班分多少{mw}？", "每个班分{a}{mw}。"),
@@ -241,7 +241,7 @@ def share(rng):
 def groups_total(rng):
     thing, mw = rng.choice(COUNTABLES)
     box, k, n, who = rng.choice(CONTAINERS), rng.randint(4, 24), rng.randint(2, 15), rng.choice(BUYERS)
-    q = rng.choice([
+    q = rng.phrasing([
         f"每{box}装{k}{mw}{thing}，{n}{box}一共有多少{mw}？",
         f"{who}买了{n}{box}{thing}，每{box}{k}{mw}，一共多少{mw}？",
         f"一{box}{thing}有{k}{mw}，{n}{box}这样的{thing}有多少{mw}？",
@@ -258,7 +258,7 @@ def groups_count(rng):
     thing, mw = rng.choice(COUNTABLES)
     box, k, n, who = rng.choice(CONTAINERS), rng.randint(4, 24), rng.randint(2, 15), rng.choice(BUYERS)
     total = k * n
-    q = rng.choice([
+    q = rng.phrasing([
         f"有{total}{mw}{thing}，每{box}装{k}{mw}，能装多少{box}？",
         f"{total}{mw}{thing}，每{k}{mw}装一{box}，一共可以装几{box}？",
         f"{who}要把{total}{mw}{thing}装起来，每{box}装{k}{mw}，需要几{box}？",
@@ -269,7 +269,7 @@ def groups_count(rng):
 
 def work_rate(rng):
     r, w, d = rng.randint(5, 60), rng.randint(2, 9), rng.randint(2, 10)
-    q, unit, final = rng.choice([
+    q, unit, final = rng.phrasing([
         (f"一个工人每天做{r}个零件，{w}个工人{d}天能做多少个零件？", "个", "一共能做{a}个零件。"),
         (f"{w}台机器同时工作，每台每小时生产{r}个零件，{d}小时一共生产多少个？", "个", "一共生产{a}个。"),
         (f"每位同学每天折{r}只纸鹤，{w}位同学折了{d}天，一共折了多少只？", "只", "一共折了{a}只。"),
@@ -295,7 +295,7 @@ def trip_remaining(rng):
         (f"{who}家离外婆家{total}千米，{who}坐汽车先以每小时{v1}千米的速度走了{t1}小时，又以每小时{v2}千米的速度走了{t2}小时，离外婆家还有多少千米？", "千米"),
         (f"修路队要修一条{total}米长的路，前{t1}天每天修{v1}米，后{t2}天每天修{v2}米，还剩多少米没有修？", "米"),
     ]
-    q, unit = rng.choice(situations)
+    q, unit = rng.phrasing(situations)
     left = total - done
     return make_problem("trip_remaining", "three_step", q, f"{total}-({v1}*{t1}+{v2}*{t2})", left, unit,
                         f"还剩{left}{unit}。")
@@ -307,7 +307,7 @@ def compare_more_less(rng):
     more = rng.random() < 0.5
     y = x + d if more else x - d
     word = "多" if more else "少"
-    q = rng.choice([
+    q = rng.phrasing([
         f"{a}有{x}{mw}{thing}，{b}比{a}{word}{d}{mw}，两人一共有多少{mw}？",
         f"{a}有{x}{mw}{thing}，{b}的{thing}比{a}{word}{d}{mw}，他们一共有多少{mw}{thing}？",
         f"一班收集了{x}{mw}{thing}，二班比一班{word}收集{d}{mw}，两个班一共收集了多少{mw}？",
@@ -325,7 +325,7 @@ def compare_diff(rng):
     (a, b), (thing, mw) = rng.sample(CHILDREN, 2), rng.choice(COUNTABLES + [("邮票", "张")])
     x = rng.randint(20, 150)
     y = x - rng.randint(1, x - 5)
-    q = rng.choice([
+    q = rng.phrasing([
         f"{a}有{x}{mw}{thing}，{b}有{y}{mw}{thing}，{a}比{b}多几{mw}？",
         f"{b}有{y}{mw}{thing}，{a}有{x}{mw}，{b}比{a}少多少{mw}？",
         f"{a}和{b}比赛收集{thing}，{a}收集了{x}{mw}，{b}收集了{y}{mw}，两人相差多少{mw}？",
@@ -342,7 +342,7 @@ def temperature(rng):
     lo = rng.randint(-15, 8)
     hi = lo + rng.randint(3, 16)
     city = rng.choice(CITIES)
-    q = rng.choice([
+    q = rng.phrasing([
         f"某天早上的气温是{lo}℃，中午是{hi}℃，中午比早上高多少度？",
         f"{city}某天的最高气温是{hi}℃，最低气温是{lo}℃，这天的温差是多少度？",
         f"冬天的一个早晨气温是{lo}℃，到了下午升到{hi}℃，气温升高了多少度？",
