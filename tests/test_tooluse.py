@@ -2,7 +2,6 @@
 <tool_call> format (round trips, malformed blocks kept as text), and the word-problem generator (seeded,
 every problem's expression gives its answer, held-out phrasings and families stay out of train, phrasings vary)."""
 import json
-import random
 import re
 import time
 from fractions import Fraction

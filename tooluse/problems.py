@@ -40,7 +40,6 @@ The parts: tooluse/problem.py (the Problem type, the builder every family return
 tooluse/vocabulary.py (the names, goods and units the phrasings are filled with), tooluse/money_families.py
 and tooluse/quantity_families.py (the families); this module registers the families and draws from them.
 """
-
 from tooluse import geometry_families as geo
 from tooluse import money_families as money
 from tooluse import quantity_families as quantity
