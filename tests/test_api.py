@@ -6,6 +6,7 @@ around it, so a greedy reply never ends on its own and runs to max_tokens or a s
 makes the counts below exact. Sampling with a `seed` gives each prompt its own reproducible text, so
 concurrent outputs can be compared with the same request made alone.
 """
+import contextlib
 import io
 import json
 import os
@@ -53,6 +54,18 @@ def start_server(args: list, log_path: Path, timeout: float = 180.0, env: dict =
         time.sleep(0.2)
     proc.kill()
     pytest.fail(f"server did not start:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def served_at(checkpoint: Path, tokenizer_dir, log_dir: Path, max_new_tokens: int, key: str):
+    """The base url of my_openai_api.py serving `checkpoint` behind API key `key`, for the with-block."""
+    proc, url = start_server(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer_dir), "--max_new_tokens",
+                              str(max_new_tokens)], log_dir / "server.log", env={API_KEY_ENV: key, "OMP_NUM_THREADS": "1"})
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

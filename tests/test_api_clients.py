@@ -15,14 +15,13 @@ import torch
 from conftest import tiny_config
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI, OpenAI
-from test_api import start_server
+from test_api import served_at
 
 from model.chat import build_prompt, prompt_budget
 from model.checkpoint import load_model, save_weights, weights_path
 from model.generate import stream_generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
-from serving.access import API_KEY_ENV
 from serving.protocol import completion_prompt
 
 KEY = "client-key"
@@ -52,12 +51,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(checkpoint, tokenizer_dir, tmp_path_factory):
     """(base url, model id) of my_openai_api.py serving the checkpoint, with an API key."""
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    proc, url = start_server(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer_dir), "--max_new_tokens", str(CAP)],
-                             log_path, env={API_KEY_ENV: KEY, "OMP_NUM_THREADS": "1"})
-    yield url, checkpoint.stem  # the server names the model after the checkpoint file
-    proc.terminate()
-    proc.wait(timeout=30)
+    with served_at(checkpoint, tokenizer_dir, tmp_path_factory.mktemp("server"), CAP, KEY) as url:
+        yield url, checkpoint.stem  # the server names the model after the checkpoint file
 
 
 @pytest.fixture(autouse=True)

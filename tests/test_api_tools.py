@@ -20,7 +20,7 @@ import torch
 from conftest import tiny_config
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
-from test_api import start_server
+from test_api import served_at
 
 import chat_openai_api
 import serving.replies
@@ -29,7 +29,6 @@ from model.checkpoint import save_weights, weights_path
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
 from model.toolcall import render_call
-from serving.access import API_KEY_ENV
 from serving.app import create_app
 from serving.protocol import Defaults
 from tooluse.calculator import CALCULATOR, run_tool
@@ -73,12 +72,8 @@ def tool_checkpoint(tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(tool_checkpoint, tokenizer_dir, tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("tool_server") / "server.log"
-    proc, url = start_server(["--ckpt", str(tool_checkpoint), "--tokenizer", str(tokenizer_dir),
-                              "--max_new_tokens", "64"], log_path, env={API_KEY_ENV: KEY, "OMP_NUM_THREADS": "1"})
-    yield url, tool_checkpoint.stem
-    proc.terminate()
-    proc.wait(timeout=30)
+    with served_at(tool_checkpoint, tokenizer_dir, tmp_path_factory.mktemp("tool_server"), 64, KEY) as url:
+        yield url, tool_checkpoint.stem
 
 
 @pytest.fixture(scope="module")
