@@ -40,6 +40,18 @@ def fake_rollouts(vocab: int, groups: int, group_size: int, seed: int) -> list:
     return rollouts
 
 
+def fake_batch(model, groups: int, group_size: int, seed: int):
+    """fake_rollouts in `model`'s vocabulary, and the batch engine/grpo.group_batch makes of them."""
+    rollouts = fake_rollouts(model.config.vocab_size, groups, group_size, seed)
+    return rollouts, group_batch(rollouts, group_size)
+
+
+def logps_no_grad(model, batch, group_size: int):
+    """`model`'s log-prob of every token of `batch` (engine/grpo.token_logps), without a gradient."""
+    with torch.no_grad():
+        return token_logps(model, batch, group_size)[0]
+
+
 @pytest.fixture
 def models():
     torch.manual_seed(0)
@@ -100,10 +112,8 @@ def test_reward_on_hand_made_rollouts():
 def test_shared_prompt_logps_are_each_rollouts_own_and_only_where_it_sampled(models):
     """Scored in groups, the prompt run once per group: the same log-probs as a whole pass over each rollout."""
     policy, _ = models
-    rollouts = fake_rollouts(policy.config.vocab_size, 3, 4, seed=1)
-    batch = group_batch(rollouts, 4)
-    with torch.no_grad():
-        batched, _ = token_logps(policy, batch, 4)
+    rollouts, batch = fake_batch(policy, 3, 4, seed=1)
+    batched = logps_no_grad(policy, batch, 4)
     for b, r in enumerate(rollouts):
         with torch.no_grad():
             logits = policy(input_ids=torch.tensor([r.prompt_ids + r.ids])).logits[0].float().log_softmax(-1)
@@ -120,12 +130,10 @@ def test_shared_prompt_logps_are_each_rollouts_own_and_only_where_it_sampled(mod
 def test_tool_tokens_get_no_gradient(models):
     """Token by token: the loss's gradient reaches exactly the tokens the model sampled (learn True)."""
     policy, reference = models
-    rollouts = fake_rollouts(policy.config.vocab_size, 2, 2, seed=2)
-    batch = group_batch(rollouts, 2)
+    rollouts, batch = fake_batch(policy, 2, 2, seed=2)
     logps, _ = token_logps(policy, batch, 2)
     logps.retain_grad()
-    with torch.no_grad():
-        ref, _ = token_logps(reference, batch, 2)
+    ref = logps_no_grad(reference, batch, 2)
     mask = batch["y"] != IGNORE
     loss, _ = grpo_loss(logps, logps.detach(), ref, torch.tensor([1.0, -1.0, 0.5, -0.5]), mask)
     loss.backward()
@@ -146,12 +154,10 @@ def test_gradient_raises_positive_advantage_tokens():
 
 def test_kl_is_zero_for_the_reference_itself_and_positive_otherwise(models):
     policy, reference = models
-    rollouts = fake_rollouts(policy.config.vocab_size, 2, 2, seed=3)
-    batch = group_batch(rollouts, 2)
-    with torch.no_grad():
-        ref, _ = token_logps(reference, batch, 2)
-        same, _ = token_logps(copy.deepcopy(reference), batch, 2)
-        moved, _ = token_logps(policy, batch, 2)
+    _, batch = fake_batch(policy, 2, 2, seed=3)
+    ref = logps_no_grad(reference, batch, 2)
+    same = logps_no_grad(copy.deepcopy(reference), batch, 2)
+    moved = logps_no_grad(policy, batch, 2)
     advantages, mask = torch.zeros(4), batch["y"] != IGNORE
     assert grpo_loss(same, same, ref, advantages, mask)[1]["kl"].item() == 0.0
     loss, stats = grpo_loss(moved, moved, ref, advantages, mask, beta=1.0)
@@ -220,12 +226,10 @@ def test_our_loss_equals_trls_on_the_same_rollouts(models, tokenizer, tmp_path, 
                               processing_class=tokenizer)
     trainer.model.eval()  # trl's eval mode: no gradient-accumulation scaling of the loss
 
-    rollouts = fake_rollouts(policy.config.vocab_size, 2, 4, seed=4)
-    batch = group_batch(rollouts, 4)
+    rollouts, batch = fake_batch(policy, 2, 4, seed=4)
     mask = batch["y"] != IGNORE
     logps, _ = token_logps(policy, batch, 4)
-    with torch.no_grad():
-        ref, _ = token_logps(reference, batch, 4)
+    ref = logps_no_grad(reference, batch, 4)
     g = torch.Generator().manual_seed(5)
     old = (logps.detach() + 0.3 * torch.randn(logps.shape, generator=g, dtype=logps.dtype)) * mask
     advantages = torch.randn(len(rollouts), generator=g, dtype=torch.float64)

@@ -1,8 +1,10 @@
 """tooluse/: the calculator (right answers, hostile input answered quickly with an 错误： string), the
 <tool_call> format (round trips, malformed blocks kept as text), and the word-problem generator (seeded,
-every problem's expression gives its answer, held-out phrasings and families stay out of train, phrasings vary)."""
+every problem's expression gives its answer, held-out phrasings and families stay out of train, phrasings vary,
+every phrasing of tooluse/phrasings.json is drawn and filled with exactly its fields)."""
 import json
 import re
+import string
 import time
 from fractions import Fraction
 
@@ -12,7 +14,7 @@ from tooluse import geometry_families, money_families, problems, quantity_famili
 from tooluse.calculator import CALCULATOR, calculate, format_number, run_tool
 from model.toolcall import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_reply, render_call,
                            render_tools_system)
-from tooluse.problem import Draw
+from tooluse.problem import PHRASINGS, Draw
 from tooluse.problems import (FAMILIES, HELD_OUT_FAMILIES, KINDS, answer_is_right, conversation,
                               generate, numbers_in)
 
@@ -237,6 +239,43 @@ def test_every_family_has_several_phrasings(skeleton):
     for family in FAMILIES:
         skeletons = {skeleton(problems._draw(family, rng).question) for rng in shares for _ in range(200)}
         assert len(skeletons) >= 3, (family, skeletons)
+
+
+class _RecordingDraw(Draw):
+    """A Draw that notes every phrasing it fills, with the names of the fields it was given."""
+
+    def __init__(self, seed, held_out_phrasings):
+        super().__init__(seed, held_out_phrasings)
+        self.filled = []
+
+    def fill(self, phrasing, **fields):
+        self.filled.append((phrasing, set(fields)))
+        return super().fill(phrasing, **fields)
+
+
+def _field_names(phrasing) -> set:
+    """The {fields} a phrasing's templates name: one template, or every template of a situation."""
+    templates = [phrasing] if isinstance(phrasing, str) else [v for v in phrasing.values() if isinstance(v, str)]
+    return {name for t in templates for _, name, _, _ in string.Formatter().parse(t) if name is not None}
+
+
+def test_every_phrasing_is_drawn_and_filled_with_exactly_its_fields():
+    """tooluse/phrasings.json against the families: drawn in both shares, a family uses every phrasing of
+    every list it has, and fills a list with the same fields each time, exactly those its templates name
+    (none missing, which would be a KeyError, and none given that no template uses)."""
+    assert list(PHRASINGS) == list(FAMILIES)
+    for family in FAMILIES:
+        shares = _RecordingDraw(family, held_out_phrasings=False), _RecordingDraw(family, held_out_phrasings=True)
+        for rng in shares:
+            for _ in range(200):
+                problems._draw(family, rng)
+        filled = [entry for rng in shares for entry in rng.filled]
+        for key, phrasings in PHRASINGS[family].items():
+            drawn = [(p, given) for p, given in filled if any(p is q for q in phrasings)]
+            unused = [q for q in phrasings if not any(p is q for p, _ in drawn)]
+            assert not unused, (family, key, unused)
+            given = {frozenset(g) for _, g in drawn}
+            assert given == {frozenset(set().union(*map(_field_names, phrasings)))}, (family, key, given)
 
 
 def test_conversation(generated):

@@ -1,10 +1,14 @@
-"""One word problem of the generator (tooluse/problems.py): the Problem type, make_problem, through which every
-family returns its problem once it has checked it is a good one, and the reward check, answer_is_right."""
+"""One word problem of the generator (tooluse/problems.py): the Problem type, the wording of every family
+(PHRASINGS, read from tooluse/phrasings.json) and the Draw that picks and fills one phrasing, make_problem,
+through which every family returns its problem once it has checked it is a good one, and the reward check,
+answer_is_right."""
+import json
 import math
 import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction as F
+from pathlib import Path
 
 from tooluse.calculator import calculate, format_number
 
@@ -21,6 +25,14 @@ class Problem:
     unit: str          # "元", "岁", "千米", "%", ... or ""
     final: str         # the answer sentence, e.g. "一共需要292元。"
 
+
+# The wording of every family: {family: {list name: [phrasing, ...]}}. A list named "question" holds question
+# templates; a list named "situations" holds objects, each a question template with what goes with that
+# wording (the final answer sentence, the unit, the range its numbers are drawn from); a family worded in
+# several ways (meet, square) names a list for each. Templates are str.format strings with named fields,
+# "{item}每{mw}{price}元", filled by the family through Draw.phrase or Draw.fill. A list's order decides which
+# of its phrasings are held out (below): add a phrasing at the end, and reorder none.
+PHRASINGS = json.loads(Path(__file__).with_name("phrasings.json").read_text(encoding="utf-8"))
 
 # Every 4th phrasing of a question, counting from the second (indices 1, 5, 9, ...), is held out of training,
 # so a family's held-out problems are worded in ways the model never saw, for a kind of problem it did see.
@@ -42,6 +54,18 @@ class Draw(random.Random):
         if not share:
             raise ValueError(f"a question with {len(options)} phrasings has none in this share: write at least 2")
         return self.choice(share)
+
+    def phrase(self, family: str, key: str = "question", **fields):
+        """One of `family`'s phrasings (its list `key` in PHRASINGS) from this draw's share, filled with `fields`:
+        rng.phrase("shopping_total", item="苹果", mw="千克", price="4.5", n=3, who="小明")."""
+        return self.fill(self.phrasing(PHRASINGS[family][key]), **fields)
+
+    def fill(self, phrasing, **fields):
+        """A phrasing with its fields filled in: a template's text, or a situation's copy with every template
+        in it filled (its numbers as they are)."""
+        if isinstance(phrasing, str):
+            return phrasing.format(**fields)
+        return {k: v.format(**fields) if isinstance(v, str) else v for k, v in phrasing.items()}
 
 
 class Retry(Exception):

@@ -36,9 +36,12 @@ at most 2 decimals, and the calculator, given the expression, prints exactly tha
 draws again). Expressions use only digits, '.', + - * / and parentheses, written the way a person would type
 them: the average of four scores is (142+150+138+146)/4.
 
-The parts: tooluse/problem.py (the Problem type, the builder every family returns through, the reward check),
-tooluse/vocabulary.py (the names, goods and units the phrasings are filled with), tooluse/money_families.py
-and tooluse/quantity_families.py (the families); this module registers the families and draws from them.
+The parts: tooluse/phrasings.json (the wording: every family's phrasings, str.format templates such as
+"{item}每{mw}{price}元，..." in a fixed order, which decides the held-out ones), tooluse/problem.py (the Problem
+type, the Draw that picks and fills a phrasing, the builder every family returns through, the reward check),
+tooluse/vocabulary.py (the names, goods and units the phrasings are filled with), tooluse/money_families.py,
+tooluse/quantity_families.py and tooluse/geometry_families.py (the families: each draws its numbers and fills a
+phrasing with them); this module registers the families and draws from them.
 """
 from tooluse import geometry_families as geo
 from tooluse import money_families as money
