@@ -84,7 +84,8 @@ def print_tool_board(tools: dict, name: str, show: int) -> None:
     def figure(s):
         return f"{100 * s['share']:5.1f}% ({s['right']} of {s['of']})"
     print(f"{name}: word problems in held-out phrasings right with the calculator {figure(tools['with_tools'])}, "
-          f"without it {figure(tools['without_tools'])}; called it on {figure(tools['called'])}")
+          f"with free numbers {figure(tools['free_numbers'])}, without it {figure(tools['without_tools'])}; "
+          f"called it on {figure(tools['called'])}")
     print("  by kind: " + ", ".join(f"{kind} {figure(s)}" for kind, s in tools["by_kind"].items()))
     if "held_out_families" in tools:
         new = tools["held_out_families"]

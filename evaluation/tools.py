@@ -3,10 +3,13 @@
     board = tool_board(model, tokenizer, generate(200, seed=1, split="held_out"), ordinary_questions)
     board["held_out_families"] = accuracy(solve(model, tokenizer, generate(200, 1, "held_out_families")))
 
-Three figures, all greedy:
+Four figures, all greedy:
 - with tools: the problem asked with the calculator offered, run through the real tool loop
   (tooluse/agent.py: the model's call is computed and the result handed back); right when the last
   number of the final answer is the problem's answer (tooluse/problems.answer_is_right);
+  the numbers of the call and of the answer after the result are copied from the conversation
+  (tooluse/constrain.py), as the server and the RL rollouts copy them;
+- free numbers: the same, with no constraint on the numbers the model writes (what the model reads alone);
 - without tools: the same problems asked with no tool offered, judged by the same rule;
 - false calls: ordinary held-out questions asked with the calculator offered; a false call is a reply
   that calls it.
@@ -29,13 +32,16 @@ def share(right: list[bool]) -> dict:
     return {"right": sum(right), "of": len(right), "share": sum(right) / len(right) if right else 0.0}
 
 
-def solve(model, tokenizer, problems: list, max_new_tokens: int = 64, batch_size: int = 32) -> list[dict]:
-    """Each problem asked with the calculator offered, through the tool loop: its call, final answer and verdict."""
+def solve(model, tokenizer, problems: list, max_new_tokens: int = 64, batch_size: int = 32,
+          copy_numbers: bool = True) -> list[dict]:
+    """Each problem asked with the calculator offered, through the tool loop: its call, final answer and
+    verdict. copy_numbers: the numbers constrained to the conversation's, as the tool loop does by default
+    (tooluse/constrain.py); False: the model writes any."""
     questions = [[{"role": "user", "content": p.question}] for p in problems]
     rollouts = []
     for start in range(0, len(questions), batch_size):
         rollouts += run_with_tools(model, tokenizer, questions[start:start + batch_size], [CALCULATOR],
-                                   max_new_tokens)
+                                   max_new_tokens, copy_numbers=copy_numbers)
     records = []
     for p, rollout in zip(problems, rollouts):
         call = next((m["tool_calls"][0]["function"]["arguments"].get("expression")
@@ -58,9 +64,13 @@ def accuracy(records: list[dict]) -> dict:
 
 def tool_board(model, tokenizer, problems: list, ordinary_questions: list[str], max_new_tokens: int = 64,
                batch_size: int = 32) -> dict:
-    """{"with_tools", "without_tools", "called", "false_calls", "by_kind", "problems"}: the three figures and each
-    problem's call, answers and verdicts, in order (for a question-by-question comparison of two models)."""
+    """{"with_tools", "free_numbers", "without_tools", "called", "false_calls", "by_kind", "problems"}: the figures
+    and each problem's call, answers and verdicts, in order (for a question-by-question comparison of two models)."""
     records = solve(model, tokenizer, problems, max_new_tokens, batch_size)
+    free = solve(model, tokenizer, problems, max_new_tokens, batch_size, copy_numbers=False)
+    for record, unconstrained in zip(records, free):
+        record.update(free_call=unconstrained["call"], free_final=unconstrained["final"],
+                      right_free=unconstrained["right"])
     budget = prompt_budget(context_length(model.config), max_new_tokens)
     bare = [build_prompt(tokenizer, [{"role": "user", "content": p.question}], budget, cut=True)[0]
             for p in problems]
@@ -75,6 +85,7 @@ def tool_board(model, tokenizer, problems: list, ordinary_questions: list[str], 
     called = [bool(offered_calls(parse_reply(r["answer"])[1], [CALCULATOR])) for r in replies]
     return {
         **accuracy(records),
+        "free_numbers": share([r["right_free"] for r in records]),
         "without_tools": share([r["right_without_tools"] for r in records]),
         "false_calls": share(called),
         "problems": records,

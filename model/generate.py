@@ -71,10 +71,13 @@ def sample_next(logits, seen, temperature=0.0, top_k=0, top_p=1.0, repetition_pe
 @torch.inference_mode()
 def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature=0.0, top_k=0,
                    top_p=1.0, repetition_penalty=1.0, eos_token_id=EOS_ID, generator=None,
-                   presence_penalty=0.0, frequency_penalty=0.0) -> Iterator[torch.Tensor]:
+                   presence_penalty=0.0, frequency_penalty=0.0, allowed=None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, step by step, until every row has emitted EOS or
     max_new_tokens steps have run. Prompts of different lengths are left-padded and masked.
-    The presence and frequency penalties (OpenAI's) count generated tokens only, not the prompt's."""
+    The presence and frequency penalties (OpenAI's) count generated tokens only, not the prompt's.
+    `allowed`, for constrained decoding, is called before each step with every row's new tokens so far
+    (a list of lists) and returns a (B, V) bool tensor of the tokens each row may take next, or None
+    when no row is constrained; a row must allow at least one token."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     if width == 0:
@@ -92,6 +95,7 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     padded = not bool(mask.all())
 
     cache, pending = KVCache(capacity=min(window, width + max_new_tokens)), tokens
+    new_tokens = [[] for _ in prompts]  # what `allowed` reads
     for _ in range(max_new_tokens):
         if cache.get_seq_length() + pending.shape[1] > window:
             # Slide: keep the latest half of the context and re-read it into a fresh cache.
@@ -100,6 +104,8 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             cache, pending = KVCache(capacity=window), tokens
         logits = model(pending, attention_mask=mask if padded else None, cache=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
+        if allowed is not None and (keep := allowed(new_tokens)) is not None:
+            logits = logits.float().masked_fill(~keep.to(logits.device), float("-inf"))
         next_token = sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, generator,
                                  counts, presence_penalty, frequency_penalty)
         next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
@@ -107,6 +113,9 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
         finished |= next_token == eos_token_id
         if bool(finished.all()):
             return
+        if allowed is not None:
+            for row, token in enumerate(next_token.tolist()):
+                new_tokens[row].append(token)
         if repetition_penalty != 1.0:
             seen.scatter_(1, next_token[:, None], True)
         if counts is not None:
@@ -117,12 +126,12 @@ def generate_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
 
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature=0.0, top_k=0, top_p=1.0,
-             repetition_penalty=1.0, eos_token_id=EOS_ID, generator=None) -> list[list[int]]:
-    """The new tokens of each prompt (EOS and anything after it excluded)."""
+             repetition_penalty=1.0, eos_token_id=EOS_ID, generator=None, allowed=None) -> list[list[int]]:
+    """The new tokens of each prompt (EOS and anything after it excluded); `allowed` as generate_steps takes it."""
     outputs = [[] for _ in prompts]
     done = [False] * len(prompts)
     for step in generate_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                               eos_token_id, generator):
+                               eos_token_id, generator, allowed=allowed):
         for row, token in enumerate(step.tolist()):
             if not done[row]:
                 if token == eos_token_id:
@@ -137,7 +146,8 @@ class TextStream:
     of one) and never show the beginning of a stop string that later completes."""
 
     def __init__(self, model, tokenizer, prompt_ids, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
-                 repetition_penalty=1.0, stop=(), generator=None, presence_penalty=0.0, frequency_penalty=0.0):
+                 repetition_penalty=1.0, stop=(), generator=None, presence_penalty=0.0, frequency_penalty=0.0,
+                 allowed=None):
         self.tokenizer = tokenizer
         self.stop = [s for s in (stop or []) if s]
         self.prompt_tokens = len(prompt_ids)
@@ -146,7 +156,8 @@ class TextStream:
         self.finish_reason = None
         self._steps = generate_steps(model, [prompt_ids], max_new_tokens, temperature, top_k, top_p,
                                      repetition_penalty, tokenizer.eos_token_id, generator,
-                                     presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
+                                     presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                     allowed=allowed)
         self._closed = False
 
     @property

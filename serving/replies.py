@@ -22,6 +22,7 @@ from serving.protocol import (DONE, APIError, CompletionRequest, Sampling, chat_
                               completion_prompt, delta_choice, error_event, text_choice, usage)
 from serving.queue import GenerationQueue
 from serving.toolcalls import CallSplitter, openai_call, split_reply
+from tooluse.constrain import CopiedNumbers
 
 
 def log(message: str) -> None:
@@ -36,6 +37,7 @@ class Job:
     prompts: list
     echoes: list | None = None  # completions' echo: each prompt's text, put before its choice's text
     offer: ToolOffer | None = None  # chat: what the model was offered (its prefill is already in the prompt)
+    copy_rule: CopiedNumbers | None = None  # chat offering the calculator: its calls copy the numbers
 
 
 class Replies:
@@ -58,7 +60,10 @@ class Replies:
             raise APIError(400, str(error), "messages", "context_length_exceeded") from None
         if dropped:
             log(f"context: dropped the {dropped} oldest message(s) to fit {len(ids)} prompt tokens")
-        return Job("chat", req.sampling, [ids + prefill], offer=req.offer), dropped
+        rule = None
+        if "calculator" in req.offer.allowed:  # tooluse/constrain.py: the calls' numbers are the conversation's
+            rule = CopiedNumbers(self.tokenizer, [req.messages], [prefill])
+        return Job("chat", req.sampling, [ids + prefill], offer=req.offer, copy_rule=rule), dropped
 
     def text_job(self, req: CompletionRequest) -> Job:
         room = prompt_budget(self.context, req.sampling.max_tokens)
@@ -72,12 +77,12 @@ class Replies:
 
     # ------------------------------------------------------------------------- generating
 
-    def _start(self, sampling: Sampling, prompt_ids: list, generator):
+    def _start(self, sampling: Sampling, prompt_ids: list, generator, allowed=None):
         return stream_generate(
             self.model, self.tokenizer, prompt_ids, max_new_tokens=sampling.max_tokens,
             temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
             repetition_penalty=sampling.repetition_penalty, presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty, stop=sampling.stop, generator=generator,
+            frequency_penalty=sampling.frequency_penalty, stop=sampling.stop, generator=generator, allowed=allowed,
         )
 
     def _seeded(self, sampling: Sampling):
@@ -90,7 +95,7 @@ class Replies:
         caller holds the queue while it iterates."""
         generator = self._seeded(job.sampling)
         for index, ids in enumerate(job.prompts):
-            yield index, self._start(job.sampling, ids, generator)
+            yield index, self._start(job.sampling, ids, generator, job.copy_rule)
 
     def _pieces(self, stream):
         """The stream's text pieces, ending at the next token once the queue is cut (a draining server)."""

@@ -18,6 +18,7 @@ from model.generate import context_length, generate
 from model.tokenizer import EOS_ID
 from model.toolcall import parse_reply
 from tooluse.calculator import run_tool
+from tooluse.constrain import CopiedNumbers
 
 
 @dataclass
@@ -45,8 +46,11 @@ def offered_calls(calls: list, tools: list) -> list:
 
 
 def run_with_tools(model, tokenizer, conversations: list, tools: list | None, max_new_tokens: int,
-                   max_calls: int = 2, temperature: float = 0.0, top_p: float = 1.0, generator=None) -> list:
-    """A Rollout for each conversation (a list of messages ending with the user's). Greedy by default."""
+                   max_calls: int = 2, temperature: float = 0.0, top_p: float = 1.0, generator=None,
+                   copy_numbers: bool = True) -> list:
+    """A Rollout for each conversation (a list of messages ending with the user's). Greedy by default.
+    copy_numbers: the numbers of calculator expressions, and of the answer after a tool's result, are
+    constrained to those of the conversation (tooluse/constrain.py); False lets the model write any."""
     newline = tokenizer.encode("\n", add_special_tokens=False)
     budget = prompt_budget(context_length(model.config), max_new_tokens)
     rollouts = [Rollout(build_prompt(tokenizer, messages, budget, cut=True, tools=tools)[0])
@@ -56,8 +60,10 @@ def run_with_tools(model, tokenizer, conversations: list, tools: list | None, ma
         if not going:
             break
         prompts = [(rollouts[i].prompt_ids + rollouts[i].ids)[-budget:] for i in going]
+        rule = CopiedNumbers(tokenizer, [conversations[i] + rollouts[i].messages for i in going]) \
+            if copy_numbers else None
         replies = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p,
-                           generator=generator)
+                           generator=generator, allowed=rule)
         still = []
         for i, reply in zip(going, replies):
             r = rollouts[i]

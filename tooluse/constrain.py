@@ -1,0 +1,116 @@
+"""Constrained decoding of calculator calls: every number the model writes into an expression, and into
+its answer once a tool has replied, is one the conversation wrote, or a factor that problems state in words.
+
+    rule = CopiedNumbers(tokenizer, conversations)      # one list of messages per row of the batch
+    generate(model, prompts, 64, allowed=rule)            # model/generate.py masks what the rule forbids
+
+A tiny model reads a problem's numbers well enough to pick them, and then copies them badly: most wrong
+calls of the tool-trained models hold a number that is not in the question at all, a truncated copy
+(`164/8` -> `16*8`, `883` -> `88`). A grammar can rule that out, as llama.cpp's grammars and JSON modes rule
+out malformed output: while a row is inside the `"expression": "..."` string of a call, a digit token is
+allowed only when the number it extends is still the beginning of an allowed number, and a number may end
+(an operator, a parenthesis, the closing quote) only where it is a whole allowed number. Outside that
+string nothing is constrained, so the rule changes which numbers a call holds, never whether the model
+calls or which operations it writes. The answer after a tool's result is held to the same rule over its
+whole text, since the models copy the result as badly (`69*8` -> 552 -> "一共行驶了52千米").
+
+The allowed numbers of a row: each number written in its messages (the question, earlier tool results), as
+written and in the calculator's own format (`1,250.50` -> 1250.50 and 1250.5); the factors of units and
+shapes a problem leaves unsaid (FACTORS: two sides of a rectangle, a week, a metre in centimetres, ...);
+and rates below 1 with up to two decimals (`八五折` -> 0.85, `15%` -> 0.15).
+"""
+import re
+
+import torch
+
+from model.toolcall import TOOL_CALL_OPEN
+from tooluse.calculator import format_number
+from tooluse.problem import numbers_in
+
+# Factors a word problem states in words or not at all: 2 and 4 sides, 7 days a week, 12 months, 24 hours,
+# 60 minutes, 10 / 100 / 1000 between units, 100 for a percentage, 1 for "the whole".
+FACTORS = ("1", "2", "4", "7", "10", "12", "24", "60", "100", "1000")
+RATES = tuple(f"0.{d}" for d in range(1, 10)) + tuple(f"0.{d:02d}" for d in range(1, 100) if d % 10)
+
+_EXPRESSION = re.compile(r'"expression"\s*:\s*"([^"\\]*)$')  # inside the expression string, unclosed
+_NUMBER_TAIL = re.compile(r"[0-9.]*$")
+_NUMBERS = re.compile(r"[0-9.]+")
+
+
+def allowed_numbers(messages: list) -> set[str]:
+    """The numbers a call in this conversation may hold, as strings: see the module's docstring."""
+    numbers = set(FACTORS) | set(RATES)
+    for message in messages:
+        text = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(text, str):
+            continue
+        numbers.update(re.findall(r"[0-9]+(?:\.[0-9]+)?", text.replace(",", "")))
+        numbers.update(format_number(x) for x in numbers_in(text) if x >= 0)
+    return numbers
+
+
+class CopiedNumbers:
+    """The `allowed` rule of model/generate.generate for one batch: row i may write into a calculator
+    expression only numbers of allowed_numbers(conversations[i])."""
+
+    def __init__(self, tokenizer, conversations: list, written: list | None = None):
+        """`written`: per row, the ids the reply already holds before generation starts (a server's
+        `<tool_call>` prefill), read as if generated."""
+        self.vocab_size = len(tokenizer)
+        self.texts = [tokenizer.decode([i]) for i in range(self.vocab_size)]
+        self.open_id = tokenizer.convert_tokens_to_ids(TOOL_CALL_OPEN)
+        # the tokens that write a digit or a point: the only ones whose text the rule has to read
+        self.numeric = [i for i, t in enumerate(self.texts) if re.search(r"[0-9.]", t)]
+        plain = torch.ones(self.vocab_size, dtype=torch.bool)
+        plain[self.numeric] = False
+        self.plain = plain  # every other token: it ends a number, or writes none
+        self.written = written or [[] for _ in conversations]
+        self.whole = [allowed_numbers(messages) for messages in conversations]
+        # a row answering a tool's result: its whole reply is held to the rule
+        self.answering = [bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+                          for messages in conversations]
+        self.starts = [{n[:k] for n in whole for k in range(1, len(n) + 1)} for whole in self.whole]
+
+    def expression_so_far(self, new_tokens: list) -> str | None:
+        """The expression a row is writing (the text after `"expression": "`), or None when it is not
+        inside one. Only the text after the row's last `<tool_call>` is read."""
+        start = max((k for k, t in enumerate(new_tokens) if t == self.open_id), default=None)
+        if start is None:
+            return None
+        found = _EXPRESSION.search(self.texts_of(new_tokens[start + 1:]))
+        return found.group(1) if found else None
+
+    def texts_of(self, ids: list) -> str:
+        return "".join(self.texts[i] for i in ids)
+
+    def fits(self, row: int, text: str) -> bool:
+        """Whether `text`, the expression so far plus one token, keeps to the rule: every finished number
+        whole, the last one (when the expression goes on) the beginning of an allowed number."""
+        closed = '"' in text
+        text = text.split('"', 1)[0]
+        numbers = list(_NUMBERS.finditer(text))
+        for k, number in enumerate(numbers):
+            going_on = k == len(numbers) - 1 and number.end() == len(text) and not closed
+            if number.group() not in (self.starts[row] if going_on else self.whole[row]):
+                return False
+        return True
+
+    def __call__(self, new_tokens: list):
+        masks = None
+        for row, tokens in enumerate(new_tokens):
+            tokens = self.written[row] + tokens
+            expression = self.texts_of(tokens) if self.answering[row] else self.expression_so_far(tokens)
+            if expression is None:
+                continue
+            if masks is None:
+                masks = torch.ones(len(new_tokens), self.vocab_size, dtype=torch.bool)
+            tail = _NUMBER_TAIL.search(expression).group()
+            row_mask = masks[row]
+            if tail and tail not in self.whole[row]:
+                row_mask &= ~self.plain  # the number is unfinished: only digits may follow
+            for i in self.numeric:
+                if not self.fits(row, tail + self.texts[i]):
+                    row_mask[i] = False
+            if not row_mask.any():  # nothing fits (the model wrote itself into a corner): let it go on
+                row_mask.fill_(True)
+        return masks
