@@ -1,5 +1,5 @@
 """The whole MiniMind pipeline, one stage after another: fetch -> chat and tool-use data -> tokenizer -> pretrain
--> SFT -> LoRA -> DPO -> GRPO (word problems with the calculator) -> C-Eval -> scoreboards of the pretrain-only,
+-> SFT -> LoRA -> DPO -> tool LoRA -> GRPO (word problems with the calculator) -> C-Eval -> scoreboards of the pretrain-only,
 SFT and final models, with a few answers printed.
 
     bash quickstart.sh                          # installs what is missing, then runs this
@@ -37,6 +37,7 @@ from model.runtime import pick_dtype
 # FP32_STEP_SHARE so that the wall time stays about the same.
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
+            tools_lora_steps=200, tools_lora_rank=32,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
             tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=20, grpo_prompts=8)
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
@@ -52,7 +53,7 @@ GPU = dict(FULL, preset="small-T", pretrain_steps=500, pretrain_batch=64, sft_st
            lora_steps=60, dpo_steps=100, score_limit=0, save_interval=100, scale_steps=False)
 FAST = dict(FULL, data="demo", tokenizer_mb=1, pretrain_steps=6, pretrain_batch=16, sft_steps=4, sft_batch=16,
             lora_steps=3, dpo_steps=3, ceval_limit=1, score_limit=4, generate_tokens=12, eval_batches=2,
-            save_interval=2, scale_steps=False, tool_problems=200, tool_ordinary=50, score_tool_problems=4, grpo_steps=2, grpo_prompts=2)
+            save_interval=2, scale_steps=False, tools_lora_steps=3, tool_problems=200, tool_ordinary=50, score_tool_problems=4, grpo_steps=2, grpo_prompts=2)
 RECIPES = {"full": FULL, "long": LONG, "gpu": GPU, "fast": FAST}
 FP32_STEP_SHARE = 0.5
 
@@ -108,8 +109,14 @@ def stages(args, n):
                                       "--identity_json", f"{out}/score_lora_identity_{tag}.json"]),
         ("DPO", ["5-dpo_train.py", *train, "--data", f"{data}/dpo.jsonl", "--val_data", f"{data}/dpo_val.jsonl",
                  "--max_steps", str(n["dpo_steps"])]),
+        # The word problems are taught by an adapter on the chat model, merged into it: low-rank steps on the
+        # tool file keep the chat within noise where full steps on it cost the chat (docs/LOG.md, 2026-12-07).
+        ("LoRA on the tool conversations, merged",
+         ["4-lora_sft.py", *train, "--ckpt", f"{out}/dpo_{tag}.pth", "--data", f"{data}/sft_tools.jsonl",
+          "--name", "tools", "--max_steps", str(n["tools_lora_steps"]), "--learning_rate", str(n["lora_lr"]),
+          "--lora_rank", str(n["tools_lora_rank"]), "--lora_alpha", str(n["tools_lora_rank"]), "--merge"]),
         ("GRPO on word problems with the calculator",
-         ["6-grpo.py", *model, "--weight", "dpo", "--resume", "--max_steps", str(n["grpo_steps"]),
+         ["6-grpo.py", *model, "--weight", "lora_tools", "--resume", "--max_steps", str(n["grpo_steps"]),
           "--prompts_per_step", str(n["grpo_prompts"]), "--eval_problems", "0",
           "--save_interval", str(n["save_interval"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "grpo", "--out", f"{out}/ceval_grpo_{tag}"]
@@ -121,9 +128,9 @@ def stages(args, n):
                                              "--json", f"{out}/score_pretrain_{tag}.json"]),
         ("scoreboard: final model", [*scored, "--weight", "grpo", "--tool_problems", str(n["score_tool_problems"]),
                                      "--json", f"{out}/score_grpo_{tag}.json"]),
-        # Being right: held-out word problems through the tool loop, for the SFT model and the final one.
-        ("tool scoreboard: SFT model", [*scored, "--weight", "full_sft", "--only_tools", "--tool_problems",
-                                        str(n["score_tool_problems"]), "--json", f"{out}/score_tools_full_sft_{tag}.json"]),
+        # Being right: held-out word problems through the tool loop, before RL and after it (the final model).
+        ("tool scoreboard: before RL", [*scored, "--weight", "lora_tools", "--only_tools", "--tool_problems",
+                                        str(n["score_tool_problems"]), "--json", f"{out}/score_tools_lora_tools_{tag}.json"]),
     ]
 
 
@@ -184,8 +191,9 @@ def main():
     tag = LMConfig.from_preset(preset).tag()
     print(f"\nAll {len(plan)} stages done in {time.time() - started:.0f}s this run (stage times: {record_path}).")
     print(f"Checkpoints: {args.out}/pretrain_{tag}.pth, full_sft_{tag}.pth, lora_identity_{tag}/, dpo_{tag}.pth, "
+          f"lora_tools_{tag}.pth, "
           f"grpo_{tag}.pth (the final model)")
-    print(f"Scores: {args.out}/score_pretrain_{tag}.json, score_grpo_{tag}.json, score_tools_full_sft_{tag}.json, "
+    print(f"Scores: {args.out}/score_pretrain_{tag}.json, score_grpo_{tag}.json, score_tools_lora_tools_{tag}.json, "
           f"score_lora_identity_{tag}.json")
     print(f"Chat:   python 2-eval.py --preset {preset} --out_dir {args.out} --weight grpo")
     print(f"Serve:  python my_openai_api.py --preset {preset} --out_dir {args.out} --weight grpo"

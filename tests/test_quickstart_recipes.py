@@ -23,7 +23,7 @@ def test_every_stage_command_parses(recipe):
             parsed = PARSERS[script](flags)  # argparse exits on an unknown flag or a bad value
             assert parsed.preset == quickstart.RECIPES[recipe]["preset"], (name, parsed.preset)
             checked += 1
-    assert checked == 10  # pretrain, continuation, SFT, LoRA, DPO, GRPO, C-Eval, two scoreboards, the tool scoreboard
+    assert checked == 11  # pretrain, continuation, SFT, two LoRAs, DPO, GRPO, C-Eval, two scoreboards, the tool scoreboard
     training = {name: argv for name, argv in plan if name in ("pretrain", "full SFT")}
     assert all("--resume" in argv and "muon" in argv for argv in training.values())
 

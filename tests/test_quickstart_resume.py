@@ -114,6 +114,6 @@ def test_quickstart_killed_during_training_resumes(tmp_path):
     assert f"All {len(names)} stages done" in log2
     for artifact in (f"pretrain_{tag}.pth", f"full_sft_{tag}.pth", f"lora_identity_{tag}/adapter_model.safetensors",
                      f"dpo_{tag}.pth", f"grpo_{tag}.pth", f"ceval_grpo_{tag}/summary.json",
-                     f"score_grpo_{tag}.json", f"score_tools_full_sft_{tag}.json"):
+                     f"score_grpo_{tag}.json", f"score_tools_lora_tools_{tag}.json", f"lora_tools_{tag}.pth"):
         assert (out / artifact).is_file(), artifact
     assert torch.load(resume_file, map_location="cpu", weights_only=True)["step"] == quickstart.FAST["pretrain_steps"]
