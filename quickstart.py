@@ -37,9 +37,9 @@ from model.runtime import pick_dtype
 # FP32_STEP_SHARE so that the wall time stays about the same.
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
-            tools_lora_steps=200, tools_lora_rank=32,
+            tools_lora_steps=400, tools_lora_rank=32,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
-            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=20, grpo_prompts=8)
+            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=30, grpo_prompts=8)
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
 # over the conversations) and 2.9M of SFT. SFT runs at lower learning rates than the quickstart's (AdamW 3e-4 and
 # Muon 0.002 against 1e-3 and 0.01): the pretrained model already answers in the chat template, and at the full
