@@ -70,6 +70,7 @@ class CopiedNumbers:
         self.answering = [bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
                           for messages in conversations]
         self.starts = [{n[:k] for n in whole for k in range(1, len(n) + 1)} for whole in self.whole]
+        self.masks = {}  # (row, tail) -> row_mask
 
     def expression_so_far(self, new_tokens: list) -> str | None:
         """The expression a row is writing (the text after `"expression": "`), or None when it is not
@@ -95,6 +96,24 @@ class CopiedNumbers:
                 return False
         return True
 
+    def row_mask(self, row: int, tail: str) -> torch.Tensor:
+        """The tokens row may take next when the number it is writing so far is `tail` ("" between numbers);
+        kept, since a reply asks again for the same few tails."""
+        key = (row, tail)
+        if key not in self.masks:
+            mask = torch.ones(self.vocab_size, dtype=torch.bool)
+            if tail and tail not in self.whole[row]:
+                mask &= ~self.plain  # the number is unfinished: only digits may follow
+            for i in self.numeric:
+                text = tail + self.texts[i]
+                # a token of digits only extends the number: the common case, checked directly
+                if not (text in self.starts[row] if self.texts[i].isdigit() else self.fits(row, text)):
+                    mask[i] = False
+            if not mask.any():  # nothing fits (the model wrote itself into a corner): let it go on
+                mask.fill_(True)
+            self.masks[key] = mask
+        return self.masks[key]
+
     def __call__(self, new_tokens: list):
         masks = None
         for row, tokens in enumerate(new_tokens):
@@ -105,12 +124,5 @@ class CopiedNumbers:
             if masks is None:
                 masks = torch.ones(len(new_tokens), self.vocab_size, dtype=torch.bool)
             tail = _NUMBER_TAIL.search(expression).group()
-            row_mask = masks[row]
-            if tail and tail not in self.whole[row]:
-                row_mask &= ~self.plain  # the number is unfinished: only digits may follow
-            for i in self.numeric:
-                if not self.fits(row, tail + self.texts[i]):
-                    row_mask[i] = False
-            if not row_mask.any():  # nothing fits (the model wrote itself into a corner): let it go on
-                row_mask.fill_(True)
+            masks[row] = self.row_mask(row, tail)
         return masks
