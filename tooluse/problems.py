@@ -5,7 +5,7 @@ it, for teaching a tiny model to use the calculator tool.
     record = conversation(problems[0])    # {"tools": [...], "conversations": [user, call, tool result, answer]}
     answer_is_right(model_reply, problems[0].answer)   # the reward check
 
-A family is one kind of problem with one shape of expression (shopping_total: price*count), written in 3-10
+A family is one kind of problem with one shape of expression (shopping_total: price*count), written in 3-19
 phrasings with varied names, goods and numbers. 42 families cover ten topics. The model is judged on wordings
 it never saw, held out at two depths, each a split of generate():
 
