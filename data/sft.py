@@ -369,6 +369,12 @@ def build_sft(
                 else:
                     split = "single" if len(replies) == 1 else "multi"
                 rows_by_split[split].append({"conversations": messages})
+    # The identity adapter should name the model when asked who it is, and only then. It learns "only then"
+    # from as many ordinary conversations as it has identity ones, evenly spaced through the training
+    # share (they stay in sft_single.jsonl too).
+    identity, ordinary = rows_by_split["lora_identity"], rows_by_split["single"]
+    if identity and ordinary:
+        identity += ordinary[::max(1, len(ordinary) // len(identity))][:len(identity)]
     print(f"sft: read {sum(r.read for r in reports)}, kept {sum(r.kept for r in reports)} ({time.time() - start:.1f}s)")
     for report in reports:
         print(report.line())

@@ -238,7 +238,11 @@ def test_sft_converters_filters_and_outputs(sft_raw, tmp_path, tokenizer, capsys
     }
     medical = read_rows(out / "lora_medical.jsonl")
     assert medical[0]["conversations"][1]["content"] == "可以适量服用。"  # GBK decoded
-    assert read_rows(out / "lora_identity.jsonl")[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
+    identity = read_rows(out / "lora_identity.jsonl")
+    assert identity[0]["conversations"][1]["content"] == "我是 小智，由 MiniMind 开发。"
+    # ordinary conversations of the training share join it (as many as the identity ones, here all of the few
+    # there are), so the adapter also learns when not to name the model
+    assert identity[-len(single):] == single and not any(row in single for row in identity[:-len(single)])
     assert len(SFTDataset(out / "sft_single.jsonl", tokenizer, seq_len=512)) == len(single)
 
     with pytest.raises(MiniMindError, match=r"s\.jsonl:1: reply claims"):
