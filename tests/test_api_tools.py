@@ -279,3 +279,18 @@ def test_tools_run_endpoint_answers_and_is_rate_bounded(tokenizer):
     assert statuses.count(429) > 0 and statuses[:10] == [200] * 10
     error = run({"expression": "1+1"}).get_json()["error"]
     assert error["code"] == "rate_limit_exceeded" and set(error) == {"message", "type", "param", "code"}
+
+
+def test_a_tool_loop_without_max_tokens_keeps_its_question(tokenizer):
+    """A request that gives no max_tokens leaves the prompt three quarters of the context (as the chat page
+    does), so the question, the call and the tool's result all reach the model; reserving the server's cap
+    (half the context at most) would drop the question."""
+    context = 640  # the test tokenizer renders this conversation in about 420 tokens
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=context)).eval()
+    client = create_app(model, tokenizer, "tiny", Defaults(max_tokens=512, temperature=0)).test_client()
+    messages = answered()
+    expected, _ = build_prompt(tokenizer, messages, context, tools=[CALCULATOR])
+    assert context // 2 < len(expected) <= context * 3 // 4  # the case: more than half, within three quarters
+    reply = client.post("/v1/chat/completions", json={"messages": messages, "tools": [CALCULATOR]}).get_json()
+    assert reply["usage"]["prompt_tokens"] == len(expected)
+    assert reply["usage"]["completion_tokens"] <= context // 4
