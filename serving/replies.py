@@ -22,7 +22,7 @@ from serving.protocol import (DONE, APIError, CompletionRequest, Sampling, chat_
                               completion_prompt, delta_choice, error_event, text_choice, usage)
 from serving.queue import GenerationQueue
 from serving.toolcalls import CallSplitter, openai_call, split_reply
-from tooluse.constrain import CopiedNumbers
+from tooluse.constrain import CopiedNumbers, NumberTokens
 
 
 def log(message: str) -> None:
@@ -47,6 +47,7 @@ class Replies:
         self.model, self.tokenizer, self.model_name, self.queue = model, tokenizer, model_name, queue
         self.context = context_length(model.config)  # max_seq_len, stretched when RoPE scaling is configured
         self.device = next(model.parameters()).device
+        self.number_tokens = NumberTokens(tokenizer)  # read once for every request's copy rule
 
     # ------------------------------------------------------------------------- prompts (inside the queue)
 
@@ -62,7 +63,7 @@ class Replies:
             log(f"context: dropped the {dropped} oldest message(s) to fit {len(ids)} prompt tokens")
         rule = None
         if "calculator" in req.offer.allowed:  # tooluse/constrain.py: the calls' numbers are the conversation's
-            rule = CopiedNumbers(self.tokenizer, [req.messages], [prefill])
+            rule = CopiedNumbers(self.number_tokens, [req.messages], [prefill])
         return Job("chat", req.sampling, [ids + prefill], offer=req.offer, copy_rule=rule), dropped
 
     def text_job(self, req: CompletionRequest) -> Job:

@@ -6,7 +6,7 @@ from conftest import tiny_config
 from model.generate import generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
-from tooluse.constrain import CopiedNumbers, allowed_numbers
+from tooluse.constrain import CopiedNumbers, NumberTokens, allowed_numbers
 
 CALL_START = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "'
 
@@ -38,7 +38,7 @@ def ids(tokenizer, text):
 
 def test_a_call_copies_the_questions_numbers_whole(tokenizer):
     question = [{"role": "user", "content": "小丽花164元买了8盒水彩笔，平均每盒多少钱？"}]
-    rule = CopiedNumbers(tokenizer, [question])
+    rule = CopiedNumbers(NumberTokens(tokenizer), [question])
     digit = {c: tokenizer.convert_tokens_to_ids(c) for c in "0123456789/*"}
 
     def mask_after(expression):
@@ -57,7 +57,7 @@ def test_a_call_copies_the_questions_numbers_whole(tokenizer):
 
 def test_outside_a_calls_expression_nothing_is_constrained(tokenizer):
     question = [{"role": "user", "content": "3个苹果每个2元"}]
-    rule = CopiedNumbers(tokenizer, [question, question])
+    rule = CopiedNumbers(NumberTokens(tokenizer), [question, question])
     assert rule([ids(tokenizer, "一共要付999元。"), ids(tokenizer, "<tool_call>\n{\"name\": \"calc")]) is None
     closed = ids(tokenizer, CALL_START + '3*2"}}\n</tool_call>') + [EOS_ID]
     assert rule([closed, []]) is None
@@ -74,7 +74,7 @@ def test_after_a_tool_result_the_answer_copies_it_whole(tokenizer):
     conversation = [{"role": "user", "content": "每小时69千米，行驶了8小时，一共多少千米？"},
                     {"role": "assistant", "content": "", "tool_calls": []},
                     {"role": "tool", "content": "552"}]
-    rule = CopiedNumbers(tokenizer, [conversation])
+    rule = CopiedNumbers(NumberTokens(tokenizer), [conversation])
     five, two = tokenizer.convert_tokens_to_ids("5"), tokenizer.convert_tokens_to_ids("2")
     (after_5,) = rule([ids(tokenizer, "一共行驶了5")])
     assert after_5[five] and not after_5[two]  # 55 can still become 552; 52 is no number of the conversation

@@ -18,7 +18,7 @@ from model.generate import context_length, generate
 from model.tokenizer import EOS_ID
 from model.toolcall import parse_reply
 from tooluse.calculator import run_tool
-from tooluse.constrain import CopiedNumbers
+from tooluse.constrain import CopiedNumbers, NumberTokens
 
 
 @dataclass
@@ -56,11 +56,12 @@ def run_with_tools(model, tokenizer, conversations: list, tools: list | None, ma
     rollouts = [Rollout(build_prompt(tokenizer, messages, budget, cut=True, tools=tools)[0])
                 for messages in conversations]
     going = list(range(len(rollouts)))
+    tokens = NumberTokens(tokenizer) if copy_numbers else None
     for round_ in range(max_calls + 1):
         if not going:
             break
         prompts = [(rollouts[i].prompt_ids + rollouts[i].ids)[-budget:] for i in going]
-        rule = CopiedNumbers(tokenizer, [conversations[i] + rollouts[i].messages for i in going]) \
+        rule = CopiedNumbers(tokens, [conversations[i] + rollouts[i].messages for i in going]) \
             if copy_numbers else None
         replies = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p,
                            generator=generator, allowed=rule)

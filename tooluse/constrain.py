@@ -1,7 +1,8 @@
 """Constrained decoding of calculator calls: every number the model writes into an expression, and into
 its answer once a tool has replied, is one the conversation wrote, or a factor that problems state in words.
 
-    rule = CopiedNumbers(tokenizer, conversations)      # one list of messages per row of the batch
+    tokens = NumberTokens(tokenizer)                      # once per tokenizer: every token's text
+    rule = CopiedNumbers(tokens, conversations)           # one list of messages per row of the batch
     generate(model, prompts, 64, allowed=rule)            # model/generate.py masks what the rule forbids
 
 A tiny model reads a problem's numbers well enough to pick them, and then copies them badly: most wrong
@@ -49,21 +50,28 @@ def allowed_numbers(messages: list) -> set[str]:
     return numbers
 
 
-class CopiedNumbers:
-    """The `allowed` rule of model/generate.generate for one batch: row i may write into a calculator
-    expression only numbers of allowed_numbers(conversations[i])."""
+class NumberTokens:
+    """What the rule reads of a vocabulary, read once per tokenizer: every token's text, which tokens write a
+    digit or a point (the only ones whose text the rule has to check), and the id of `<tool_call>`."""
 
-    def __init__(self, tokenizer, conversations: list, written: list | None = None):
-        """`written`: per row, the ids the reply already holds before generation starts (a server's
-        `<tool_call>` prefill), read as if generated."""
+    def __init__(self, tokenizer):
         self.vocab_size = len(tokenizer)
         self.texts = [tokenizer.decode([i]) for i in range(self.vocab_size)]
         self.open_id = tokenizer.convert_tokens_to_ids(TOOL_CALL_OPEN)
-        # the tokens that write a digit or a point: the only ones whose text the rule has to read
         self.numeric = [i for i, t in enumerate(self.texts) if re.search(r"[0-9.]", t)]
         plain = torch.ones(self.vocab_size, dtype=torch.bool)
         plain[self.numeric] = False
         self.plain = plain  # every other token: it ends a number, or writes none
+
+
+class CopiedNumbers:
+    """The `allowed` rule of model/generate.generate for one batch: row i may write into a calculator
+    expression only numbers of allowed_numbers(conversations[i])."""
+
+    def __init__(self, tokens: NumberTokens, conversations: list, written: list | None = None):
+        """`written`: per row, the ids the reply already holds before generation starts (a server's
+        `<tool_call>` prefill), read as if generated."""
+        self.tokens = tokens
         self.written = written or [[] for _ in conversations]
         self.whole = [allowed_numbers(messages) for messages in conversations]
         # a row answering a tool's result: its whole reply is held to the rule
@@ -75,14 +83,14 @@ class CopiedNumbers:
     def expression_so_far(self, new_tokens: list) -> str | None:
         """The expression a row is writing (the text after `"expression": "`), or None when it is not
         inside one. Only the text after the row's last `<tool_call>` is read."""
-        start = max((k for k, t in enumerate(new_tokens) if t == self.open_id), default=None)
+        start = max((k for k, t in enumerate(new_tokens) if t == self.tokens.open_id), default=None)
         if start is None:
             return None
         found = _EXPRESSION.search(self.texts_of(new_tokens[start + 1:]))
         return found.group(1) if found else None
 
     def texts_of(self, ids: list) -> str:
-        return "".join(self.texts[i] for i in ids)
+        return "".join(self.tokens.texts[i] for i in ids)
 
     def fits(self, row: int, text: str) -> bool:
         """Whether `text`, the expression so far plus one token, keeps to the rule: every finished number
@@ -101,13 +109,13 @@ class CopiedNumbers:
         kept, since a reply asks again for the same few tails."""
         key = (row, tail)
         if key not in self.masks:
-            mask = torch.ones(self.vocab_size, dtype=torch.bool)
+            mask = torch.ones(self.tokens.vocab_size, dtype=torch.bool)
             if tail and tail not in self.whole[row]:
-                mask &= ~self.plain  # the number is unfinished: only digits may follow
-            for i in self.numeric:
-                text = tail + self.texts[i]
+                mask &= ~self.tokens.plain  # the number is unfinished: only digits may follow
+            for i in self.tokens.numeric:
+                text = tail + self.tokens.texts[i]
                 # a token of digits only extends the number: the common case, checked directly
-                if not (text in self.starts[row] if self.texts[i].isdigit() else self.fits(row, text)):
+                if not (text in self.starts[row] if self.tokens.texts[i].isdigit() else self.fits(row, text)):
                     mask[i] = False
             if not mask.any():  # nothing fits (the model wrote itself into a corner): let it go on
                 mask.fill_(True)
@@ -122,7 +130,7 @@ class CopiedNumbers:
             if expression is None:
                 continue
             if masks is None:
-                masks = torch.ones(len(new_tokens), self.vocab_size, dtype=torch.bool)
+                masks = torch.ones(len(new_tokens), self.tokens.vocab_size, dtype=torch.bool)
             tail = _NUMBER_TAIL.search(expression).group()
             masks[row] = self.row_mask(row, tail)
         return masks
