@@ -189,7 +189,7 @@ def all_sum(values: list, trainer: Trainer) -> list:
 
 def average_gradients(params: list, world: int) -> None:
     """Replace every gradient by its mean over the processes, in one all-reduce. What DDP does, written out:
-    a step scores its replies in two calls of the model (engine/grpo.SharedPrompts), where DDP expects one
+    a step scores its replies in two calls of the model (model/model.SharedPrompts), where DDP expects one
     forward call per backward; and at this size one flat all-reduce per update costs nothing."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.flatten() for g in grads])

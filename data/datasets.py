@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, Sampler
 
 from model.errors import MiniMindError, first_line
 from model.jsonfile import parse_json, read_json_object
-from model.model import IGNORE  # the target that counts nothing (-100), re-exported for callers
+from model.model import IGNORE, SharedPrompts  # IGNORE: the target that counts nothing (-100), re-exported for callers
 from model.chat import encode_messages, turn_header
 from model.tokenizer import EOS_ID, PAD_ID
 from model.toolcall import plain_messages
@@ -381,9 +381,31 @@ def report(path, kept: int, skips: Skips, truncated: int, seq_len: int, cut_at: 
 
 def sft_loss(model, batch):
     """The SFT (and LoRA) training loss on a batch of SFTDataset.collate: cross-entropy on the assistant
-    tokens only (y is -100 elsewhere), plus the MoE balance loss that the model's own loss includes."""
+    tokens only (y is -100 elsewhere), plus the MoE balance loss that the model's own loss includes.
+
+    Logits are computed only where there is a target (loss_only). When every row begins with the same
+    tokens and nothing there is learned (the tool conversations all open with the same system turn, half
+    their tokens), that beginning runs once and the rows continue from its keys and values
+    (model.SharedPrompts): the same loss and gradient for fewer tokens. Not under DDP, which expects one
+    call of the model per backward, and not for MoE, whose balance loss counts every row's tokens. (With
+    LoRA's dropout the shared start draws one dropout mask for all rows instead of one per row.)"""
     x, y = batch
-    return model(input_ids=x, shift_labels=y).loss, {}
+    shared = shared_start(x, y)
+    plain = isinstance(model, torch.nn.parallel.DistributedDataParallel) or model.config.use_moe
+    if plain or not MIN_SHARED <= shared < x.shape[1] or x.shape[0] == 1:
+        return model(input_ids=x, shift_labels=y, loss_only=True).loss, {}
+    cache = SharedPrompts(group_size=x.shape[0])
+    model(input_ids=x[:1, :shared], cache=cache, logits_to_keep=1)
+    return model(input_ids=x[:, shared:], cache=cache, shift_labels=y[:, shared:], loss_only=True).loss, {}
+
+
+MIN_SHARED = 16  # tokens: below this, a second call of the model costs more than it saves
+
+
+def shared_start(x: torch.Tensor, y: torch.Tensor) -> int:
+    """How many leading positions every row of x has in common with no target among them."""
+    differs = (x != x[:1]).any(dim=0) | (y != IGNORE).any(dim=0)
+    return int(differs.nonzero()[0, 0]) if differs.any() else x.shape[1]
 
 
 # ----------------------------------------------------------------------------- preference pairs

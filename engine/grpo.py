@@ -41,7 +41,7 @@ token whose ratio left the band). It only differs from GRPO when ratio != 1, i.e
 import torch
 
 from model.checkpoint import atomic_write
-from model.model import IGNORE, lm_loss
+from model.model import IGNORE, SharedPrompts, lm_loss
 from model.tokenizer import PAD_ID
 from tooluse.problems import answer_is_right
 
@@ -108,31 +108,6 @@ def fits(rollout, context: int, budget: int) -> bool:
     starts = [i for i, keep in enumerate(rollout.learn) if keep and (i == 0 or not rollout.learn[i - 1])]
     whole = len(rollout.prompt_ids) + len(rollout.ids)
     return whole <= context and (not starts or len(rollout.prompt_ids) + starts[-1] <= budget)
-
-
-class SharedPrompts:
-    """A KV cache (the model's `cache` argument: update and get_seq_length, as model/model.KVCache) that holds
-    the keys and values of P prompts and hands each to the G replies to it. The G replies to a problem share
-    its prompt, which is most of their tokens (a ~190-token system turn offering the tool, then the question,
-    against ~20-100 tokens of reply): run once per group instead of G times, a step scores ~5x fewer tokens.
-    Nothing is detached: the replies' loss reaches the weights through the prompt's keys and values too, so
-    the gradient is exactly that of G separate passes (tests/test_grpo.py checks it against trl's)."""
-
-    def __init__(self, group_size: int):
-        self.group_size = group_size
-        self.keys, self.values = [], []
-
-    def update(self, key, value, layer_idx: int, *args, **kwargs):
-        if layer_idx == len(self.keys):  # the first pass: the prompts themselves
-            self.keys.append(key)
-            self.values.append(value)
-            return key, value
-        g = self.group_size  # the second: the replies, each row after its group's prompt
-        return (torch.cat([self.keys[layer_idx].repeat_interleave(g, dim=0), key], dim=2),
-                torch.cat([self.values[layer_idx].repeat_interleave(g, dim=0), value], dim=2))
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.keys[layer_idx].shape[2] if layer_idx < len(self.keys) else 0
 
 
 def group_batch(rollouts: list, group_size: int, pad_id: int = PAD_ID) -> dict:

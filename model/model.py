@@ -125,6 +125,33 @@ class KVCache:
 
 
 
+class SharedPrompts:
+    """A cache for training on rows that share their beginning: it holds the keys and values of P prompts
+    and hands each to the G rows that follow it. Call the model twice with it: the P prompts (the first
+    call fills it), then the P*G continuations, group by group (each row attends to its prompt, then to
+    itself). The G replies GRPO samples for one problem share its prompt, and the rows of a tool-use SFT
+    batch share the ~90-token system turn that offers the tools, which is most of their tokens: run once
+    instead of G times. Nothing is detached: the loss reaches the weights through the prompt's keys and
+    values too, so the gradient is exactly that of G separate passes (tests/test_grpo.py checks it against
+    trl's, tests/test_sft_data.py against the plain pass)."""
+
+    def __init__(self, group_size: int):
+        self.group_size = group_size
+        self.keys, self.values = [], []
+
+    def update(self, key, value, layer_idx: int, *args, **kwargs):
+        if layer_idx == len(self.keys):  # the first pass: the prompts themselves
+            self.keys.append(key)
+            self.values.append(value)
+            return key, value
+        g = self.group_size  # the second: the replies, each row after its group's prompt
+        return (torch.cat([self.keys[layer_idx].repeat_interleave(g, dim=0), key], dim=2),
+                torch.cat([self.values[layer_idx].repeat_interleave(g, dim=0), value], dim=2))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.keys[layer_idx].shape[2] if layer_idx < len(self.keys) else 0
+
+
 # ----------------------------------------------------------------------------- attention
 
 class Attention(nn.Module):
@@ -415,6 +442,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         shift_labels: Optional[torch.LongTensor] = None,
         logits_to_keep: int = 0,
         past_key_values: Optional[KVCache] = None,
+        loss_only: bool = False,
         **kwargs,
     ) -> MiniMindOutput:
         """
@@ -422,7 +450,10 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         shift_labels  already aligned targets: shift_labels[:, i] is the token after position i (the
                       project's own callers use this one; `labels` is for transformers and trl).
         Either way IGNORE (-100) marks positions without loss; the loss is lm_loss, plus the MoE balance
-        loss. logits_to_keep > 0 computes logits only for the last positions (generation needs one). With
+        loss. logits_to_keep > 0 computes logits only for the last positions (generation needs one).
+        loss_only (with shift_labels) computes logits only where there is a target and returns none: the
+        same loss without the vocabulary projection of the positions that count nothing, which in SFT are
+        most of them (the projection is a third of this model's compute per token). With
         use_cache and no cache given, a new KVCache is created and returned. `past_key_values` is the name
         transformers 4 (and trl) pass the cache under; transformers 5 passes `cache`, as the project does.
         """
@@ -430,6 +461,11 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         if use_cache and cache is None:
             cache = KVCache()
         hidden, aux_loss = self.model(input_ids, attention_mask, position_ids, cache)
+        if loss_only and shift_labels is not None:
+            counted = shift_labels != IGNORE
+            loss = lm_loss(self.lm_head(hidden[counted])[None], shift_labels[counted][None]) + aux_loss
+            aux = aux_loss if torch.is_tensor(aux_loss) else hidden.new_zeros((), dtype=torch.float)
+            return MiniMindOutput(loss=loss, logits=None, cache=cache, aux_loss=aux)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)

@@ -205,7 +205,7 @@ def trl_inputs(rollouts, old, ref, advantages, pad_id: int) -> dict:
 @pytest.mark.parametrize("kind", ["grpo", "cispo"])
 def test_our_loss_equals_trls_on_the_same_rollouts(models, tokenizer, tmp_path, kind):
     """trl 1.x computes its loss inside GRPOTrainer._compute_loss, from its own forward pass over each prompt
-    and completion whole (where ours runs each group's prompt once: engine/grpo.SharedPrompts); so the test builds a real GRPOTrainer on the native export of our policy (a plain
+    and completion whole (where ours runs each group's prompt once: model/model.SharedPrompts); so the test builds a real GRPOTrainer on the native export of our policy (a plain
     LlamaForCausalLM, as `export_model.py --format native` writes) and hands it our rollouts, with the same
     old and reference log-probs. loss_type "dapo" is trl's name for our normalisation (every learned token of
     the batch weighs the same), "cispo" for CISPO. The old log-probs are moved off the policy's, so that the

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from conftest import load_script, qa_conversation, tiny_config, write_jsonl
 
-from data.datasets import SFTDataset
+from data.datasets import MIN_SHARED, SFTDataset, shared_start
 from model.checkpoint import save_weights
 from model.errors import MiniMindError
 from model.model import IGNORE, MiniMindForCausalLM, lm_loss
+from tooluse.calculator import CALCULATOR
 
 TINY = ["--seq_len", "48", "--batch_size", "4", "--threads", "1", "--dtype", "float32", "--log_interval", "2",
         "--learning_rate", "3e-3", "--warmup_steps", "1"]
@@ -52,6 +53,31 @@ def test_sft_loss_counts_only_assistant_tokens(sft_files, tokenizer):
     scrambled[others] = torch.randn_like(scrambled[others]) * 10
     kept = lm_loss(scrambled[None], y)
     assert kept.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_sft_loss_runs_a_shared_start_once_with_the_same_loss_and_gradient(sft_files, tokenizer, tmp_path):
+    """Rows that all open with the same system turn (tools offered): sft_loss runs that turn once, for one
+    row, and the rest of every row after it; the loss and every gradient equal one plain pass's."""
+    records = [dict(qa_conversation(i), tools=[CALCULATOR]) for i in range(4)]
+    data = SFTDataset(write_jsonl(tmp_path / "tools.jsonl", records), tokenizer, seq_len=400, verbose=False)
+    x, y = SFTDataset.collate([data[i] for i in range(4)])
+    shared = shared_start(x, y)
+    assert MIN_SHARED <= shared < x.shape[1] and (y[:, :shared] == IGNORE).all()
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(max_seq_len=512))
+    seen = []
+    hook = model.model.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    loss, _ = sft.sft_loss(model, (x, y))
+    hook.remove()
+    assert seen == [(1, shared), (4, x.shape[1] - shared)]
+    loss.backward()
+    shared_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = model(input_ids=x, shift_labels=y).loss
+    plain.backward()
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
+    for got, want in zip(shared_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_runtime_flags_apply_and_shape_flags_are_named_as_ignored(sft_files, tokenizer_dir, tmp_path, capsys):
