@@ -396,7 +396,8 @@ def sft_loss(model, batch):
         return model(input_ids=x, shift_labels=y, loss_only=True).loss, {}
     cache = SharedPrompts(group_size=x.shape[0])
     model(input_ids=x[:1, :shared], cache=cache, logits_to_keep=1)
-    return model(input_ids=x[:, shared:], cache=cache, shift_labels=y[:, shared:], loss_only=True).loss, {}
+    loss = model(input_ids=x[:, shared:], cache=cache, shift_labels=y[:, shared:], loss_only=True).loss
+    return loss, {"computed": [(1, shared), (x.shape[0], x.shape[1] - shared)]}  # for the FLOPs (engine/runlog.py)
 
 
 MIN_SHARED = 16  # tokens: below this, a second call of the model costs more than it saves

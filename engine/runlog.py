@@ -31,16 +31,16 @@ class MetricWindow:
         self.sums, self.count, self.tokens, self.flops, self.norms = {}, 0, 0, 0.0, []
         self.start = time.perf_counter()
 
-    def add(self, loss, metrics: dict, shapes: list = (), flops=None) -> None:
+    def add(self, loss, metrics: dict, shapes: list = (), flops=None, computed: list = None) -> None:
+        """shapes: (rows, width) of the batch's inputs, counted as tokens; computed: the shapes the model
+        actually ran, counted for the FLOPs, when the loss ran fewer (sft_loss runs a shared start once)."""
         for key, value in {"loss": loss, **metrics}.items():
             value = torch.as_tensor(value).detach().float()
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
-        for shape in shapes:
-            tokens = math.prod(shape)
-            self.tokens += tokens
-            if flops is not None:
-                self.flops += tokens * flops(shape[-1])
+        self.tokens += sum(math.prod(shape) for shape in shapes)
+        if flops is not None:
+            self.flops += sum(math.prod(shape) * flops(shape[-1]) for shape in (computed or shapes))
 
     def add_norm(self, norm) -> None:
         self.norms.append(norm.detach().float())

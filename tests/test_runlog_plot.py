@@ -43,3 +43,17 @@ def test_the_png_gets_a_reward_panel(tmp_path, rewards, panels):
     plot_losses({**HISTORY, **rewards}, path, "dpo_64x2")
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width == 700 and height == {1: 400, 2: 650}[panels]
+
+
+def test_a_window_counts_the_batch_as_tokens_and_what_the_model_ran_as_flops():
+    """A loss that ran a shared start once (sft_loss) reports the shapes it ran: tokens/s still counts the
+    batch, MFU only the work done."""
+    import torch
+    window = runlog.MetricWindow()
+    per_token = lambda width: 10.0 * width
+    window.add(torch.tensor(1.0), {}, [(4, 100)], per_token, computed=[(1, 60), (4, 40)])
+    window.add(torch.tensor(3.0), {}, [(2, 50)], per_token)
+    values = window.reduce(torch.device("cpu"), world_size=1)
+    assert values["tokens"] == 4 * 100 + 2 * 50
+    assert values["flops"] == 60 * 600 + 160 * 400 + 100 * 500
+    assert values["loss"] == 2.0
