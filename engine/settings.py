@@ -54,6 +54,8 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model (true/false)")
     threads: int = setting(0, "CPU threads per process; 0: cores / local processes")
     num_workers: int = setting(0, "DataLoader worker processes")
+    group_by_length: bool = setting(False, "batch rows of similar length together (less padding; SFT and LoRA data "
+                                           "without --pack) (true/false)")
     seed: int = setting(1337, "seed of the model's initial weights, the data order and dropout")
     # logging, validation, checkpoints (intervals in optimizer steps; 0 disables)
     log_interval: int = setting(10, "steps between log lines")

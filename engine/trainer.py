@@ -356,7 +356,14 @@ class Trainer:
         """Micro-batches from where `state` stands, epoch after epoch; moves state.epoch and state.offset
         on at an epoch's end (the loop advances offset as it consumes samples)."""
         cfg = self.config
-        sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=True, rank=self.rank, world_size=self.world_size)
+        lengths = None
+        if cfg.group_by_length:
+            if not hasattr(train_set, "lengths"):
+                raise MiniMindError(f"--group_by_length: {type(train_set).__name__} has rows of one length; it is for "
+                                    f"SFT and LoRA data without --pack")
+            lengths = train_set.lengths()
+        sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=True, rank=self.rank, world_size=self.world_size,
+                               lengths=lengths, batch_size=cfg.batch_size)
         epoch_samples = plan.steps_per_epoch * plan.samples_per_step
         while True:
             if state.offset >= epoch_samples:

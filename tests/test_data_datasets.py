@@ -177,6 +177,31 @@ def test_pretrain_windows_cover_all_shards_and_resume(tmp_path):
     assert all(len(r) == 1 for r in tiny) and set(sum(tiny, [])) == {0, 1}
 
 
+def test_grouped_batches_hold_rows_of_similar_length_and_every_row_once():
+    """group_by_length: each batch's rows are close in length (padding falls from a third to almost
+    nothing), every index comes once, the order is set by seed and epoch, and skip resumes it."""
+    lengths = torch.randint(10, 250, (1000,), generator=torch.Generator().manual_seed(0))
+    batch = 8
+
+    def padding(order):
+        blocks = torch.as_tensor(order[: len(order) // batch * batch]).view(-1, batch)
+        rows = lengths[blocks]
+        return (rows.max(dim=1).values * batch - rows.sum(dim=1)).sum().item() / rows.max(dim=1).values.sum().item() / batch
+
+    plain = list(EpochSampler(1000, seed=3))
+    sampler = EpochSampler(1000, seed=3, lengths=lengths, batch_size=batch)
+    sampler.set_epoch(1)
+    grouped = list(sampler)
+    assert sorted(grouped) == list(range(1000))
+    assert padding(plain) > 0.3 and padding(grouped) < 0.05
+    sampler.set_epoch(1, skip=20)
+    assert list(sampler) == grouped[20:]
+    sampler.set_epoch(2)
+    assert list(sampler) != grouped
+    ranks = [list(EpochSampler(1000, seed=3, rank=r, world_size=2, lengths=lengths, batch_size=batch)) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == list(range(1000)) and max(padding(r) for r in ranks) < 0.05
+
+
 def test_pretrain_detects_truncated_shard_and_stale_tokenizer(tmp_path):
     write_shards(tmp_path, {"train": [np.arange(40)], "val": [np.arange(20)]}, tokenizer_hash="abc", eos_id=EOS_ID)
     with pytest.raises(MiniMindError, match="tokenizer"):

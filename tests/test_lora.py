@@ -160,15 +160,16 @@ def run_lora(tokenizer_dir, base, data, out_dir, *extra):
         "--device", "cpu", "--dtype", "float32", "--threads", "1", *extra])
 
 
-def test_script_resumes_exactly_and_leaves_base_untouched(lora_files, tokenizer_dir, tmp_path, capsys):
+@pytest.mark.parametrize("grouping", [[], ["--group_by_length", "true"]], ids=["shuffled", "grouped_by_length"])
+def test_script_resumes_exactly_and_leaves_base_untouched(lora_files, tokenizer_dir, tmp_path, capsys, grouping):
     from safetensors.torch import load_file
 
     base, data = lora_files
     base_bytes = base.read_bytes()
-    run_lora(tokenizer_dir, base, data, tmp_path / "straight")
+    run_lora(tokenizer_dir, base, data, tmp_path / "straight", *grouping)
     assert "skipped 1" in capsys.readouterr().out  # the broken line is reported, not silently dropped
-    run_lora(tokenizer_dir, base, data, tmp_path / "split", "--stop_step", "2")
-    run_lora(tokenizer_dir, base, data, tmp_path / "split", "--resume")
+    run_lora(tokenizer_dir, base, data, tmp_path / "split", "--stop_step", "2", *grouping)
+    run_lora(tokenizer_dir, base, data, tmp_path / "split", "--resume", *grouping)
     # the adapter is named after the data file, and holds only the adapter
     a = load_file(tmp_path / "straight" / "lora_identity_64x2" / "adapter_model.safetensors")
     b = load_file(tmp_path / "split" / "lora_identity_64x2" / "adapter_model.safetensors")
