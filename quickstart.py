@@ -37,7 +37,7 @@ from model.runtime import pick_dtype
 # FP32_STEP_SHARE so that the wall time stays about the same.
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
-            tools_lora_steps=400, tools_lora_rank=32,
+            tools_lora_steps=800, tools_lora_rank=32,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
             tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=30, grpo_prompts=8)
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
@@ -111,10 +111,13 @@ def stages(args, n):
                  "--max_steps", str(n["dpo_steps"])]),
         # The word problems are taught by an adapter on the chat model, merged into it: low-rank steps on the
         # tool file keep the chat within noise where full steps on it cost the chat (docs/LOG.md, 2026-12-07).
+        # Its rows share their system turn (run once per batch, data/datasets.sft_loss) and are batched by
+        # length: a step costs about 2.5x less than a plain one (PERF.md).
         ("LoRA on the tool conversations, merged",
          ["4-lora_sft.py", *train, "--ckpt", f"{out}/dpo_{tag}.pth", "--data", f"{data}/sft_tools.jsonl",
           "--name", "tools", "--max_steps", str(n["tools_lora_steps"]), "--learning_rate", str(n["lora_lr"]),
-          "--lora_rank", str(n["tools_lora_rank"]), "--lora_alpha", str(n["tools_lora_rank"]), "--merge"]),
+          "--lora_rank", str(n["tools_lora_rank"]), "--lora_alpha", str(n["tools_lora_rank"]), "--merge",
+          "--group_by_length", "true"]),
         ("GRPO on word problems with the calculator",
          ["6-grpo.py", *model, "--weight", "lora_tools", "--resume", "--max_steps", str(n["grpo_steps"]),
           "--prompts_per_step", str(n["grpo_prompts"]), "--eval_problems", "0",
