@@ -124,16 +124,15 @@ class KVCache:
         return self.lengths[layer_idx] if layer_idx < len(self.lengths) else 0
 
 
-
 class SharedPrompts:
     """A cache for training on rows that share their beginning: it holds the keys and values of P prompts
     and hands each to the G rows that follow it. Call the model twice with it: the P prompts (the first
     call fills it), then the P*G continuations, group by group (each row attends to its prompt, then to
     itself). The G replies GRPO samples for one problem share its prompt, and the rows of a tool-use SFT
-    batch share the ~90-token system turn that offers the tools, which is most of their tokens: run once
+    batch share the ~90-token system turn that offers the tools, about half of their tokens: run once
     instead of G times. Nothing is detached: the loss reaches the weights through the prompt's keys and
     values too, so the gradient is exactly that of G separate passes (tests/test_grpo.py checks it against
-    trl's, tests/test_sft_data.py against the plain pass)."""
+    trl's, tests/test_sft.py against the plain pass)."""
 
     def __init__(self, group_size: int):
         self.group_size = group_size
