@@ -30,6 +30,10 @@ title; this recipe names itself on 32 of 32 held-out questions (a tiny model of 
 steps, three seeds; 30 steps at 2e-3 reached 28). With --identity_json the stage then asks
 evaluation/identity.py's held-out paraphrases greedily, with the adapter on and off, and stops non-zero if
 the adapter-off logits differ from the base's.
+
+The quickstart's tool adapter: rank 32 (alpha 32) on the DPO model, 800 steps of 16 at 5e-3 on
+sft_tools.jsonl, merged. Its rows all open with the system turn that offers the calculator, which sft_loss
+runs once per batch, and --group_by_length batches them by length: a step costs a third of a plain one.
 """
 import os
 
