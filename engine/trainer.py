@@ -57,7 +57,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader
 
-from data.datasets import EpochSampler
+from data.sampler import EpochSampler
 from engine.optim import build_optimizers, describe_optimizer, lr_at, set_learning_rate
 from engine.runlog import MetricWindow, RunLog
 from engine.runstate import RunState, StopFlag, read_resume, restore, rng_state, set_rng_state, write_resume

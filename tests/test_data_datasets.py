@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import write_jsonl, write_shards
 
-from data.datasets import DPODataset, EpochSampler, PretrainDataset, SFTDataset
+from data.datasets import DPODataset, PretrainDataset, SFTDataset
+from data.sampler import EpochSampler
 from model.errors import MiniMindError
 from model.model import IGNORE
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID

@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from grpo_bench import cpu_facts  # noqa: E402  (this folder is on the path when a script in it runs)
 
-from data.datasets import EpochSampler, SFTDataset, sft_loss  # noqa: E402
+from data.datasets import SFTDataset, sft_loss  # noqa: E402
+from data.sampler import EpochSampler  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.errors import run_main  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
