@@ -31,10 +31,14 @@ class MetricWindow:
         self.sums, self.count, self.tokens, self.flops, self.norms = {}, 0, 0, 0.0, []
         self.start = time.perf_counter()
 
-    def add(self, loss, metrics: dict, shapes: list = (), flops=None, computed: list = None) -> None:
-        """shapes: (rows, width) of the batch's inputs, counted as tokens; computed: the shapes the model
-        actually ran, counted for the FLOPs, when the loss ran fewer (sft_loss runs a shared start once)."""
+    def add(self, loss, metrics: dict, shapes: list = (), flops=None) -> None:
+        """shapes: (rows, width) of the batch's inputs, counted as tokens. A loss that ran fewer tokens than
+        the batch holds (sft_loss runs a shared start once) names the shapes it ran in metrics["computed"];
+        those count for the FLOPs and are not averaged as a metric."""
+        computed = metrics.get("computed")
         for key, value in {"loss": loss, **metrics}.items():
+            if key == "computed":
+                continue
             value = torch.as_tensor(value).detach().float()
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1

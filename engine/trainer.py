@@ -261,8 +261,7 @@ class Trainer:
                     with (nullcontext() if sync else model.no_sync()), self.autocast:
                         loss, metrics = loss_fn(model, batch)
                     scaler.scale(loss / cfg.accumulation_steps).backward()
-                    computed = metrics.pop("computed", None)  # the shapes the model ran, when fewer than the batch's
-                    window.add(loss, metrics, input_shapes(batch), flops, computed)
+                    window.add(loss, metrics, input_shapes(batch), flops)
                 if cfg.grad_clip > 0:
                     for opt in optimizers:
                         scaler.unscale_(opt)
@@ -321,7 +320,6 @@ class Trainer:
                 if i == cfg.eval_batches > 0:
                     break
                 loss, metrics = loss_fn(model, to_device(batch, self.device))
-                metrics.pop("computed", None)
                 window.add(loss, metrics)
         model.train(was_training)
         values = window.reduce(self._reduce_device(), self.world_size)

@@ -9,6 +9,7 @@ error shape.
 """
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from flask import Flask, Response, jsonify, request, send_from_directory
@@ -80,7 +81,7 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
     # A chat request that gives no max_tokens gets a quarter of the context, as the chat page does, so that the
     # prompt keeps three quarters: a tool loop's question, call and result fit where half the context would
     # drop the question (a longer reply still slides the window, model/generate.py).
-    chat_max_tokens = min(defaults.max_tokens, max(16, card["context_length"] // 4))
+    defaults = replace(defaults, chat_max_tokens=min(defaults.max_tokens, max(16, card["context_length"] // 4)))
     extra_hosts, tool_rate = normalise_hosts(allowed_hosts), toolrun.RateLimit()
     app = Flask(__name__, static_folder=None)
     # One byte over the limit is read, so that a chunked body (no Content-Length) over it is seen: werkzeug
@@ -97,7 +98,7 @@ def create_app(model, tokenizer, model_name: str, defaults: Defaults = None, api
 
     @app.post("/v1/chat/completions")
     def chat_completions():
-        req = parse_request(_read_body(), model_name, defaults, chat_max_tokens)
+        req = parse_request(_read_body(), model_name, defaults)
         job, dropped = _prepared(queue, lambda: replies.chat_job(req))  # built in the queue: bounded work
         return _respond(replies, job, {"X-Dropped-Messages": str(dropped)})
 

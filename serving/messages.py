@@ -261,9 +261,8 @@ def parse_messages(body: dict) -> list:
     return checked
 
 
-def parse_request(body, model_name: str, defaults: Defaults, default_max_tokens: int = None) -> ChatRequest:
-    """Check a chat completions body field by field; raise APIError(400) naming the first bad field.
-    default_max_tokens: the reply length of a request that gives none (else defaults.max_tokens)."""
+def parse_request(body, model_name: str, defaults: Defaults) -> ChatRequest:
+    """Check a chat completions body field by field; raise APIError(400) naming the first bad field."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     check_fields(body, CHAT_FIELDS, model_name)
@@ -277,6 +276,6 @@ def parse_request(body, model_name: str, defaults: Defaults, default_max_tokens:
     messages = parse_messages(body)
     max_tokens = number(body, "max_tokens", None, 1, float("inf"), integer=True)
     max_tokens = number(body, "max_completion_tokens", max_tokens, 1, float("inf"), integer=True)
-    return ChatRequest(messages=messages, sampling=sampling(body, defaults, default_max_tokens or defaults.max_tokens,
+    return ChatRequest(messages=messages, sampling=sampling(body, defaults, defaults.chat_max_tokens or defaults.max_tokens,
                                                             max_tokens),
                        offer=offer)

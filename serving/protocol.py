@@ -49,6 +49,7 @@ class Defaults:
     repetition_penalty: float = 1.0
     max_tokens: int = 512  # also the cap (the script's --max_new_tokens)
     completion_max_tokens: int = 16  # /v1/completions' default when a request omits max_tokens, as OpenAI's
+    chat_max_tokens: int | None = None  # /v1/chat/completions' default (None: max_tokens); create_app sets it
 
 
 @dataclass

@@ -51,9 +51,9 @@ def test_a_window_counts_the_batch_as_tokens_and_what_the_model_ran_as_flops():
     import torch
     window = runlog.MetricWindow()
     per_token = lambda width: 10.0 * width
-    window.add(torch.tensor(1.0), {}, [(4, 100)], per_token, computed=[(1, 60), (4, 40)])
+    window.add(torch.tensor(1.0), {"computed": [(1, 60), (4, 40)]}, [(4, 100)], per_token)
     window.add(torch.tensor(3.0), {}, [(2, 50)], per_token)
     values = window.reduce(torch.device("cpu"), world_size=1)
     assert values["tokens"] == 4 * 100 + 2 * 50
     assert values["flops"] == 60 * 600 + 160 * 400 + 100 * 500
-    assert values["loss"] == 2.0
+    assert values["loss"] == 2.0 and "computed" not in values
