@@ -1,5 +1,7 @@
 """Constrained decoding: model/generate.py's `allowed` hook masks what a rule forbids, and the copy rule of
 calculator calls (tooluse/constrain.py) lets a call hold only numbers of the conversation, whole."""
+import re
+
 import torch
 
 from conftest import tiny_config
@@ -7,6 +9,7 @@ from model.generate import generate
 from model.model import MiniMindForCausalLM
 from model.tokenizer import EOS_ID
 from tooluse.constrain import CopiedNumbers, NumberTokens, allowed_numbers
+from tooluse import problems
 
 CALL_START = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "'
 
@@ -68,6 +71,22 @@ def test_allowed_numbers_are_the_conversations_and_unit_factors():
                                {"role": "tool", "content": "1063.93"}])
     assert {"1250.50", "1250.5", "1063.93", "0.85", "100", "1000"} <= numbers
     assert "125" not in numbers and "1063.9" not in numbers
+
+
+def test_a_rate_is_allowed_only_where_the_words_state_it():
+    numbers = allowed_numbers([{"role": "user", "content": "一条水渠长380米，已经挖好了百分之五，再挖25%，打8折，三成"}])
+    assert {"0.05", "0.25", "0.8", "0.3", "380"} <= numbers
+    assert not {"0.5", "0.35", "0.2", "0.03"} & numbers  # rates the question does not state
+    assert "0.85" in allowed_numbers([{"role": "user", "content": "打八五折"}])
+    assert "0.85" in allowed_numbers([{"role": "user", "content": "打85折"}])
+
+
+def test_every_generated_problems_call_keeps_to_the_rule():
+    # the rule may only ever rule out wrong calls: every number of every problem's own expression is allowed
+    for split in problems.SPLITS:
+        for problem in problems.generate(400, seed=3, split=split):
+            allowed = allowed_numbers([{"role": "user", "content": problem.question}])
+            assert set(re.findall(r"[0-9.]+", problem.expression)) <= allowed, (problem.question, problem.expression)
 
 
 def test_after_a_tool_result_the_answer_copies_it_whole(tokenizer):

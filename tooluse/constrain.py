@@ -18,9 +18,11 @@ whole text, since the models copy the result as badly (`69*8` -> 552 -> "一共�
 The allowed numbers of a row: each number written in its messages (the question, earlier tool results), as
 written and in the calculator's own format (`1,250.50` -> 1250.50 and 1250.5); the factors of units and
 shapes a problem leaves unsaid (FACTORS: two sides of a rectangle, a week, a metre in centimetres, ...);
-and rates below 1 with up to two decimals (`八五折` -> 0.85, `15%` -> 0.15).
+and the rates its words state, as the fraction each stands for (rates_in: `15%` and `百分之十五` -> 0.15,
+`八五折` -> 0.85, `三成` -> 0.3, `一半` -> 0.5), so that a call cannot take 25% as 0.5.
 """
 import re
+from fractions import Fraction as F
 
 import torch
 
@@ -31,22 +33,59 @@ from tooluse.problem import numbers_in
 # Factors a word problem states in words or not at all: 2 and 4 sides, 7 days a week, 12 months, 24 hours,
 # 60 minutes, 10 / 100 / 1000 between units, 100 for a percentage, 1 for "the whole".
 FACTORS = ("1", "2", "4", "7", "10", "12", "24", "60", "100", "1000")
-RATES = tuple(f"0.{d}" for d in range(1, 10)) + tuple(f"0.{d:02d}" for d in range(1, 100) if d % 10)
+
+# How a problem states a rate: a percentage in digits or in words, a discount (八五折 pays 85%, 8折 80%),
+# tenths (三成), a half.
+_PERCENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*[%％]")
+_PERCENT_WORDS = re.compile(r"百分之([零一二三四五六七八九十百]+)")
+_DISCOUNT = re.compile(r"([一二三四五六七八九]{1,2}|[0-9]\.[0-9]|[0-9]{1,2})折")
+_TENTHS = re.compile(r"([一二三四五六七八九])成")
+_DIGITS = "零一二三四五六七八九"
 
 _EXPRESSION = re.compile(r'"expression"\s*:\s*"([^"\\]*)$')  # inside the expression string, unclosed
 _NUMBER_TAIL = re.compile(r"[0-9.]*$")
 _NUMBERS = re.compile(r"[0-9.]+")
 
 
+def chinese_number(text: str) -> int | None:
+    """0..100 written in Chinese numerals ("二十五" -> 25, "十五" -> 15, "一百" -> 100); None for anything else."""
+    if text in ("百", "一百"):
+        return 100
+    if len(text) == 1 and text in _DIGITS:
+        return _DIGITS.index(text)
+    tens, ten, ones = text.partition("十")
+    if not ten or len(tens) > 1 or len(ones) > 1 or not set(tens + ones) <= set(_DIGITS[1:]):
+        return None
+    return (_DIGITS.index(tens) if tens else 1) * 10 + (_DIGITS.index(ones) if ones else 0)
+
+
+def rates_in(text: str) -> set[str]:
+    """The rates `text` states, as the calculator writes the fraction each stands for: "打八五折，再减15%"
+    -> {"0.85", "0.15"}."""
+    rates = {F(m.group(1)) / 100 for m in _PERCENT.finditer(text)}
+    rates |= {F(n, 100) for n in map(chinese_number, _PERCENT_WORDS.findall(text)) if n is not None}
+    for paid in _DISCOUNT.findall(text):
+        if paid[0] in _DIGITS:  # 八 -> 0.8, 八五 -> 0.85
+            paid = "".join(str(_DIGITS.index(c)) for c in paid)
+            rates.add(F(int(paid), 10 ** len(paid)))
+        else:  # 8 -> 0.8, 8.5 and 85 -> 0.85
+            rates.add(F(paid) / (100 if len(paid) == 2 else 10))
+    rates |= {F(_DIGITS.index(d), 10) for d in _TENTHS.findall(text)}
+    if "一半" in text:
+        rates.add(F(1, 2))
+    return {format_number(r) for r in rates}
+
+
 def allowed_numbers(messages: list) -> set[str]:
     """The numbers a call in this conversation may hold, as strings: see the module's docstring."""
-    numbers = set(FACTORS) | set(RATES)
+    numbers = set(FACTORS)
     for message in messages:
         text = message.get("content") if isinstance(message, dict) else None
         if not isinstance(text, str):
             continue
         numbers.update(re.findall(r"[0-9]+(?:\.[0-9]+)?", text.replace(",", "")))
         numbers.update(format_number(x) for x in numbers_in(text) if x >= 0)
+        numbers.update(rates_in(text))
     return numbers
 
 
