@@ -29,6 +29,7 @@ import torch
 from model.toolcall import TOOL_CALL_OPEN
 from tooluse.calculator import format_number
 from tooluse.problem import numbers_in
+from tooluse.vocabulary import CHINESE_DIGITS
 
 # Factors a word problem states in words or not at all: 2 and 4 sides, 7 days a week, 12 months, 24 hours,
 # 60 minutes, 10 / 100 / 1000 between units, 100 for a percentage, 1 for "the whole".
@@ -40,7 +41,6 @@ _PERCENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*[%％]")
 _PERCENT_WORDS = re.compile(r"百分之([零一二三四五六七八九十百]+)")
 _DISCOUNT = re.compile(r"([一二三四五六七八九]{1,2}|[0-9]\.[0-9]|[0-9]{1,2})折")
 _TENTHS = re.compile(r"([一二三四五六七八九])成")
-_DIGITS = "零一二三四五六七八九"
 
 _EXPRESSION = re.compile(r'"expression"\s*:\s*"([^"\\]*)$')  # inside the expression string, unclosed
 _NUMBER_TAIL = re.compile(r"[0-9.]*$")
@@ -51,12 +51,12 @@ def chinese_number(text: str) -> int | None:
     """0..100 written in Chinese numerals ("二十五" -> 25, "十五" -> 15, "一百" -> 100); None for anything else."""
     if text in ("百", "一百"):
         return 100
-    if len(text) == 1 and text in _DIGITS:
-        return _DIGITS.index(text)
+    if len(text) == 1 and text in CHINESE_DIGITS:
+        return CHINESE_DIGITS.index(text)
     tens, ten, ones = text.partition("十")
-    if not ten or len(tens) > 1 or len(ones) > 1 or not set(tens + ones) <= set(_DIGITS[1:]):
+    if not ten or len(tens) > 1 or len(ones) > 1 or not set(tens + ones) <= set(CHINESE_DIGITS[1:]):
         return None
-    return (_DIGITS.index(tens) if tens else 1) * 10 + (_DIGITS.index(ones) if ones else 0)
+    return (CHINESE_DIGITS.index(tens) if tens else 1) * 10 + (CHINESE_DIGITS.index(ones) if ones else 0)
 
 
 def rates_in(text: str) -> set[str]:
@@ -65,12 +65,12 @@ def rates_in(text: str) -> set[str]:
     rates = {F(m.group(1)) / 100 for m in _PERCENT.finditer(text)}
     rates |= {F(n, 100) for n in map(chinese_number, _PERCENT_WORDS.findall(text)) if n is not None}
     for paid in _DISCOUNT.findall(text):
-        if paid[0] in _DIGITS:  # 八 -> 0.8, 八五 -> 0.85
-            paid = "".join(str(_DIGITS.index(c)) for c in paid)
+        if paid[0] in CHINESE_DIGITS:  # 八 -> 0.8, 八五 -> 0.85
+            paid = "".join(str(CHINESE_DIGITS.index(c)) for c in paid)
             rates.add(F(int(paid), 10 ** len(paid)))
         else:  # 8 -> 0.8, 8.5 and 85 -> 0.85
             rates.add(F(paid) / (100 if len(paid) == 2 else 10))
-    rates |= {F(_DIGITS.index(d), 10) for d in _TENTHS.findall(text)}
+    rates |= {F(CHINESE_DIGITS.index(d), 10) for d in _TENTHS.findall(text)}
     if "一半" in text:
         rates.add(F(1, 2))
     return {format_number(r) for r in rates}
