@@ -83,12 +83,12 @@ from model.runtime import dtype_name
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from tooluse.agent import run_with_tools
 from tooluse.calculator import CALCULATOR
-from tooluse.problems import generate
+from tooluse.problems import KINDS, generate
 
 # TrainConfig fields that mean nothing here: a step is one batch of rollouts, not a pass over a dataset.
 UNUSED = ("epochs", "accumulation_steps", "num_workers", "eval_batches", "compile")
 # Flags that decide what an uninterrupted run computes: a resume that changes one is told it is no longer exact.
-SHAPING = RUN_SHAPING + ("prompts_per_step", "group_size", "max_new_tokens", "max_calls", "temperature", "beta",
+SHAPING = RUN_SHAPING + ("prompts_per_step", "kinds", "group_size", "max_new_tokens", "max_calls", "temperature", "beta",
                          "clip_eps", "loss", "cispo_max", "scale_rewards", "ppo_epochs", "weight", "ckpt")
 
 
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--ckpt", default=None, help="starting weights, any .pth with its .json (wins over --weight)")
     group.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER_DIR))
     group.add_argument("--prompts_per_step", type=int, default=8, help="problems per step, per process (default 8)")
+    group.add_argument("--kinds", default=",".join(KINDS),
+                       help="kinds of problem to draw, comma-separated: multi-step only is two_step,three_step "
+                            "(default all)")
     group.add_argument("--group_size", type=int, default=8, help="replies sampled per problem, G (default 8)")
     group.add_argument("--max_new_tokens", type=int, default=64, help="tokens per assistant turn (default 64)")
     group.add_argument("--max_calls", type=int, default=2, help="rounds of tool calls per reply (default 2)")
@@ -142,9 +145,18 @@ def parse_args(argv=None):
     if args.group_size < 2 or args.prompts_per_step < 1 or args.ppo_epochs < 1:
         raise MiniMindError("need --group_size >= 2 (a group's replies are its own baseline), --prompts_per_step "
                             ">= 1 and --ppo_epochs >= 1")
+    kinds_to_draw(args.kinds)  # raises on an unknown kind
     if args.temperature <= 0 or args.beta < 0 or not 0 < args.clip_eps < 1 or args.max_new_tokens < 1:
         raise MiniMindError("need --temperature > 0 (sampling), --beta >= 0, 0 < --clip_eps < 1, --max_new_tokens >= 1")
     return args
+
+
+def kinds_to_draw(text: str) -> tuple:
+    """--kinds as a tuple of tooluse.problems.KINDS: "two_step,three_step" -> ("two_step", "three_step")."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kinds or set(kinds) - set(KINDS):
+        raise MiniMindError(f"--kinds {text!r}: name some of {', '.join(KINDS)}, comma-separated")
+    return kinds
 
 
 def settings(args) -> dict:
@@ -152,10 +164,10 @@ def settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "config"}
 
 
-def problems_for_step(seed: int, step: int, per_process: int, world: int, rank: int) -> list:
+def problems_for_step(seed: int, step: int, per_process: int, world: int, rank: int, kinds=KINDS) -> list:
     """This process's problems at `step`: its share of the step's problems, drawn with a seed of their own, so
     the step's problems are the same whatever the number of processes and never those of another step."""
-    problems = generate(per_process * world, seed=seed * 1_000_000 + step, split="train")
+    problems = generate(per_process * world, seed=seed * 1_000_000 + step, split="train", kinds=kinds)
     return problems[rank * per_process:(rank + 1) * per_process]
 
 
@@ -454,7 +466,8 @@ def main(argv=None):
         while state.step < cfg.max_steps and not stopped:
             lr = set_learning_rate(run)
             started = time.perf_counter()
-            problems = problems_for_step(cfg.seed, state.step, args.prompts_per_step, trainer.world_size, trainer.rank)
+            problems = problems_for_step(cfg.seed, state.step, args.prompts_per_step, trainer.world_size, trainer.rank,
+                                         kinds_to_draw(args.kinds))
             rollouts = sample_replies(run, problems)
             rollout_s = time.perf_counter() - started
             advantages, metrics, written = score_replies(run, problems, rollouts)

@@ -309,7 +309,7 @@ def test_config_file_and_refused_flags(tokenizer_dir, sft_ckpt, tmp_path):
     args = grpo_script.parse_args(["--config", str(config), "--beta", "0.2"])
     assert (args.group_size, args.beta, args.loss) == (4, 0.2, "cispo")  # the command line wins
     from model.errors import MiniMindError
-    for bad in (["--epochs", "2"], ["--group_size", "1"], ["--max_steps", "0"]):
+    for bad in (["--epochs", "2"], ["--group_size", "1"], ["--max_steps", "0"], ["--kinds", "two_step,four"]):
         with pytest.raises(MiniMindError):
             grpo_script.parse_args(bad)
 
@@ -322,3 +322,5 @@ def test_each_step_and_process_gets_its_own_problems():
     later = script.problems_for_step(1, 1, 4, 1, 0)
     assert not {p.question for p in later} & {p.question for p in whole}  # a new step, new problems
     assert not {p.family for p in whole + later} & HELD_OUT_FAMILIES  # training families only
+    multi = script.problems_for_step(1, 0, 4, 1, 0, script.kinds_to_draw("two_step,three_step"))
+    assert len(multi) == 4 and {p.kind for p in multi} <= {"two_step", "three_step"}

@@ -93,11 +93,15 @@ def _draw(family: str, rng) -> Problem:
 SPLITS = ("train", "held_out", "held_out_families")
 
 
-def generate(n: int, seed: int, split: str) -> list[Problem]:
+def generate(n: int, seed: int, split: str, kinds=KINDS) -> list[Problem]:
     """n problems of one split (SPLITS, described above), the same for the same seed. The families come in
-    shuffled rounds, so every family appears about equally often."""
+    shuffled rounds, so every family appears about equally often. `kinds` keeps only problems of those kinds
+    (GRPO on the multi-step ones): the draws are the same, the others are passed over, so the result is the
+    all-kinds list of this seed with them left out."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {kinds!r}")
     names = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == (split == "held_out_families")]
     # a string seed is stable across runs, unlike hash()
     rng = Draw(f"{split}:{seed}", held_out_phrasings=split == "held_out")
@@ -106,7 +110,9 @@ def generate(n: int, seed: int, split: str) -> list[Problem]:
         if not round_:
             round_ = names[:]
             rng.shuffle(round_)
-        problems.append(_draw(round_.pop(), rng))
+        problem = _draw(round_.pop(), rng)
+        if problem.kind in kinds:
+            problems.append(problem)
     return problems
 
 
