@@ -39,7 +39,8 @@ FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pret
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
             tools_lora_steps=800, tools_lora_rank=32,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
-            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=30, grpo_prompts=8)
+            tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=30, grpo_prompts=16,
+            grpo_temperature=0.7, grpo_kinds="two_step,three_step")
 # --long: the 11.9M `mini` preset, about 1.9x the time per token of `tiny`: 8.6M pretraining tokens (2.7 passes
 # over the conversations) and 2.9M of SFT. SFT runs at lower learning rates than the quickstart's (AdamW 3e-4 and
 # Muon 0.002 against 1e-3 and 0.01): the pretrained model already answers in the chat template, and at the full
@@ -118,9 +119,12 @@ def stages(args, n):
           "--name", "tools", "--max_steps", str(n["tools_lora_steps"]), "--learning_rate", str(n["lora_lr"]),
           "--lora_rank", str(n["tools_lora_rank"]), "--lora_alpha", str(n["tools_lora_rank"]), "--merge",
           "--group_by_length", "true"]),
+        # GRPO on the two- and three-step problems, where the adapter is weakest, 16 a step at temperature 0.7:
+        # 8 a step of every kind at temperature 1 flipped close multi-step answers to wrong (docs/LOG.md).
         ("GRPO on word problems with the calculator",
          ["6-grpo.py", *model, "--weight", "lora_tools", "--resume", "--max_steps", str(n["grpo_steps"]),
-          "--prompts_per_step", str(n["grpo_prompts"]), "--eval_problems", "0",
+          "--prompts_per_step", str(n["grpo_prompts"]), "--temperature", str(n["grpo_temperature"]),
+          "--kinds", n["grpo_kinds"], "--eval_problems", "0",
           "--save_interval", str(n["save_interval"])]),
         ("C-Eval", ["eval_ceval.py", *model, "--weight", "grpo", "--out", f"{out}/ceval_grpo_{tag}"]
          + (["--limit", str(n["ceval_limit"])] if n["ceval_limit"] else [])),
