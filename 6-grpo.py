@@ -3,10 +3,11 @@
     python 6-grpo.py --preset tiny                                   # from out/full_sft_256x4.pth
     python 6-grpo.py --preset tiny --resume                          # continue an interrupted run exactly
     python 6-grpo.py --preset tiny --prompts_per_step 16 --group_size 8 --learning_rate 2e-5
+    python 6-grpo.py --preset tiny --kinds two_step,three_step --temperature 0.7   # the multi-step problems only
     torchrun --nproc_per_node 4 6-grpo.py --preset small             # every process its own problems
 
-Every step draws --prompts_per_step new word problems (tooluse/problems.py, the training families, a new
-seed per step, so no problem comes twice), asks each one --group_size times with the calculator offered,
+Every step draws --prompts_per_step new word problems (tooluse/problems.py, the training families, of the
+--kinds asked for, a new seed per step, so no problem comes twice), asks each one --group_size times with the calculator offered,
 and samples the replies at --temperature through the tool loop (tooluse/agent.py): a call is computed and
 its result handed back in a tool turn, and the model goes on. Each reply is scored (right answer, a working
 call, ended, not repeating itself), scored against its group, and the policy takes one step of the clipped
