@@ -7,9 +7,9 @@
     torchrun --nproc_per_node 4 6-grpo.py --preset small             # every process its own problems
 
 Every step draws --prompts_per_step new word problems (tooluse/problems.py, the training families, of the
---kinds asked for, a new seed per step, so no problem comes twice), asks each one --group_size times with the calculator offered,
-and samples the replies at --temperature through the tool loop (tooluse/agent.py): a call is computed and
-its result handed back in a tool turn, and the model goes on. Each reply is scored (right answer, a working
+--kinds asked for, a new seed per step, so no problem comes twice), asks each one --group_size times with the
+calculator offered, and samples the replies at --temperature through the tool loop (tooluse/agent.py): a call
+is computed and its result handed back in a tool turn, and the model goes on. Each reply is scored (right answer, a working
 call, ended, not repeating itself), scored against its group, and the policy takes one step of the clipped
 objective with a KL pull towards the frozen starting model. engine/grpo.py explains each part; the loop
 below runs them in order. Every --eval_interval steps problems in the held-out phrasings are asked greedily
@@ -89,8 +89,8 @@ from tooluse.problems import KINDS, generate
 # TrainConfig fields that mean nothing here: a step is one batch of rollouts, not a pass over a dataset.
 UNUSED = ("epochs", "accumulation_steps", "num_workers", "eval_batches", "compile")
 # Flags that decide what an uninterrupted run computes: a resume that changes one is told it is no longer exact.
-SHAPING = RUN_SHAPING + ("prompts_per_step", "kinds", "group_size", "max_new_tokens", "max_calls", "temperature", "beta",
-                         "clip_eps", "loss", "cispo_max", "scale_rewards", "ppo_epochs", "weight", "ckpt")
+SHAPING = RUN_SHAPING + ("prompts_per_step", "kinds", "group_size", "max_new_tokens", "max_calls", "temperature",
+                         "beta", "clip_eps", "loss", "cispo_max", "scale_rewards", "ppo_epochs", "weight", "ckpt")
 
 
 def build_parser() -> argparse.ArgumentParser:
