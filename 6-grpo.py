@@ -9,9 +9,9 @@
 Every step draws --prompts_per_step new word problems (tooluse/problems.py, the training families, of the
 --kinds asked for, a new seed per step, so no problem comes twice), asks each one --group_size times with the
 calculator offered, and samples the replies at --temperature through the tool loop (tooluse/agent.py): a call
-is computed and its result handed back in a tool turn, and the model goes on. Each reply is scored (right answer, a working
-call, ended, not repeating itself), scored against its group, and the policy takes one step of the clipped
-objective with a KL pull towards the frozen starting model. engine/grpo.py explains each part; the loop
+is computed and its result handed back in a tool turn, and the model goes on. Each reply is scored (right
+answer, a working call, ended, not repeating itself), scored against its group, and the policy takes one step
+of the clipped objective with a KL pull towards the frozen starting model. engine/grpo.py explains each part; the loop
 below runs them in order. Every --eval_interval steps problems in the held-out phrasings are asked greedily
 (--eval_problems of them, the same ones every time) and their accuracy logged as val_accuracy.
 
