@@ -84,7 +84,7 @@ from model.runtime import dtype_name
 from model.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from tooluse.agent import run_with_tools
 from tooluse.calculator import CALCULATOR
-from tooluse.problems import KINDS, generate
+from tooluse.problems import KINDS, check_kinds, generate
 
 # TrainConfig fields that mean nothing here: a step is one batch of rollouts, not a pass over a dataset.
 UNUSED = ("epochs", "accumulation_steps", "num_workers", "eval_batches", "compile")
@@ -155,8 +155,10 @@ def parse_args(argv=None):
 def kinds_to_draw(text: str) -> tuple:
     """--kinds as a tuple of tooluse.problems.KINDS: "two_step,three_step" -> ("two_step", "three_step")."""
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    if not kinds or set(kinds) - set(KINDS):
-        raise MiniMindError(f"--kinds {text!r}: name some of {', '.join(KINDS)}, comma-separated")
+    try:
+        check_kinds(kinds)
+    except ValueError as e:
+        raise MiniMindError(f"--kinds {text!r}: {e}") from None
     return kinds
 
 
@@ -464,11 +466,12 @@ def main(argv=None):
     with StopFlag() as stop_flag, run.run_log:
         if args.eval_problems and state.step == 0:  # the starting model's accuracy, the baseline of every later pass
             val_metrics = evaluate(run)
+        kinds = kinds_to_draw(args.kinds)
         while state.step < cfg.max_steps and not stopped:
             lr = set_learning_rate(run)
             started = time.perf_counter()
             problems = problems_for_step(cfg.seed, state.step, args.prompts_per_step, trainer.world_size, trainer.rank,
-                                         kinds_to_draw(args.kinds))
+                                         kinds)
             rollouts = sample_replies(run, problems)
             rollout_s = time.perf_counter() - started
             advantages, metrics, written = score_replies(run, problems, rollouts)

@@ -93,6 +93,12 @@ def _draw(family: str, rng) -> Problem:
 SPLITS = ("train", "held_out", "held_out_families")
 
 
+def check_kinds(kinds) -> None:
+    """Raises ValueError unless `kinds` names one or more of KINDS."""
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {kinds!r}")
+
+
 def generate(n: int, seed: int, split: str, kinds=KINDS) -> list[Problem]:
     """n problems of one split (SPLITS, described above), the same for the same seed. The families come in
     shuffled rounds, so every family appears about equally often. `kinds` keeps only problems of those kinds
@@ -100,8 +106,7 @@ def generate(n: int, seed: int, split: str, kinds=KINDS) -> list[Problem]:
     all-kinds list of this seed with them left out."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not kinds or set(kinds) - set(KINDS):
-        raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {kinds!r}")
+    check_kinds(kinds)
     names = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == (split == "held_out_families")]
     # a string seed is stable across runs, unlike hash()
     rng = Draw(f"{split}:{seed}", held_out_phrasings=split == "held_out")
