@@ -37,7 +37,7 @@ from model.runtime import pick_dtype
 # FP32_STEP_SHARE so that the wall time stays about the same.
 FULL = dict(preset="tiny", data="full", tokenizer_mb=8, pretrain_steps=600, pretrain_batch=16, pretrain_lr=2e-2,
             muon_lr=0.01, sft_steps=250, sft_batch=16, sft_lr=1e-3, sft_muon_lr=0.01, lora_steps=40, lora_lr=5e-3, dpo_steps=30,
-            tools_lora_steps=800, tools_lora_rank=32,
+            tools_lora_steps=1600, tools_lora_rank=32,
             ceval_limit=0, score_limit=150, generate_tokens=100, eval_batches=10, save_interval=50, scale_steps=True,
             tool_problems=10_000, tool_ordinary=3_000, score_tool_problems=200, grpo_steps=30, grpo_prompts=16,
             grpo_temperature=0.7, grpo_kinds="two_step,three_step")
