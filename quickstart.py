@@ -3,7 +3,7 @@
 SFT and final models, with a few answers printed.
 
     bash quickstart.sh                          # installs what is missing, then runs this
-    python quickstart.py                        # the `tiny` model: about 48 minutes on 2 quiet AVX2 cores (fp32; docs/results.md)
+    python quickstart.py                        # the `tiny` model: about 44 minutes on 2 quiet AVX2 cores (fp32; docs/results.md)
     python quickstart.py --long                 # about 2 hours on 2 CPU cores: a larger model, longer
     python quickstart.py --gpu                  # the 26.88M `small-T` model on one GPU, about 10 minutes
     python quickstart.py --mirror ../shared/data   # read the source files from a local copy (or MINIMIND_MIRROR=...)
